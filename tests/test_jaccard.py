@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from scipy import sparse
+
+from ucal.cluster import jaccard_distance
+from ucal.cluster._knn import exact_knn, l2_normalize
+
+from ._jaccard_reference import dense_jaccard
+
+
+def _clustered(n, n_groups, dim, noise, seed):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_groups, dim))
+    return centers[rng.integers(0, n_groups, n)] + noise * rng.normal(size=(n, dim))
+
+
+def _dense(D):
+    out = np.ones(D.shape)
+    coo = D.tocoo()
+    out[coo.row, coo.col] = coo.data
+    return out
+
+
+@pytest.mark.parametrize(
+    "n, k1, k2, noise",
+    [(60, 8, 3, 0.3), (200, 20, 6, 0.4), (150, 30, 6, 0.3), (40, 5, 1, 0.3), (120, 31, 2, 1.0)],
+)
+def test_equals_dense_reference(n, k1, k2, noise):
+    X = _clustered(n, max(2, n // 10), 16, noise, seed=n + k1)
+    expected, _ = dense_jaccard(X, k1, k2)
+    D = jaccard_distance(X, k1, k2)
+    assert sparse.isspmatrix_csr(D)
+    np.testing.assert_allclose(_dense(D), expected, atol=1e-5)
+    # A stored entry is exactly a pair sharing support; the rest is 1.
+    assert D.nnz == int((expected < 1 - 1e-12).sum() + 0)
+    assert np.all(D.diagonal() <= 1e-5)
+    assert (D != D.T).nnz == 0
+
+
+def test_diagonal_and_explicit_zeros_are_stored():
+    # Exact duplicates have identical encodings: distance exactly 0, stored.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(10, 8))
+    X = np.repeat(base, 4, axis=0)
+    D = jaccard_distance(X, k1=4, k2=1)
+    rows = np.repeat(np.arange(D.shape[0]), np.diff(D.indptr))
+    assert np.all(np.isin(np.arange(40), rows[D.indices == rows]))
+    assert (D.data == 0).sum() >= 40
+
+
+def test_input_is_l2_normalised_first():
+    X = _clustered(80, 8, 12, 0.3, seed=1)
+    scales = np.random.default_rng(2).uniform(0.1, 10, size=(80, 1))
+    np.testing.assert_allclose(
+        jaccard_distance(X, 10, 4).toarray(), jaccard_distance(X * scales, 10, 4).toarray(), atol=1e-6
+    )
+
+
+def test_numpy_and_faiss_knn_agree():
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra")
+    X = l2_normalize(_clustered(3000, 150, 64, 0.5, seed=3))
+    i_np, s_np = exact_knn(X, 25, search="numpy", block_size=700)
+    i_fa, s_fa = exact_knn(X, 25, search="faiss")
+    np.testing.assert_allclose(s_np, s_fa, atol=1e-5)
+    assert (i_np == i_fa).mean() > 0.999  # only exact ties may swap
+    D_np = jaccard_distance(X, 20, 6, search="numpy")
+    D_fa = jaccard_distance(X, 20, 6, search="faiss")
+    assert abs(D_np - D_fa).max() < 1e-5
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 5000])
+def test_blocked_knn_is_exact(block_size):
+    X = l2_normalize(_clustered(300, 20, 10, 0.5, seed=4))
+    idx, sim = exact_knn(X, 12, search="numpy", block_size=block_size)
+    full = X @ X.T
+    np.fill_diagonal(full, np.inf)
+    ref = np.argsort(-full, axis=1, kind="stable")[:, :12]
+    assert (idx[:, 0] == np.arange(300)).all()
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(sim[:, 1:], np.take_along_axis(X @ X.T, ref, axis=1)[:, 1:], atol=1e-6)
+
+
+def test_deterministic():
+    X = _clustered(500, 25, 32, 0.5, seed=5)
+    a = jaccard_distance(X, 20, 6)
+    b = jaccard_distance(X, 20, 6)
+    assert (a != b).nnz == 0
+
+
+def test_k1_larger_than_n_is_clipped():
+    X = _clustered(12, 3, 5, 0.2, seed=6)
+    expected, _ = dense_jaccard(X, 12, 3)
+    np.testing.assert_allclose(_dense(jaccard_distance(X, k1=50, k2=3)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or infinity"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), "NaN or infinity"),
+        (np.zeros((3, 2)), "all-zero row"),
+        (np.ones(5), "2D array"),
+        (np.array([["a", "b"]]), "numeric"),
+    ],
+)
+def test_bad_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        jaccard_distance(X, 3, 2)
+
+
+def test_bad_k():
+    with pytest.raises(ValueError, match="k1 and k2"):
+        jaccard_distance(np.eye(4), 0, 2)
+    with pytest.raises(ValueError, match="'auto', 'numpy' or 'faiss'"):
+        jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
