@@ -113,3 +113,16 @@ def test_bad_k():
         jaccard_distance(np.eye(4), 0, 2)
     with pytest.raises(ValueError, match="'auto', 'numpy' or 'faiss'"):
         jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
+
+
+def test_max_distance_keeps_exactly_the_near_entries():
+    X = _clustered(300, 20, 16, 0.6, seed=11)
+    full = jaccard_distance(X, 20, 6)
+    cut = jaccard_distance(X, 20, 6, max_distance=0.62)
+    coo = full.tocoo()
+    near = (coo.data <= 0.62) | (coo.row == coo.col)
+    expected = {(r, c): v for r, c, v in zip(coo.row[near], coo.col[near], coo.data[near])}
+    got = cut.tocoo()
+    assert len(expected) == got.nnz < full.nnz
+    for r, c, v in zip(got.row, got.col, got.data):
+        assert expected[(r, c)] == pytest.approx(v, abs=1e-7)

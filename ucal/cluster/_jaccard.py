@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 
 # Upper bound on (row, column, partner) triples materialised at once in the
-# min-sum step: 16M triples is about 0.4 GB of temporaries.
-_MAX_TRIPLES = 16_000_000
+# min-sum step (about 50 bytes of temporaries each), and on the cells of the
+# dense per-chunk accumulation buffer (8 bytes each).
+_MAX_TRIPLES = 4_000_000
+_MAX_BUFFER = 4_000_000
 
 
 def _indicator(knn_index, n):
@@ -90,16 +92,20 @@ def _edge_distances(pattern, knn_index, knn_distance, pair_distance):
     return rows, cols, dist
 
 
-def _min_sums(V):
-    """Upper triangle (j >= i) of ``sum_k min(V[i, k], V[j, k])`` as COO arrays.
+def _upper_distances(V, max_distance):
+    """Upper triangle (j >= i) of the Jaccard distance between the rows of V.
 
-    Every stored entry ``V[i, k]`` meets the entries ``V[j, k]``, ``j >= i``,
-    of its column (an inverted index: in CSC order they are the rest of the
-    column after ``i`` itself). For a chunk of rows the ``min`` of each meeting
-    is added into a dense per-chunk buffer with ``np.bincount``, much faster
-    than sorting the meetings into a sparse matrix.
+    ``d(i, j) = 1 - m / (|V_i| + |V_j| - m)`` with ``m = sum_k min(V[i, k],
+    V[j, k])``, since ``sum(max) = sum(V_i) + sum(V_j) - sum(min)``. Every
+    stored entry ``V[i, k]`` meets the entries ``V[j, k]``, ``j >= i``, of its
+    column (an inverted index: in CSC order they are the rest of the column
+    after ``i`` itself). For a chunk of rows the ``min`` of each meeting is
+    added into a dense per-chunk buffer with ``np.bincount``, much faster than
+    sorting the meetings into a sparse matrix. Entries above ``max_distance``
+    are dropped chunk by chunk, so they never use memory.
     """
     n = V.shape[0]
+    totals = np.asarray(V.sum(axis=1)).ravel()
     row_ptr = V.indptr.astype(np.int64)
     row_cols = V.indices.astype(np.int64)
     row_vals = V.data.astype(np.float32)
@@ -111,16 +117,17 @@ def _min_sums(V):
     csc_pos = np.empty_like(to_csc)
     csc_pos[to_csc] = np.arange(to_csc.size)
     col_end = np.cumsum(np.bincount(row_cols, minlength=n))[row_cols]
+    del to_csc, row_cols
     partners = col_end - csc_pos  # the entry itself and every later row
     cum = np.concatenate([[0], np.cumsum(partners)])
-    out_i, out_j, out_v = [], [], []
+    del col_end
+    out_i, out_j, out_d = [], [], []
     start = 0
     while start < n:
         width = n - start  # columns j >= start
-        max_rows = max(1, _MAX_TRIPLES // width)
         last_entry = np.searchsorted(cum, cum[row_ptr[start]] + _MAX_TRIPLES, side="right") - 1
         stop = int(np.searchsorted(row_ptr, last_entry, side="right")) - 1
-        stop = min(max(stop, start + 1), start + max_rows, n)
+        stop = min(max(stop, start + 1), start + max(1, _MAX_BUFFER // width), n)
         e0, e1 = row_ptr[start], row_ptr[stop]
         cnt = partners[e0:e1]
         total = int(cum[e1] - cum[e0])
@@ -131,17 +138,41 @@ def _min_sums(V):
         )
         mins = np.minimum(np.repeat(row_vals[e0:e1], cnt), csc_vals[pos])
         keys = local_row * width + (csc_rows[pos] - start)
+        del pos, local_row
         acc = np.bincount(keys, weights=mins, minlength=(stop - start) * width)
+        del keys, mins
         hit = np.flatnonzero(acc)
-        out_i.append(hit // width + start)
-        out_j.append(hit % width + start)
-        out_v.append(acc[hit])
+        i = hit // width + start
+        j = hit % width + start
+        m = acc[hit]
+        del acc, hit
+        d = 1.0 - m / (totals[i] + totals[j] - m)
+        np.clip(d, 0.0, 1.0, out=d)
+        if max_distance is not None:
+            near = (d <= max_distance) | (i == j)
+            i, j, d = i[near], j[near], d[near]
+        out_i.append(i.astype(np.int32))
+        out_j.append(j.astype(np.int32))
+        out_d.append(d.astype(np.float32))
         start = stop
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+def _symmetric_csr(i, j, d, n):
+    """CSR matrix from its upper triangle (i <= j), explicit zeros kept."""
+    strictly = i != j
+    rows = np.concatenate([i, j[strictly]])
+    cols = np.concatenate([j, i[strictly]])
+    data = np.concatenate([d, d[strictly]])
+    del strictly
+    # (Sparse addition would drop the explicit zeros: build from COO.)
+    out = sparse.csr_matrix((data, (rows, cols)), shape=(n, n))
+    out.sort_indices()
+    return out
 
 
 def jaccard_from_neighbors(
-    knn_index, pair_distance, *, n_forward, n_half, k2, knn_distance=None
+    knn_index, pair_distance, *, n_forward, n_half, k2, knn_distance=None, max_distance=None
 ):
     """k-reciprocal encoded Jaccard distance from a precomputed neighbour ranking.
 
@@ -165,6 +196,11 @@ def jaccard_from_neighbors(
     knn_distance : ndarray of shape (n_samples, n_neighbors), default=None
         Distances matching ``knn_index``; they spare calls to
         ``pair_distance`` for pairs already in the neighbour lists.
+    max_distance : float, default=None
+        If given, entries above it are not stored (read as 1). Exact for any
+        use that only looks at distances up to it, such as DBSCAN with
+        ``eps <= max_distance``, and much smaller. The diagonal is always
+        stored.
 
     Returns
     -------
@@ -194,21 +230,12 @@ def jaccard_from_neighbors(
         V = (Q @ V).tocsr()
     V.sort_indices()
     V.eliminate_zeros()
-    totals = np.asarray(V.sum(axis=1)).ravel()
-    i, j, mins = _min_sums(V)
-    # d = 1 - sum(min) / sum(max), with sum(max) = |V_i| + |V_j| - sum(min).
-    d = 1.0 - mins / (totals[i] + totals[j] - mins)
-    np.clip(d, 0.0, 1.0, out=d)
-    off = i != j
-    all_i = np.concatenate([i, j[off]])
-    all_j = np.concatenate([j, i[off]])
-    all_d = np.concatenate([d, d[off]]).astype(np.float32)
-    out = sparse.csr_matrix((all_d, (all_i, all_j)), shape=(n, n))
-    out.sort_indices()
-    return out
+    i, j, d = _upper_distances(V, max_distance)
+    del V
+    return _symmetric_csr(i, j, d, n)
 
 
-def jaccard_distance(X, k1=30, k2=6, *, search="auto", n_jobs=None):
+def jaccard_distance(X, k1=30, k2=6, *, max_distance=None, search="auto", n_jobs=None):
     """k-reciprocal encoded Jaccard distance between the rows of ``X``.
 
     The distance SpCL clusters with (Ge et al., NeurIPS 2020, after Zhong
@@ -234,6 +261,10 @@ def jaccard_distance(X, k1=30, k2=6, *, search="auto", n_jobs=None):
         Size of the forward neighbour set (clipped to ``n_samples``).
     k2 : int, default=6
         Size of the local query expansion (1 disables it).
+    max_distance : float, default=None
+        If given, entries above it are not stored (they read as 1): exact for
+        DBSCAN with ``eps <= max_distance`` and far smaller in memory.
+        :class:`~ucal.SelfPacedDBSCAN` uses ``eps + eps_gap``.
     search : {"auto", "numpy", "faiss"}, default="auto"
         Exact kNN engine: blocked BLAS products, or faiss when installed.
     n_jobs : int, default=None
@@ -260,7 +291,13 @@ def jaccard_distance(X, k1=30, k2=6, *, search="auto", n_jobs=None):
     >>> bool(D[0, 1] < 0.5), bool(D[0, 29] == 1.0)  # same vs other group
     (True, True)
     """
-    X = _check_features(X)
+    return _jaccard_normalized(
+        _check_features(X), k1, k2, max_distance=max_distance, search=search, n_jobs=n_jobs
+    )
+
+
+def _jaccard_normalized(X, k1, k2, *, max_distance=None, search="auto", n_jobs=None):
+    """:func:`jaccard_distance` on rows already L2-normalised (float32)."""
     n = X.shape[0]
     k1 = int(k1)
     k2 = int(k2)
@@ -273,13 +310,14 @@ def jaccard_distance(X, k1=30, k2=6, *, search="auto", n_jobs=None):
 
     def pair_distance(rows, cols):
         out = np.empty(rows.size, dtype=np.float64)
-        step = 65536
+        step = max(1, (16 * 2**20) // (4 * X.shape[1]))  # 2 x 16 MB of gathered rows
         for s in range(0, rows.size, step):
             r, c = rows[s : s + step], cols[s : s + step]
             out[s : s + step] = 2.0 - 2.0 * np.einsum("ij,ij->i", X[r], X[c])
         return out
 
     knn_distance = 2.0 - 2.0 * knn_sim.astype(np.float64)
+    del knn_sim
     return jaccard_from_neighbors(
         knn_index,
         pair_distance,
@@ -287,6 +325,7 @@ def jaccard_distance(X, k1=30, k2=6, *, search="auto", n_jobs=None):
         n_half=n_half,
         k2=k2,
         knn_distance=knn_distance,
+        max_distance=max_distance,
     )
 
 

@@ -20,8 +20,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["exact_knn", "l2_normalize"]
 
-# Rows per block: 2048 x N float32 similarities (0.8 GB at N = 100,000).
-_DEFAULT_BLOCK_SIZE = 2048
+# Rows per block: at most 2048, and at most 48 MB of float32 similarities
+# per block (a block and its transposed tail are alive at once).
+_MAX_BLOCK_ROWS = 2048
+_MAX_BLOCK_BYTES = 48 * 2**20
 
 
 def l2_normalize(X, *, copy=True, dtype=np.float32):
@@ -31,7 +33,7 @@ def l2_normalize(X, *, copy=True, dtype=np.float32):
     direction and therefore no cosine similarity.
     """
     X = np.array(X, dtype=dtype, copy=copy, order="C")
-    norms = np.linalg.norm(X, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))  # no n x d temporary
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise ValueError(
@@ -65,7 +67,8 @@ def exact_knn(X, n_neighbors, *, search="auto", block_size=None, n_jobs=None):
         Engine. ``"auto"`` uses the NumPy engine, which is the faster of the
         two on CPUs in our benchmarks; ``"faiss"`` requires faiss.
     block_size : int, default=None
-        Rows per block of the NumPy engine (default 2048).
+        Rows per block of the NumPy engine (default: up to 2048, fewer for
+        large N so that a block stays under 48 MB).
     n_jobs : int, default=None
         Threads for faiss (None: faiss's default). The NumPy engine uses
         the threads of the BLAS library.
@@ -84,7 +87,9 @@ def exact_knn(X, n_neighbors, *, search="auto", block_size=None, n_jobs=None):
     if search == "faiss":
         indices, sims = _knn_faiss(X, k, n_jobs)
     elif search == "numpy":
-        indices, sims = _knn_numpy(X, k, block_size or _DEFAULT_BLOCK_SIZE)
+        if block_size is None:
+            block_size = int(np.clip(_MAX_BLOCK_BYTES // (4 * n_samples), 256, _MAX_BLOCK_ROWS))
+        indices, sims = _knn_numpy(X, k, block_size)
     else:
         raise ValueError(f"search must be 'auto', 'numpy' or 'faiss', got {search!r}.")
     return indices, sims

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._dbscan import sparse_dbscan
-from ._jaccard import jaccard_distance
+from ._jaccard import _jaccard_normalized
 from ._knn import l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -192,14 +192,19 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 f"SelfPacedDBSCAN needs at least min_samples={self.min_samples} "
                 f"samples, got n_samples = {n_samples}."
             )
-        distance = jaccard_distance(X, self.k1, self.k2, search=self.search, n_jobs=self.n_jobs)
+        Xn = l2_normalize(X)
+        # Only distances up to the loosest eps matter to DBSCAN: the rest is
+        # never stored, which keeps memory proportional to the near pairs.
+        max_distance = self.eps + self.eps_gap if self.self_paced else self.eps
+        distance = _jaccard_normalized(
+            Xn, self.k1, self.k2, max_distance=max_distance, search=self.search, n_jobs=self.n_jobs
+        )
         labels = sparse_dbscan(distance, self.eps, self.min_samples)
         self.dbscan_labels_ = labels
         if self.self_paced:
             labels = self._reliable(distance, labels)
         self.labels_ = labels
         self.n_clusters_ = int(labels.max(initial=-1) + 1)
-        Xn = l2_normalize(X)
         centers = np.zeros((self.n_clusters_, X.shape[1]), dtype=np.float32)
         clustered = labels >= 0
         np.add.at(centers, labels[clustered], Xn[clustered])
