@@ -1,0 +1,295 @@
+"""LabelMemory: exact and transitive answers, contradictions, persistence."""
+
+import json
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+from ucal.oracles import AnswerRecord, LabelMemory, LabelOracle, OracleError
+
+
+class CountingOracle:
+    """LabelOracle that keeps every batch it was sent."""
+
+    def __init__(self, y):
+        self.oracle = LabelOracle(y)
+        self.batches = []
+
+    def __call__(self, pairs):
+        self.batches.append(np.array(pairs))
+        return self.oracle(pairs)
+
+
+def test_exact_answers_are_symmetric_and_unknown_stays_unknown():
+    memory = LabelMemory()
+    assert memory.record([[4, 2], [0, 1]], [True, False]) == 2
+    assert memory.lookup([[2, 4], [4, 2], [1, 0], [0, 4]]).tolist() == [1, 1, 0, -1]
+    assert memory.lookup(np.empty((0, 2), dtype=int)).shape == (0,)
+    # a sample is trivially the same as itself
+    assert memory.lookup([[7, 7]]).tolist() == [1]
+
+
+def test_transitive_inference_and_exact_only_mode():
+    answers = ([[0, 1], [1, 2], [2, 3], [3, 4]], [True, True, False, True])
+    inferring, exact_only = LabelMemory(), LabelMemory(infer=False)
+    for memory in (inferring, exact_only):
+        memory.record(*answers)
+    queried = [[0, 2], [0, 4], [1, 3], [0, 9], [4, 2]]
+    # {0,1,2} same; {3,4} same; the two components are separated by (2, 3)
+    assert inferring.lookup(queried).tolist() == [1, 0, 0, -1, 0]
+    assert exact_only.lookup(queried).tolist() == [-1, -1, -1, -1, -1]
+    assert exact_only.lookup([[2, 3]]).tolist() == [0]
+
+
+def test_ask_sends_only_unknown_pairs_once_in_one_batch():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    oracle = CountingOracle(y)
+    memory = LabelMemory()
+    memory.record([[0, 1], [1, 2]], [True, True])
+    pairs = [[0, 2], [3, 4], [4, 3], [2, 5], [0, 1], [3, 4]]
+    answers = memory.ask(pairs, oracle)
+    assert answers.tolist() == [1, 1, 1, 0, 1, 1]
+    assert len(oracle.batches) == 1
+    sent = {tuple(p) for p in np.sort(oracle.batches[0], axis=1).tolist()}
+    assert sent == {(3, 4), (2, 5)}
+    assert memory.n_queries == 2
+    assert memory.n_inferred == 2  # (0, 2) inferred, (0, 1) exact
+    assert memory.n_transitive == 1
+    # nothing new to ask: the oracle is not called at all
+    memory.ask(pairs, oracle)
+    assert len(oracle.batches) == 1
+
+
+def test_ask_without_oracle_answers_from_memory_only():
+    memory = LabelMemory()
+    memory.record([[0, 1]], [False])
+    assert memory.ask([[1, 0], [1, 2]], None).tolist() == [0, -1]
+    assert memory.n_queries == 0
+
+
+def test_abstentions_are_not_recorded_and_are_asked_again():
+    calls = []
+
+    def unsure(pairs):
+        calls.append(len(pairs))
+        return np.array([-1, 1][: len(pairs)])
+
+    memory = LabelMemory()
+    assert memory.ask([[0, 1], [2, 3]], unsure).tolist() == [-1, 1]
+    assert len(memory) == 1 and memory.n_abstentions == 1
+    assert memory.lookup([[0, 1]]).tolist() == [-1]
+    memory.ask([[0, 1], [2, 3]], unsure)
+    assert calls == [2, 1]
+    assert memory.n_queries == 3
+
+
+def test_rerecording_the_same_answer_is_a_noop(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    assert memory.record([[1, 2]], [True]) == 1
+    assert memory.record([[2, 1]], [1], source="web") == 0
+    assert len(memory) == 1 and memory.n_contradictions_ == 0
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_contradiction_latest_exact_answer_wins_and_is_counted(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    memory.record([[0, 1]], [True])
+    memory.record([[1, 0]], [False])
+    assert memory.lookup([[0, 1]]).tolist() == [0]
+    assert memory.n_contradictions_ == 1
+    assert [r.same for r in memory] == [True, False]  # both answers are kept
+    reopened = LabelMemory(path)
+    assert reopened.lookup([[0, 1]]).tolist() == [0]
+    assert reopened.n_contradictions_ == 1 and len(reopened) == 2
+
+
+def test_transitive_conflict_rule():
+    memory = LabelMemory()
+    # "same" answers join 0-1-2, then a direct "different" for (0, 2)
+    memory.record([[0, 1], [1, 2], [0, 2], [2, 3]], [1, 1, 0, 0])
+    assert memory.n_conflicts_ == 1
+    # direct answers override the inference; the rest follows "same first"
+    assert memory.lookup([[0, 2], [0, 1], [1, 2]]).tolist() == [0, 1, 1]
+    assert memory.lookup([[1, 0]]).tolist() == [1]
+    # the conflicting answer separates nothing, but (2, 3) still does
+    assert memory.lookup([[0, 3], [1, 3]]).tolist() == [0, 0]
+    # fixing a "same" answer removes the conflict
+    memory.record([[1, 2]], [False])
+    assert memory.n_conflicts_ == 0
+    assert memory.lookup([[0, 2], [1, 2], [0, 3]]).tolist() == [0, 0, -1]
+
+
+def test_state_depends_only_on_latest_answers_not_on_order():
+    rng = np.random.RandomState(0)
+    pairs = rng.randint(0, 15, size=(60, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    answers = rng.randint(0, 2, size=len(pairs))
+    # deduplicate so that each pair has one answer, then replay in two orders
+    _, first = np.unique(np.sort(pairs, axis=1), axis=0, return_index=True)
+    pairs, answers = pairs[first], answers[first]
+    forward, backward = LabelMemory(), LabelMemory()
+    forward.record(pairs, answers)
+    for i in range(len(pairs) - 1, -1, -1):
+        backward.record(pairs[i : i + 1], answers[i : i + 1])
+    everything = np.array([(i, j) for i in range(16) for j in range(16)])
+    np.testing.assert_array_equal(forward.lookup(everything), backward.lookup(everything))
+    assert forward.n_conflicts_ == backward.n_conflicts_
+
+
+def test_record_validates_input():
+    memory = LabelMemory()
+    with pytest.raises(ValueError, match="answers must be bool"):
+        memory.record([[0, 1]], [0.5])
+    with pytest.raises(ValueError, match="shape"):
+        memory.record([[0, 1]], [True, False])
+    with pytest.raises(ValueError, match="itself"):
+        memory.record([[3, 3]], [False])
+    with pytest.raises(TypeError, match="integer"):
+        memory.record([[0.0, 1.0]], [True])
+    with pytest.raises(ValueError, match="negative"):
+        memory.lookup([[-1, 2]])
+    assert memory.record([[0, 1], [1, 2]], [-1, -1]) == 0
+    assert len(memory) == 0
+
+
+def test_persistence_one_json_line_per_answer_and_replay(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    memory.ask([[0, 1], [1, 2], [2, 3]], LabelOracle([0, 0, 0, 1]))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["i"], r["j"], r["same"]) for r in lines] == [
+        (0, 1, True), (1, 2, True), (2, 3, False)
+    ]
+    assert all(r["source"] == "oracle" and r["time"] > 0 for r in lines)
+    reopened = LabelMemory(path)
+    assert len(reopened) == 3
+    assert reopened.lookup([[0, 2], [0, 3]]).tolist() == [1, 0]
+    assert list(reopened)[2] == AnswerRecord(2, 3, False, "oracle", lines[2]["time"])
+
+
+def test_answers_are_fsynced_before_they_are_used(tmp_path, monkeypatch):
+    path = tmp_path / "answers.jsonl"
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.getsize(path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    memory = LabelMemory(path)
+    memory.record([[0, 1], [2, 3]], [True, False])
+    assert synced and synced[0] == path.stat().st_size  # whole batch, then one fsync
+    # a write that fails leaves the in-memory state untouched
+    broken = LabelMemory(tmp_path / "missing-dir" / "answers.jsonl")
+    with pytest.raises(OSError):
+        broken.record([[0, 1]], [True])
+    assert len(broken) == 0 and broken.lookup([[0, 1]]).tolist() == [-1]
+
+
+def test_truncated_last_line_is_skipped_with_a_warning_then_repaired(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    LabelMemory(path).record([[0, 1], [1, 2]], [True, False])
+    with open(path, "ab") as f:
+        f.write(b'{"i": 5, "j": 6, "sa')  # killed mid-write
+    with pytest.warns(UserWarning, match="truncated last line"):
+        memory = LabelMemory(path)
+    assert len(memory) == 2
+    memory.record([[7, 8]], [True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reopened = LabelMemory(path)
+    assert [(r.i, r.j, r.same) for r in reopened] == [(0, 1, True), (1, 2, False), (7, 8, True)]
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"i": 0, "j": 1, "same": true}')
+    memory = LabelMemory(path)
+    assert memory.lookup([[0, 1]]).tolist() == [1]
+    memory.record([[1, 2]], [False])
+    assert len(LabelMemory(path)) == 2
+
+
+def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"i": 0, "j": 1, "same": true}\nnot json\n{"i": 1, "j": 2, "same": false}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        LabelMemory(path)
+    path.write_text('{"i": 0, "j": 1, "same": "yes"}\n')
+    with pytest.raises(ValueError, match="line 1.*'same'"):
+        LabelMemory(path)
+
+
+def test_oracle_faults_keep_the_answers_already_received(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    memory.ask([[0, 1]], LabelOracle([0, 0, 1, 1]))
+
+    def crashes(pairs):
+        raise RuntimeError("annotator went home")
+
+    with pytest.raises(OracleError, match="raised RuntimeError: annotator went home") as info:
+        memory.ask([[2, 3]], crashes)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.memory is memory and len(memory) == 1
+
+    def half_valid(pairs):
+        return np.array([True, None, False], dtype=object)
+
+    with pytest.raises(OracleError, match="invalid answer"):
+        memory.ask([[4, 5], [6, 7], [8, 9]], half_valid)
+    assert memory.lookup([[4, 5], [6, 7], [8, 9]]).tolist() == [1, -1, 0]
+    assert len(LabelMemory(path)) == 3  # and they are on disk
+
+
+def test_oracle_gets_a_copy_and_context_hook():
+    seen = {}
+
+    class Annotator:
+        def set_context(self, labels):
+            seen["context"] = labels
+
+        def __call__(self, pairs):
+            seen["pairs"] = pairs.copy()
+            pairs[:] = 0  # must not corrupt the memory
+            return np.ones(len(pairs), dtype=bool)
+
+    memory = LabelMemory()
+    context = np.array([0, 0, 1, 1])
+    memory.ask([[0, 2]], Annotator(), context=context)
+    np.testing.assert_array_equal(seen["context"], context)
+    assert memory.to_arrays()[0].tolist() == [[0, 2]]
+
+
+def test_memory_pickles_with_its_state():
+    memory = LabelMemory(infer=True)
+    memory.record([[0, 1], [1, 2]], [True, True])
+    clone = pickle.loads(pickle.dumps(memory))
+    assert clone.lookup([[0, 2]]).tolist() == [1]
+    clone.record([[2, 3]], [False])  # the lock was rebuilt
+    assert len(clone) == 3 and len(memory) == 2
+
+
+def test_retract_takes_an_answer_back_durably(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    memory.record([[0, 1], [1, 2]], [True, True])
+    assert memory.lookup([[0, 2]])[0] == 1  # inferred through 1
+    assert memory.retract([[2, 1], [7, 8]], source="undo") == 1
+    assert memory.lookup([[1, 2], [0, 2], [0, 1]]).tolist() == [-1, -1, 1]
+    assert memory.retract([[1, 2]]) == 0  # nothing left to take back
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and '"same": null' in lines[-1]
+    reopened = LabelMemory(path)
+    assert reopened.lookup([[1, 2], [0, 1]]).tolist() == [-1, 1]
+    assert [r.same for r in reopened] == [True, True, None]
+    # Answering again after a retraction is a new answer, not a contradiction.
+    reopened.record([[1, 2]], [False])
+    assert reopened.n_contradictions_ == 0
+    assert reopened.lookup([[0, 2]])[0] == 0

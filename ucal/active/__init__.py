@@ -1,0 +1,12 @@
+"""Oracle-driven refinement of a clustering: SNPS (split) and MPPS (merge).
+
+Both are scikit-learn estimators that need no torch; they compose by
+nesting, sharing one label memory::
+
+    MPPSMerger(clusterer=SNPSSplitter(clusterer=SelfPacedDBSCAN()))
+"""
+
+from ._mpps import MPPSMerger
+from ._snps import SNPSSplitter
+
+__all__ = ["MPPSMerger", "SNPSSplitter"]

@@ -1,0 +1,236 @@
+"""MPPS: merge clusters at hard positive centroid pairs (paper Sec. 3.2.2)."""
+
+import logging
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+
+from ._base import _BaseRefiner, cluster_centers, cluster_medoids
+
+__all__ = ["MPPSMerger"]
+
+logger = logging.getLogger(__name__)
+
+_BLOCK = 2048  # rows of the centroid similarity matrix held at once
+
+
+def gap_cut(top_sims, delta):
+    """Eq. 5 and 6 on rows of similarities sorted from high to low.
+
+    ``d_l = s_l - s_{l+1}``, min-max normalised along each row into
+    ``d*_l``; the result is, per row, the first ``l`` (1-based) with
+    ``d*_l > delta``: the number of candidates to ask. A row with a single
+    candidate, or without any gap (all ``d_l`` equal), gives 1.
+    """
+    top_sims = np.asarray(top_sims, dtype=np.float64)
+    if top_sims.shape[1] < 2:
+        return np.ones(len(top_sims), dtype=np.int64)
+    d = top_sims[:, :-1] - top_sims[:, 1:]
+    lo = d.min(axis=1, keepdims=True)
+    span = d.max(axis=1, keepdims=True) - lo
+    # rounding leaves tiny spans in gap-free rows: treat them as no gap
+    d_star = np.divide(d - lo, span, out=np.zeros_like(d), where=span > 1e-9)
+    above = d_star > delta
+    return np.where(above.any(axis=1), above.argmax(axis=1) + 1, 1)
+
+
+def candidate_pairs(centers, l_max, delta):
+    """Eq. 5 and 6: the centroid pairs worth asking, with their similarity.
+
+    For each centroid, the ``l_max`` most similar other centroids are
+    ranked, ``d_l = s_l - s_{l+1}`` is min-max normalised along the list,
+    and the pairs up to the first ``l`` with ``d*_l > delta`` are kept. With
+    a single candidate, or a list without any gap (all ``d_l`` equal),
+    only the most similar centroid is kept.
+
+    Returns
+    -------
+    pairs : ndarray of shape (m, 2)
+        Cluster pairs ``a < b``, each once, by decreasing similarity.
+    sims : ndarray of shape (m,)
+        Their centroid similarities.
+    """
+    n = len(centers)
+    L = min(l_max, n - 1)
+    if L < 1:
+        return np.empty((0, 2), dtype=np.int64), np.empty(0)
+    rows, cols, sims = [], [], []
+    for start in range(0, n, _BLOCK):
+        block = centers[start : start + _BLOCK] @ centers.T
+        local = np.arange(len(block))
+        block[local, start + local] = -np.inf  # a centroid is not its own candidate
+        top = np.argpartition(-block, L - 1, axis=1)[:, :L]
+        top_sims = np.take_along_axis(block, top, axis=1)
+        rank = np.argsort(-top_sims, axis=1, kind="stable")
+        top = np.take_along_axis(top, rank, axis=1)
+        top_sims = np.take_along_axis(top_sims, rank, axis=1)
+        cut = gap_cut(top_sims, delta)
+        keep = np.arange(L)[None, :] < cut[:, None]
+        rows.append(np.broadcast_to((start + local)[:, None], top.shape)[keep])
+        cols.append(top[keep])
+        sims.append(top_sims[keep])
+    a, b = np.concatenate(rows), np.concatenate(cols)
+    sims = np.concatenate(sims)
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+    # (i, j) and (j, i) are one pair; ask the most similar first
+    _, first = np.unique(pairs[:, 0] * n + pairs[:, 1], return_index=True)
+    pairs, sims = pairs[first], sims[first]
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -sims))
+    return pairs[order], sims[order]
+
+
+class MPPSMerger(_BaseRefiner):
+    """Merge fragmented clusters by asking about similar centroids (MPPS).
+
+    Merge by hard Positive centroid-Pair Selection, Sec. 3.2.2 of the UCAL
+    paper. For each cluster centroid, the other centroids are ranked by
+    similarity (top ``l_max``); the adjacent differences ``d_l`` are
+    min-max normalised (Eq. 5, 6) and the pairs up to the first ``l`` with
+    ``d*_l > delta`` are asked, all in one batch, each unordered pair once.
+    The human is shown each cluster's medoid (its sample nearest the
+    centroid): that is the pair of sample indices sent to the oracle.
+    Clusters joined by "same" answers are merged, in order of decreasing
+    centroid similarity, until the number of clusters removed by merging
+    reaches ``max_merge_ratio`` times the number of clusters.
+
+    Parameters
+    ----------
+    clusterer : estimator, default=None
+        Makes the initial clusters when ``fit`` gets no ``labels``: any
+        scikit-learn clusterer (cloned, fitted on X, its ``labels_`` used),
+        or another refiner such as :class:`SNPSSplitter`, which then shares
+        this fit's oracle, memory and budget (the paper runs SNPS, then
+        MPPS). None means ``ucal.SelfPacedDBSCAN()``.
+    l_max : int, default=10
+        Length of each centroid's candidate list. The paper gives no value;
+        10 keeps a batch below ``10 * n_clusters`` pairs.
+    delta : float, default=0.3
+        Threshold on the normalised similarity gap ``d*_l`` (paper: 0.3).
+    max_merge_ratio : float, default=0.2
+        Merges stop once this fraction of the clusters has been removed by
+        merging (paper: 20% per epoch).
+    max_queries : int, default=None
+        Most pairs sent to the oracle in one fit (a nested refiner's
+        queries included); None is unlimited. When it runs out, the most
+        similar centroid pairs are asked first, a
+        :class:`~ucal.oracles.BudgetExhaustedWarning` is issued and
+        refinement goes on with what is known.
+    memory_path : str or path-like, default=None
+        File in which a fresh :class:`~ucal.oracles.LabelMemory` persists
+        answers, when ``fit`` gets no ``label_memory``.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Refined cluster labels, ``-1`` for outliers (never queried, never
+        made into clusters).
+    n_clusters_ : int
+        Number of refined clusters.
+    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+        L2-normalised mean of each refined cluster's L2-normalised samples.
+    n_merges_ : int
+        Number of clusters this stage removed by merging.
+    n_queries_ : int
+        Pairs sent to the oracle during this fit, a nested refiner's
+        included (see ``stage_queries_`` for each stage's share).
+    n_inferred_ : int
+        Pairs the label memory answered instead of the oracle.
+    cost_ : float
+        Labeling cost of Eq. 7, ``n_queries_ / (N (N - 1) / 2)``.
+    queries_ : dict
+        ``"pairs"`` (m, 2) sent to the oracle (``i < j``), ``"answers"``
+        (m,) int8 (1 same, 0 different, -1 not sure) and ``"stage"`` (m,).
+    stage_queries_ : dict
+        Pairs sent per stage, e.g. ``{"snps": 12, "mpps": 30}``.
+    stage_inferred_ : dict
+        Pairs answered by the memory per stage.
+    label_memory_ : LabelMemory
+        The memory used (holds no oracle; pickles).
+    clusterer_ : estimator or None
+        The fitted clone of ``clusterer`` (None when ``labels`` were given).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string feature names.
+
+    See Also
+    --------
+    SNPSSplitter : Split impure clusters (the paper's other module).
+    ucal.oracles.LabelMemory : The memory of answers shared across fits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal import MPPSMerger
+    >>> rng = np.random.RandomState(0)
+    >>> y = np.repeat(np.arange(5), 10)
+    >>> X = np.eye(8)[y] + 0.05 * rng.randn(50, 8)
+    >>> labels = y.copy()
+    >>> labels[:5] = 5                      # identity 0 split in two clusters
+    >>> mpps = MPPSMerger(max_merge_ratio=0.5).fit(X, y, labels=labels)
+    >>> mpps.n_clusters_, mpps.n_merges_
+    (5, 1)
+    """
+
+    _stage_name = "mpps"
+
+    _parameter_constraints: dict = {
+        **_BaseRefiner._parameter_constraints,
+        "l_max": [Interval(Integral, 1, None, closed="left")],
+        "delta": [Interval(Real, 0, 1, closed="both")],
+        "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],
+    }
+
+    def __init__(
+        self,
+        clusterer=None,
+        *,
+        l_max=10,
+        delta=0.3,
+        max_merge_ratio=0.2,
+        max_queries=None,
+        memory_path=None,
+    ):
+        self.clusterer = clusterer
+        self.l_max = l_max
+        self.delta = delta
+        self.max_merge_ratio = max_merge_ratio
+        self.max_queries = max_queries
+        self.memory_path = memory_path
+
+    def _refine(self, Xn, labels, session, stage):
+        self.n_merges_ = 0
+        n_clusters = int(labels.max()) + 1 if len(labels) else 0
+        if n_clusters < 2:
+            return labels
+        centers = cluster_centers(Xn, labels, n_clusters)
+        medoids = cluster_medoids(Xn, labels, centers)
+        pairs, _ = candidate_pairs(centers, self.l_max, self.delta)
+        answers = session.ask(
+            medoids[pairs], stage=stage, owner=type(self).__name__, context=labels
+        )
+
+        # merges by decreasing centroid similarity (pairs come sorted so)
+        parent = np.arange(n_clusters)
+
+        def find(a):
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        limit = self.max_merge_ratio * n_clusters
+        for a, b in pairs[answers == 1].tolist():
+            if self.n_merges_ >= limit:
+                break
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+                self.n_merges_ += 1
+        roots = np.array([find(a) for a in range(n_clusters)])
+        logger.info(
+            "%s: %d clusters, %d candidate pairs, %d merges.",
+            stage, n_clusters, len(pairs), self.n_merges_,
+        )
+        return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
