@@ -339,7 +339,7 @@ class _BaseRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMix
 
         Returns
         -------
-        distances : ndarray of shape (n_samples, n_clusters_)
+        distances : ndarray of shape (n_samples, n_clusters)
             ``1 - cos(x, centre)``, in ``[0, 2]``.
         """
         check_is_fitted(self)

@@ -127,7 +127,7 @@ class MPPSMerger(_BaseRefiner):
         made into clusters).
     n_clusters_ : int
         Number of refined clusters.
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
         L2-normalised mean of each refined cluster's L2-normalised samples.
     n_merges_ : int
         Number of clusters this stage removed by merging.

@@ -112,7 +112,7 @@ class SNPSSplitter(_BaseRefiner):
         made into clusters).
     n_clusters_ : int
         Number of refined clusters.
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
         L2-normalised mean of each refined cluster's L2-normalised samples.
     n_splits_ : int
         Number of clusters this stage split.

@@ -91,7 +91,7 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         Cluster of each sample, ``-1`` when not clustered in this fit.
     n_clusters_ : int
         Number of clusters.
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
         L2-normalised mean of the L2-normalised members of each cluster.
     dbscan_labels_ : ndarray of shape (n_samples,)
         Labels of the DBSCAN run at ``eps``, before the reliability filter.
@@ -281,7 +281,7 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
         Returns
         -------
-        distances : ndarray of shape (n_samples, n_clusters_)
+        distances : ndarray of shape (n_samples, n_clusters)
             ``1 - cos(x, center)``, in [0, 2].
         """
         check_is_fitted(self)
