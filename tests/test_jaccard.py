@@ -126,3 +126,21 @@ def test_max_distance_keeps_exactly_the_near_entries():
     assert len(expected) == got.nnz < full.nnz
     for r, c, v in zip(got.row, got.col, got.data):
         assert expected[(r, c)] == pytest.approx(v, abs=1e-7)
+
+
+def test_n_rows_computes_exactly_the_leading_rows():
+    from ucal.cluster._jaccard import jaccard_from_neighbors
+    from ucal.cluster._knn import exact_knn, l2_normalize
+
+    X = l2_normalize(_clustered(200, 12, 16, 0.5, seed=12))
+    idx, sim = exact_knn(X, 20)
+
+    def pair_distance(r, c):
+        return 2.0 - 2.0 * np.einsum("ij,ij->i", X[r], X[c])
+
+    kw = dict(n_forward=20, n_half=11, k2=6, knn_distance=2.0 - 2.0 * sim)
+    full = jaccard_from_neighbors(idx, pair_distance, **kw)
+    part = jaccard_from_neighbors(idx, pair_distance, n_rows=50, **kw)
+    assert abs(full[:50] - part[:50]).max() == 0
+    assert abs(full[:, :50] - part[:, :50]).max() == 0
+    assert part[50:, 50:].nnz == 0 < full[50:, 50:].nnz

@@ -92,7 +92,7 @@ def _edge_distances(pattern, knn_index, knn_distance, pair_distance):
     return rows, cols, dist
 
 
-def _upper_distances(V, max_distance):
+def _upper_distances(V, max_distance, n_rows=None):
     """Upper triangle (j >= i) of the Jaccard distance between the rows of V.
 
     ``d(i, j) = 1 - m / (|V_i| + |V_j| - m)`` with ``m = sum_k min(V[i, k],
@@ -102,9 +102,11 @@ def _upper_distances(V, max_distance):
     after ``i`` itself). For a chunk of rows the ``min`` of each meeting is
     added into a dense per-chunk buffer with ``np.bincount``, much faster than
     sorting the meetings into a sparse matrix. Entries above ``max_distance``
-    are dropped chunk by chunk, so they never use memory.
+    are dropped chunk by chunk, so they never use memory. With ``n_rows``,
+    only pairs whose smaller index is below it are computed.
     """
     n = V.shape[0]
+    n_rows = n if n_rows is None else min(int(n_rows), n)
     totals = np.asarray(V.sum(axis=1)).ravel()
     row_ptr = V.indptr.astype(np.int64)
     row_cols = V.indices.astype(np.int64)
@@ -123,11 +125,11 @@ def _upper_distances(V, max_distance):
     del col_end
     out_i, out_j, out_d = [], [], []
     start = 0
-    while start < n:
+    while start < n_rows:
         width = n - start  # columns j >= start
         last_entry = np.searchsorted(cum, cum[row_ptr[start]] + _MAX_TRIPLES, side="right") - 1
         stop = int(np.searchsorted(row_ptr, last_entry, side="right")) - 1
-        stop = min(max(stop, start + 1), start + max(1, _MAX_BUFFER // width), n)
+        stop = min(max(stop, start + 1), start + max(1, _MAX_BUFFER // width), n_rows)
         e0, e1 = row_ptr[start], row_ptr[stop]
         cnt = partners[e0:e1]
         total = int(cum[e1] - cum[e0])
@@ -172,7 +174,15 @@ def _symmetric_csr(i, j, d, n):
 
 
 def jaccard_from_neighbors(
-    knn_index, pair_distance, *, n_forward, n_half, k2, knn_distance=None, max_distance=None
+    knn_index,
+    pair_distance,
+    *,
+    n_forward,
+    n_half,
+    k2,
+    knn_distance=None,
+    max_distance=None,
+    n_rows=None,
 ):
     """k-reciprocal encoded Jaccard distance from a precomputed neighbour ranking.
 
@@ -201,6 +211,10 @@ def jaccard_from_neighbors(
         use that only looks at distances up to it, such as DBSCAN with
         ``eps <= max_distance``, and much smaller. The diagonal is always
         stored.
+    n_rows : int, default=None
+        If given, only the first ``n_rows`` rows (and columns) are complete:
+        pairs of two later samples are not computed. Re-ranking needs only
+        the query rows.
 
     Returns
     -------
@@ -230,7 +244,7 @@ def jaccard_from_neighbors(
         V = (Q @ V).tocsr()
     V.sort_indices()
     V.eliminate_zeros()
-    i, j, d = _upper_distances(V, max_distance)
+    i, j, d = _upper_distances(V, max_distance, n_rows)
     del V
     return _symmetric_csr(i, j, d, n)
 

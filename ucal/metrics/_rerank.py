@@ -31,8 +31,8 @@ __all__ = ["rerank"]
 # Bytes of one block of (columns x all samples) distances, counting the int64
 # indices of the partial selection.
 _BLOCK_BYTES = 64 * 2**20
-# Pairs per batch when pair distances are computed from features.
-_PAIR_BATCH = 65536
+# Bytes of the two gathered feature blocks per batch of pair distances.
+_PAIR_BYTES = 32 * 2**20
 
 
 def _first_non_finite(X):
@@ -172,15 +172,16 @@ class _FeatureSource:
 
     def pairs(self, rows, cols):
         out = np.empty(rows.size, dtype=np.float64)
-        for s in range(0, rows.size, _PAIR_BATCH):
-            a, sa = self._samples(rows[s : s + _PAIR_BATCH])
-            b, sb = self._samples(cols[s : s + _PAIR_BATCH])
+        batch = max(1, _PAIR_BYTES // (2 * self.Q.itemsize * self.Q.shape[1]))
+        for s in range(0, rows.size, batch):
+            a, sa = self._samples(rows[s : s + batch])
+            b, sb = self._samples(cols[s : s + batch])
             dot = np.einsum("ij,ij->i", a, b).astype(np.float64)
             if self.metric == "cosine":
                 d = 1.0 - dot * sa * sb
             else:
                 d = np.sqrt(np.maximum(sa.astype(np.float64) + sb - 2.0 * dot, 0.0))
-            out[s : s + _PAIR_BATCH] = np.maximum(d, 0.0)
+            out[s : s + batch] = np.maximum(d, 0.0)
         return out
 
 
@@ -246,6 +247,7 @@ def _rerank_blocks(source, k1, k2, lambda_value, out_dtype):
         n_half=n_half,
         k2=k2,
         knn_distance=knn_distance,
+        n_rows=nq,  # only the query rows are read below
     )
     # Only the query x gallery block is needed; stored Jaccard entries become
     # similarities 1 - d, so that missing entries (distance 1) are zeros.
