@@ -1,0 +1,224 @@
+"""Training throughput of UCALReID against the raw backbone forward + backward.
+
+For each backbone / input size / precision, two numbers measured in the
+same process, on the same batch size:
+
+- raw: images/s of ``forward -> loss -> backward -> Adam step`` on one
+  fixed, pre-normalised tensor (the most a training loop can reach);
+- loop: images/s of UCALReID's own epoch loop (pseudo-identity sampler,
+  uint8 batch loading, SpCL's augmentations, forward, Eq. 1 loss against
+  the memory centroids, backward, Adam step, memory momentum update).
+
+``overhead = 1 - loop / raw`` is the cost of everything around the
+network; the target is at most 10 %. Precision is float32 and bfloat16
+autocast + channels_last (what ``mixed_precision="auto"`` picks on CPUs
+with native bf16).
+
+Usage::
+
+    python benchmarks/bench_training.py            # all configurations
+    python benchmarks/bench_training.py --quick    # small CNN only
+
+Writes ``benchmarks/results/training.json`` and ``training.md``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ucal.reid import UCALReID  # noqa: E402
+from ucal.reid._data import as_image_source  # noqa: E402
+from ucal.reid._device import Precision  # noqa: E402
+from ucal.reid._estimator import _Trainer  # noqa: E402
+from ucal.reid._memory import centroid_contrastive_loss  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# (backbone, (height, width), batch size, timed iterations)
+CONFIGS = [
+    ("small", (64, 32), 64, 30),
+    ("resnet18", (128, 64), 64, 8),
+    ("resnet50", (256, 128), 32, 3),
+]
+
+
+def _trainer(backbone, size, batch, n_images, mixed, seed):
+    rng = np.random.RandomState(seed)
+    X = rng.randint(0, 256, size=(n_images, *size, 3), dtype=np.uint8)
+    est = UCALReID(
+        backbone=backbone,
+        pretrained=False,
+        image_size=size,
+        batch_size=batch,
+        mixed_precision=mixed,
+        device="cpu",
+        snps=False,
+        mpps=False,
+        random_state=seed,
+    )
+    est._validate_params()
+    trainer = _Trainer(est, as_image_source(X, size), None, None, None, False)
+    trainer._setup()  # builds the net, optimizer and memory (not timed)
+    labels = np.arange(n_images) // 8  # 8 images per pseudo identity
+    labels[::13] = -1  # some outliers, as after clustering
+    return trainer, labels
+
+
+def _time_raw(trainer, labels, iters):
+    """forward + loss + backward + step on one fixed batch."""
+    net, precision, opt = trainer.net, trainer.precision, trainer.optimizer
+    batch = trainer.est.batch_size
+    size = trainer.est.image_size
+    x = torch.randn(batch, 3, *size).contiguous(memory_format=precision.memory_format())
+    trainer.memory.set_labels(labels)
+    targets = torch.as_tensor(labels[labels >= 0][:batch])
+    centroids = trainer.memory.centroids()
+    net.train()
+
+    def step():
+        with precision.autocast():
+            feats = net(x)
+        loss = centroid_contrastive_loss(feats, targets, centroids, 0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (oneDNN primitive creation)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return batch * iters / (time.perf_counter() - start)
+
+
+def _time_loop(trainer, labels, iters):
+    """UCALReID's own epoch loop, iters_per_epoch = iters."""
+    trainer.est.iters_per_epoch = 1
+    trainer._train_epoch(labels, 0)  # warm-up
+    trainer.est.iters_per_epoch = iters
+    start = time.perf_counter()
+    trainer._train_epoch(labels, 0)
+    return trainer.est.batch_size * iters / (time.perf_counter() - start)
+
+
+def run(configs, threads, repeats, seed):
+    torch.set_num_threads(threads)
+    rows = []
+    for backbone, size, batch, iters in configs:
+        for mixed in (False, True):
+            trainer, labels = _trainer(backbone, size, batch, max(512, 4 * batch), mixed, seed)
+            raws, loops = [], []
+            # Interleave the two measurements so that load from other processes hits both.
+            for _ in range(repeats):
+                raws.append(_time_raw(trainer, labels, iters))
+                loops.append(_time_loop(trainer, labels, iters))
+            raw, loop = float(np.median(raws)), float(np.median(loops))
+            row = {
+                "backbone": backbone,
+                "image_size": list(size),
+                "batch_size": batch,
+                "iterations": iters,
+                "precision": trainer.precision.name
+                + ("+channels_last" if trainer.precision.channels_last else ""),
+                "raw_images_per_s": raw,
+                "loop_images_per_s": loop,
+                "overhead": 1.0 - loop / raw,
+                "raw_runs": raws,
+                "loop_runs": loops,
+            }
+            rows.append(row)
+            print(
+                f"{backbone:9s} {size[0]:3d}x{size[1]:<3d} b{batch:<3d} {row['precision']:22s} "
+                f"raw {raw:7.1f} img/s  loop {loop:7.1f} img/s  "
+                f"overhead {100 * row['overhead']:5.1f}%",
+                flush=True,
+            )
+    return rows
+
+
+def _machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
+    }
+
+
+def _markdown(result):
+    m = result["machine"]
+    lines = [
+        "# Training throughput: UCALReID loop vs raw forward + backward",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {result['threads']} torch "
+        f"threads; Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}; "
+        f"AVX512-BF16: {m['avx512_bf16']}. Seed {result['seed']}; median of "
+        f"{result['repeats']} interleaved runs each. Produced by "
+        "`benchmarks/bench_training.py`.",
+        "",
+        "| backbone | input | batch | precision | raw img/s | loop img/s | loop overhead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['backbone']} | {r['image_size'][0]}x{r['image_size'][1]} | {r['batch_size']} "
+            f"| {r['precision']} | {r['raw_images_per_s']:.1f} | {r['loop_images_per_s']:.1f} "
+            f"| {100 * r['overhead']:.1f} % |"
+        )
+    lines += [
+        "",
+        "raw = forward, Eq. 1 loss, backward and Adam step on one fixed tensor; loop = "
+        "UCALReID's epoch loop (sampler, uint8 loading, flip/pad-crop/erasing, forward, loss, "
+        "backward, step, memory update). Overhead = 1 - loop / raw (negative values are "
+        "measurement noise).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only the small CNN")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    configs = CONFIGS[:1] if args.quick else CONFIGS
+    rows = run(configs, args.threads, args.repeats, args.seed)
+    result = {
+        "machine": _machine(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "rows": rows,
+    }
+    if not args.no_save:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "training.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        with open(os.path.join(RESULTS, "training.md"), "w") as f:
+            f.write(_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
