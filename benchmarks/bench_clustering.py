@@ -131,6 +131,7 @@ def run_dense(n):
         for k in np.flatnonzero(V[i]):
             tmin[inv[k]] += np.minimum(V[i, k], V[inv[k], k])
         jac[i] = 1 - tmin / (2 - tmin)
+    jac[jac < 0] = 0.0  # rounding, as SpCL clips it
     del V
     for eps in (0.58, 0.6, 0.62):
         DBSCAN(eps=eps, min_samples=4, metric="precomputed", n_jobs=-1).fit(jac)
@@ -145,7 +146,8 @@ def _child(kind, n):
         check=False,
     )
     if out.returncode != 0:
-        return {"method": kind, "n": n, "error": out.stderr.strip().splitlines()[-1:]}
+        method = "ucal (sparse)" if kind == "ucal" else "dense SpCL-style"
+        return {"method": method, "n": n, "error": out.stderr.strip().splitlines()[-1:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -208,6 +210,13 @@ def main():
                 row["memory_ratio_vs_dense"] = dense["peak_mb"] / row["peak_mb"]
         print(json.dumps(rows[-1] if n > args.dense_max else row), flush=True)
     env = _environment()
+    # Keep the rows of sizes not measured in this run (a partial re-run).
+    saved = RESULTS / "clustering.json"
+    if saved.exists():
+        measured = {(r["method"], r["n"]) for r in rows}
+        old = json.loads(saved.read_text()).get("rows", [])
+        rows = [r for r in old if (r["method"], r["n"]) not in measured] + rows
+        rows.sort(key=lambda r: (r["n"], r["method"] != "ucal (sparse)"))
     lines = [
         "| method | N | seconds (median) | peak MB | target | clusters | clustered | pairwise F | vs dense |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -429,3 +429,17 @@ def test_given_label_memory_is_used_and_its_answers_are_free(data, tmp_path):
         _model(epochs=1).fit(data.train, y, label_memory=42)
     with pytest.raises(ValueError, match="oracle"):
         _model(epochs=1, snps=False, mpps=False).fit(data.train, label_memory=memory)
+
+
+def test_scores_without_camera_ids_keep_true_matches():
+    from ucal.datasets import ReIDSplit
+    from ucal.reid._estimator import _scores
+
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(10), 2)
+    feats = np.eye(10)[pids] + 0.01 * rng.normal(size=(20, 10))
+    images = np.zeros((10, 8, 4, 3), dtype=np.uint8)
+    query = ReIDSplit(images, pids[::2])  # camids absent: -1
+    gallery = ReIDSplit(images, pids[1::2])
+    out = _scores(feats[::2].astype(np.float32), feats[1::2].astype(np.float32), query, gallery)
+    assert out["mAP"] > 0.99

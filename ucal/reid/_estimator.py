@@ -591,9 +591,12 @@ def _extract(net, source, precision, batch_size, num_workers, verbose, desc):
 def _scores(qf, gf, query, gallery, rerank=False):
     from ucal.metrics import evaluate_features
 
-    result = evaluate_features(
-        qf, gf, query.pids, gallery.pids, query.camids, gallery.camids, rerank=rerank
-    )
+    # Without camera ids (all -1) the protocol must not remove same-camera
+    # matches: every true match would look "same camera".
+    has_cams = bool(np.any(np.asarray(query.camids) >= 0) or np.any(np.asarray(gallery.camids) >= 0))
+    q_cams = query.camids if has_cams else None
+    g_cams = gallery.camids if has_cams else None
+    result = evaluate_features(qf, gf, query.pids, gallery.pids, q_cams, g_cams, rerank=rerank)
     cmc = np.asarray(result["cmc"])
     return {
         "mAP": float(result["mAP"]),
