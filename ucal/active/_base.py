@@ -23,6 +23,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ..cluster._knn import l2_normalize as _unit_rows
 from ..metrics import labeling_cost, pairwise_precision_recall_fscore
 from ..oracles import BudgetExhaustedWarning, LabelMemory, LabelOracle, OracleError
 
@@ -32,16 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def l2_normalize(X):
-    """Rows of X scaled to unit norm; all-zero rows are an error."""
-    norms = np.linalg.norm(X, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise ValueError(
-            f"X has {zero.size} all-zero row(s) (first: row {zero[0]}); the "
-            "refiners compare samples by cosine similarity, which needs "
-            "non-zero embeddings."
-        )
-    return X / norms[:, None]
+    """Rows of X scaled to unit norm, in X's float dtype; all-zero rows are an error."""
+    return _unit_rows(X, dtype=X.dtype if X.dtype.kind == "f" else np.float64)
 
 
 def cluster_centers(Xn, labels, n_clusters):
