@@ -51,11 +51,9 @@ def _settings(seed):
 
 def prepare(seed, root):
     """Pretrain (the stand-in for ImageNet) and run the shared warm-up epochs."""
-    import torch
+    from ucal.cli import _demo_data, _demo_model, _pretrain, _set_threads
 
-    from ucal.cli import _demo_data, _demo_model, _pretrain
-
-    torch.set_num_threads(1)
+    _set_threads(1)
     settings = _settings(seed)
     weights = os.path.join(root, f"pretrained_{seed}.pt")
     _pretrain(settings, weights)
@@ -71,11 +69,9 @@ def prepare(seed, root):
 
 def branch(seed, name, weights, warm, root):
     """One row of the table for one seed, continued from the warm-up checkpoint."""
-    import torch
+    from ucal.cli import _demo_data, _demo_model, _set_threads
 
-    from ucal.cli import _demo_data, _demo_model
-
-    torch.set_num_threads(1)
+    _set_threads(1)
     settings = {**_settings(seed), "weights": weights}
     data = _demo_data(settings)
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """The ``ucal`` command: ``demo``, ``train``, ``evaluate`` and ``annotate``.
 
-torch is imported inside the commands that train or embed, never at the
-top of this module, so that ``import ucal.cli`` stays light.
+torch is reached only through ``ucal.reid``, imported inside the commands
+that train or embed, so that ``import ucal.cli`` stays light.
 """
 
 import argparse
@@ -53,10 +53,9 @@ def _setup_logging(verbose, log_file=None):
 
 
 def _set_threads(threads):
-    import torch
+    from ucal.reid._device import set_num_threads
 
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_num_threads(threads)
 
 
 def _load_dataset(name, root, pattern=None):
@@ -162,7 +161,7 @@ def _demo_model(settings, checkpoint_dir=None, **params):
 
 def _pretrain(settings, path):
     """Supervised pretraining on the source persons: the demo's stand-in for ImageNet."""
-    import torch
+    from ucal.reid._checkpoint import save_weights
 
     source = _demo_data(settings, source=True)
     model = _demo_model(
@@ -172,7 +171,7 @@ def _pretrain(settings, path):
         random_state=settings["seed"] + 1000,
     )
     model.fit(source, source.pids)
-    torch.save(model.backbone_.state_dict(), path)
+    save_weights(model.backbone_, path)
     return len(source), source.n_identities
 
 

@@ -58,3 +58,10 @@ def load_checkpoint(directory):
     if not os.path.isfile(path):
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_weights(module, path):
+    """Save a module's state dict (CPU tensors) as a plain ``torch.save`` file,
+    the format ``UCALReID(pretrained=path)`` loads."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    torch.save(state, path)

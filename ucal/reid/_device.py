@@ -127,3 +127,9 @@ def resolve_precision(mixed_precision, device):
         return Precision(device, torch.bfloat16, channels_last=True)
     logger.info("No mixed precision on device type %r; using float32.", device.type)
     return Precision(device)
+
+
+def set_num_threads(threads):
+    """Set torch's CPU threads (``None`` or 0 keeps torch's own choice)."""
+    if threads:
+        torch.set_num_threads(int(threads))
