@@ -34,26 +34,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ucal.active import MPPSMerger, SNPSSplitter
+
 RESULTS = Path(__file__).resolve().parent / "results"
+# Table 2's rows: the same model with another refiner (None = SNPS then MPPS).
 BRANCHES = {
-    "Baseline": dict(snps=False, mpps=False),
-    "SNPS": dict(snps=True, mpps=False),
-    "MPPS": dict(snps=False, mpps=True),
-    "SNPS+MPPS": dict(snps=True, mpps=True),
+    "Baseline": dict(refiner="passthrough"),
+    "SNPS": dict(refiner=SNPSSplitter()),
+    "MPPS": dict(refiner=MPPSMerger()),
+    "SNPS+MPPS": dict(refiner=None),
 }
 
 
 def _settings(seed):
-    from ucal.cli import DEMO
+    from ucal.cli._demo import DEMO
 
     return {**DEMO, "seed": seed}
 
 
 def prepare(seed, root):
     """Pretrain (the stand-in for ImageNet) and run the shared warm-up epochs."""
-    from ucal.cli import _demo_data, _demo_model, _pretrain, _set_threads
+    from ucal.cli._demo import _demo_data, _demo_model, _pretrain
+    from ucal.reid import set_num_threads
 
-    _set_threads(1)
+    set_num_threads(1)
     settings = _settings(seed)
     weights = os.path.join(root, f"pretrained_{seed}.pt")
     _pretrain(settings, weights)
@@ -69,9 +73,10 @@ def prepare(seed, root):
 
 def branch(seed, name, weights, warm, root):
     """One row of the table for one seed, continued from the warm-up checkpoint."""
-    from ucal.cli import _demo_data, _demo_model, _set_threads
+    from ucal.cli._demo import _demo_data, _demo_model
+    from ucal.reid import set_num_threads
 
-    _set_threads(1)
+    set_num_threads(1)
     settings = {**_settings(seed), "weights": weights}
     data = _demo_data(settings)
     start = time.perf_counter()

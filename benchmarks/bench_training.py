@@ -34,10 +34,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ucal.reid import UCALReID  # noqa: E402
+from ucal.reid import TrainingLoop, UCALReID  # noqa: E402
 from ucal.reid._data import as_image_source  # noqa: E402
-from ucal.reid._device import Precision  # noqa: E402
-from ucal.reid._estimator import _Trainer  # noqa: E402
 from ucal.reid._memory import centroid_contrastive_loss  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -60,12 +58,11 @@ def _trainer(backbone, size, batch, n_images, mixed, seed):
         batch_size=batch,
         mixed_precision=mixed,
         device="cpu",
-        snps=False,
-        mpps=False,
+        refiner="passthrough",
         random_state=seed,
     )
     est._validate_params()
-    trainer = _Trainer(est, as_image_source(X, size), None, None, None, False)
+    trainer = TrainingLoop(est, as_image_source(X, size), None, None, None, None, False)
     trainer._setup()  # builds the net, optimizer and memory (not timed)
     labels = np.arange(n_images) // 8  # 8 images per pseudo identity
     labels[::13] = -1  # some outliers, as after clustering
@@ -75,8 +72,8 @@ def _trainer(backbone, size, batch, n_images, mixed, seed):
 def _time_raw(trainer, labels, iters):
     """forward + loss + backward + step on one fixed batch."""
     net, precision, opt = trainer.net, trainer.precision, trainer.optimizer
-    batch = trainer.est.batch_size
-    size = trainer.est.image_size
+    batch = trainer.estimator.batch_size
+    size = trainer.estimator.image_size
     x = torch.randn(batch, 3, *size).contiguous(memory_format=precision.memory_format())
     trainer.memory.set_labels(labels)
     targets = torch.as_tensor(labels[labels >= 0][:batch])
@@ -100,12 +97,12 @@ def _time_raw(trainer, labels, iters):
 
 def _time_loop(trainer, labels, iters):
     """UCALReID's own epoch loop, iters_per_epoch = iters."""
-    trainer.est.iters_per_epoch = 1
-    trainer._train_epoch(labels, 0)  # warm-up
-    trainer.est.iters_per_epoch = iters
+    trainer.estimator.iters_per_epoch = 1
+    trainer._train_epoch(labels)  # warm-up
+    trainer.estimator.iters_per_epoch = iters
     start = time.perf_counter()
-    trainer._train_epoch(labels, 0)
-    return trainer.est.batch_size * iters / (time.perf_counter() - start)
+    trainer._train_epoch(labels)
+    return trainer.estimator.batch_size * iters / (time.perf_counter() - start)
 
 
 def run(configs, threads, repeats, seed):

@@ -19,6 +19,8 @@ PUBLIC_MODULES = [
     "ucal",
     "ucal.cluster",
     "ucal.active",
+    # before ucal.oracles: WebOracle, which ucal.oracles re-exports, is documented here
+    "ucal.annotation",
     "ucal.oracles",
     "ucal.datasets",
     "ucal.metrics",

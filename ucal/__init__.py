@@ -22,7 +22,9 @@ _LAZY_ATTRS = {
     "NoisyOracle": "ucal.oracles",
     "UCALReID": "ucal.reid",
 }
-_SUBMODULES = {"active", "cli", "cluster", "datasets", "metrics", "oracles", "reid"}
+_SUBMODULES = {
+    "active", "annotation", "cli", "cluster", "datasets", "metrics", "oracles", "reid"
+}
 
 __all__ = sorted(_LAZY_ATTRS) + ["__version__"]
 

@@ -4,13 +4,21 @@
 ``ucal.cluster.SelfPacedDBSCAN``; the API reference documents each object
 once, under its subpackage (as scikit-learn does), and this hook sends a
 reference to the short name (``:class:`ucal.SNPSSplitter```, or a
-numpydoc "See Also" entry) to that page.
+numpydoc "See Also" entry) to that page. The same goes for a name that a
+subpackage re-exports from another (``ucal.oracles.WebOracle``).
 """
 
 import ucal
 
 
+# Names a subpackage re-exports from another one, documented there.
+_REEXPORTS = {"ucal.oracles.WebOracle": "ucal.annotation.WebOracle"}
+
+
 def _canonical(target):
+    for alias, home in _REEXPORTS.items():
+        if target == alias or target.startswith(alias + "."):
+            return home + target[len(alias):]
     parts = target.split(".")
     if len(parts) < 2 or parts[0] != "ucal":
         return None

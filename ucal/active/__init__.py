@@ -6,7 +6,8 @@ nesting, sharing one label memory::
     MPPSMerger(clusterer=SNPSSplitter(clusterer=SelfPacedDBSCAN()))
 """
 
+from ._base import BaseRefiner
 from ._mpps import MPPSMerger
 from ._snps import SNPSSplitter
 
-__all__ = ["MPPSMerger", "SNPSSplitter"]
+__all__ = ["BaseRefiner", "MPPSMerger", "SNPSSplitter"]

@@ -6,7 +6,8 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
-from ._base import _BaseRefiner, cluster_centers, cluster_medoids
+from ..cluster._centers import cluster_centers, cluster_medoids
+from ._base import BaseRefiner
 
 __all__ = ["MPPSMerger"]
 
@@ -80,7 +81,7 @@ def candidate_pairs(centers, l_max, delta):
     return pairs[order], sims[order]
 
 
-class MPPSMerger(_BaseRefiner):
+class MPPSMerger(BaseRefiner):
     """Merge fragmented clusters by asking about similar centroids (MPPS).
 
     Merge by hard Positive centroid-Pair Selection, Sec. 3.2.2 of the UCAL
@@ -97,11 +98,11 @@ class MPPSMerger(_BaseRefiner):
     Parameters
     ----------
     clusterer : estimator, default=None
-        Makes the initial clusters when ``fit`` gets no ``labels``: any
-        scikit-learn clusterer (cloned, fitted on X, its ``labels_`` used),
-        or another refiner such as :class:`SNPSSplitter`, which then shares
-        this fit's oracle, memory and budget (the paper runs SNPS, then
-        MPPS). None means ``ucal.SelfPacedDBSCAN()``.
+        Makes the initial clusters: any scikit-learn clusterer (cloned,
+        fitted on X, its ``labels_`` used; skipped when ``fit`` gets
+        ``labels``), or another refiner such as :class:`SNPSSplitter`, which runs first, on the
+        ``labels`` given to ``fit`` if any, and shares this fit's oracle,
+        memory, budget and seed (the paper runs SNPS, then MPPS). None means ``ucal.SelfPacedDBSCAN()``.
     l_max : int, default=10
         Length of each centroid's candidate list. The paper gives no value;
         10 keeps a batch below ``10 * n_clusters`` pairs.
@@ -145,6 +146,9 @@ class MPPSMerger(_BaseRefiner):
         Pairs sent per stage, e.g. ``{"snps": 12, "mpps": 30}``.
     stage_inferred_ : dict
         Pairs answered by the memory per stage.
+    stage_changes_ : dict
+        Clusters changed per stage (split by SNPS, removed by merging in
+        MPPS).
     label_memory_ : LabelMemory
         The memory used (holds no oracle; pickles).
     clusterer_ : estimator or None
@@ -174,9 +178,10 @@ class MPPSMerger(_BaseRefiner):
     """
 
     _stage_name = "mpps"
+    _changes_attribute = "n_merges_"
 
     _parameter_constraints: dict = {
-        **_BaseRefiner._parameter_constraints,
+        **BaseRefiner._parameter_constraints,
         "l_max": [Interval(Integral, 1, None, closed="left")],
         "delta": [Interval(Real, 0, 1, closed="both")],
         "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],

@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from threadpoolctl import threadpool_limits
 
-from ._base import _BaseRefiner
+from ._base import BaseRefiner
 from ._kmedoids import check_engine, kmedoids
 
 __all__ = ["SNPSSplitter"]
@@ -62,7 +62,7 @@ def default_k_max(size):
     return int(np.floor(np.sqrt(size / 2.0) / 2.0))
 
 
-class SNPSSplitter(_BaseRefiner):
+class SNPSSplitter(BaseRefiner):
     """Split impure clusters by asking about their group medoids (SNPS).
 
     Split by hard Negative centroid-Pair Selection, Sec. 3.2.1 of the UCAL
@@ -78,10 +78,11 @@ class SNPSSplitter(_BaseRefiner):
     Parameters
     ----------
     clusterer : estimator, default=None
-        Makes the initial clusters when ``fit`` gets no ``labels``: any
-        scikit-learn clusterer (cloned, fitted on X, its ``labels_`` used),
-        or another refiner, which then shares this fit's oracle, memory and
-        budget. None means ``ucal.SelfPacedDBSCAN()``.
+        Makes the initial clusters: any scikit-learn clusterer (cloned,
+        fitted on X, its ``labels_`` used; skipped when ``fit`` gets
+        ``labels``), or another refiner, which runs first, on the
+        ``labels`` given to ``fit`` if any, and shares this fit's oracle,
+        memory, budget and seed. None means ``ucal.SelfPacedDBSCAN()``.
     k_max : int, default=None
         Largest number of groups tried per cluster. None is the paper's
         ``floor(sqrt(|C| / 2) / 2)``, which leaves clusters of fewer than
@@ -103,7 +104,8 @@ class SNPSSplitter(_BaseRefiner):
         File in which a fresh :class:`~ucal.oracles.LabelMemory` persists
         answers, when ``fit`` gets no ``label_memory``.
     random_state : int, RandomState instance or None, default=None
-        Seeds the k-medoids engine.
+        Seeds the k-medoids engine. When None, the ``seed`` given to
+        :meth:`fit` (if any) is used.
 
     Attributes
     ----------
@@ -130,6 +132,9 @@ class SNPSSplitter(_BaseRefiner):
         Pairs sent per stage, e.g. ``{"snps": 12}``.
     stage_inferred_ : dict
         Pairs answered by the memory per stage.
+    stage_changes_ : dict
+        Clusters changed per stage (split by SNPS, removed by merging in
+        MPPS).
     label_memory_ : LabelMemory
         The memory used (holds no oracle; pickles).
     clusterer_ : estimator or None
@@ -159,9 +164,10 @@ class SNPSSplitter(_BaseRefiner):
     """
 
     _stage_name = "snps"
+    _changes_attribute = "n_splits_"
 
     _parameter_constraints: dict = {
-        **_BaseRefiner._parameter_constraints,
+        **BaseRefiner._parameter_constraints,
         "k_max": [Interval(Integral, 2, None, closed="left"), None],
         "engine": [StrOptions({"fasterpam", "sklearn_extra"})],
         "random_state": ["random_state"],
@@ -186,7 +192,7 @@ class SNPSSplitter(_BaseRefiner):
 
     def _refine(self, Xn, labels, session, stage):
         check_engine(self.engine)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = int(check_random_state(self._seed(session)).randint(np.iinfo(np.int32).max))
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))

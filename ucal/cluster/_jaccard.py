@@ -20,6 +20,7 @@ import logging
 import numpy as np
 from scipy import sparse
 
+from ..utils import check_dense_2d
 from ._knn import exact_knn, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -347,19 +348,7 @@ def _jaccard_normalized(X, k1, k2, *, max_distance=None, search="auto", n_jobs=N
 
 def _check_features(X):
     """Validate and L2-normalise a feature matrix, with messages that name the problem."""
-    if sparse.issparse(X):
-        raise TypeError("X must be a dense feature matrix, got a sparse matrix.")
-    X = np.asarray(X)
-    if X.dtype.kind not in "biuf":
-        raise ValueError(f"X must be numeric, got dtype {X.dtype}.")
-    if X.ndim != 2:
-        raise ValueError(
-            f"X must be a 2D array of shape (n_samples, n_features), got {X.ndim}D "
-            f"with shape {X.shape}."
-        )
-    if X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"X must have at least one sample and one feature, got shape {X.shape}.")
-    if not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(f"X contains NaN or infinity (first at row {bad[0]}, column {bad[1]}).")
+    X = check_dense_2d(
+        X, "X", kinds="biuf", numeric_phrase="be numeric", axes="(n_samples, n_features)"
+    )
     return l2_normalize(X)

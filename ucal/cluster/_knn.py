@@ -26,22 +26,26 @@ _MAX_BLOCK_ROWS = 2048
 _MAX_BLOCK_BYTES = 48 * 2**20
 
 
-def l2_normalize(X, *, copy=True, dtype=np.float32):
+def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
     """Return ``X`` (as ``dtype``) with rows scaled to unit Euclidean norm.
 
-    Raises ``ValueError`` naming the first all-zero row, which has no
-    direction and therefore no cosine similarity.
+    ``zero_rows="raise"`` raises ``ValueError`` naming the first all-zero
+    row, which has no direction and therefore no cosine similarity;
+    ``"keep"`` leaves such rows at zero (scikit-learn's convention: a zero
+    vector is at cosine distance 1 from everything).
     """
     X = np.array(X, dtype=dtype, copy=copy, order="C")
     norms = np.sqrt(np.einsum("ij,ij->i", X, X))  # no n x d temporary
     zero = np.flatnonzero(norms == 0)
-    if zero.size:
+    if zero.size and zero_rows == "raise":
         raise ValueError(
             f"X has {zero.size} all-zero row(s) (first at index {zero[0]}); "
             "they have no direction, so cosine similarity and the Jaccard "
             "distance are undefined for them. Remove them or fix the features."
         )
+    norms[zero] = 1.0
     X /= norms[:, None]
+    X[zero] = 0.0  # an underflowing norm: exactly zero, so that every caller sees a zero row
     return X
 
 

@@ -12,8 +12,10 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
+from ..utils import outliers_as_singletons, relabel
+from ._centers import CenterDistancesMixin, cluster_centers, zero_rows
 from ._dbscan import sparse_dbscan
 from ._jaccard import _jaccard_normalized
 from ._knn import l2_normalize
@@ -21,14 +23,6 @@ from ._knn import l2_normalize
 logger = logging.getLogger(__name__)
 
 __all__ = ["SelfPacedDBSCAN"]
-
-
-def _singletons(labels):
-    """Give every noise point (-1) a label of its own, as SpCL does."""
-    out = labels.copy()
-    noise = out < 0
-    out[noise] = out.max(initial=-1) + 1 + np.arange(noise.sum())
-    return out
 
 
 def _iou_with(base, other):
@@ -46,7 +40,13 @@ def _iou_with(base, other):
     return inter / union
 
 
-class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+class SelfPacedDBSCAN(
+    CenterDistancesMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    ClusterMixin,
+    BaseEstimator,
+):
     """Self-paced DBSCAN on the k-reciprocal Jaccard distance (SpCL).
 
     The base clustering of UCAL (paper Sec. 3.1): DBSCAN with a precomputed
@@ -118,6 +118,10 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
 
     Notes
     -----
+    An all-zero row has no direction: it is made noise (``-1``) with a
+    warning, and is at cosine distance 1 from every centre in
+    :meth:`transform` (scikit-learn's ``cosine_distances`` convention).
+
     Memory grows with the number of stored Jaccard entries, not with
     ``n_samples ** 2``: the 100,000-sample case runs in a few GB.
 
@@ -146,6 +150,9 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
         "search": [StrOptions({"auto", "numpy", "faiss"})],
         "n_jobs": [Integral, None],
     }
+
+    _transform_dtypes = [np.float32, np.float64]
+    _preserve_transform_dtype = True
 
     def __init__(
         self,
@@ -192,42 +199,48 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
                 f"SelfPacedDBSCAN needs at least min_samples={self.min_samples} "
                 f"samples, got n_samples = {n_samples}."
             )
-        Xn = l2_normalize(X)
-        # Only distances up to the loosest eps matter to DBSCAN: the rest is
-        # never stored, which keeps memory proportional to the near pairs.
-        max_distance = self.eps + self.eps_gap if self.self_paced else self.eps
-        distance = _jaccard_normalized(
-            Xn, self.k1, self.k2, max_distance=max_distance, search=self.search, n_jobs=self.n_jobs
-        )
-        labels = sparse_dbscan(distance, self.eps, self.min_samples)
-        self.dbscan_labels_ = labels
+        Xn = l2_normalize(X, zero_rows="keep")
+        # A zero row has no direction: it is noise, and stays out of the graph.
+        kept = np.flatnonzero(~zero_rows(Xn, "SelfPacedDBSCAN"))
+        labels = np.full(n_samples, -1, dtype=np.int64)
+        self.dbscan_labels_ = labels.copy()
         if self.self_paced:
-            labels = self._reliable(distance, labels)
+            self.compactness_ = np.zeros(n_samples)
+            self.independence_ = np.zeros(n_samples)
+        if kept.size >= self.min_samples:
+            # Only distances up to the loosest eps matter to DBSCAN: the rest is
+            # never stored, which keeps memory proportional to the near pairs.
+            max_distance = self.eps + self.eps_gap if self.self_paced else self.eps
+            distance = _jaccard_normalized(
+                Xn[kept], self.k1, self.k2, max_distance=max_distance, search=self.search,
+                n_jobs=self.n_jobs,
+            )
+            found = sparse_dbscan(distance, self.eps, self.min_samples)
+            self.dbscan_labels_[kept] = found
+            if self.self_paced:
+                found = self._reliable(distance, found, kept)
+            labels[kept] = found
         self.labels_ = labels
         self.n_clusters_ = int(labels.max(initial=-1) + 1)
-        centers = np.zeros((self.n_clusters_, X.shape[1]), dtype=np.float32)
-        clustered = labels >= 0
-        np.add.at(centers, labels[clustered], Xn[clustered])
-        norms = np.linalg.norm(centers, axis=1, keepdims=True)
-        self.cluster_centers_ = centers / np.where(norms > 0, norms, 1.0)
+        self.cluster_centers_ = cluster_centers(Xn, labels, self.n_clusters_).astype(np.float32)
         self._n_features_out = self.n_clusters_
         logger.info(
             "SelfPacedDBSCAN: %d clusters, %d of %d samples un-clustered",
             self.n_clusters_,
-            int((~clustered).sum()),
+            int((labels < 0).sum()),
             n_samples,
         )
         return self
 
-    def _reliable(self, distance, labels):
-        """SpCL's reliability criterion; returns the filtered labels."""
+    def _reliable(self, distance, labels, kept):
+        """SpCL's reliability criterion on the ``kept`` rows; returns their filtered labels."""
         tight = sparse_dbscan(distance, self.eps - self.eps_gap, self.min_samples)
         loose = sparse_dbscan(distance, self.eps + self.eps_gap, self.min_samples)
-        normal = _singletons(labels)
-        compact = _iou_with(normal, _singletons(tight))
-        indep = _iou_with(normal, _singletons(loose))
-        self.compactness_ = compact
-        self.independence_ = indep
+        normal = outliers_as_singletons(labels)
+        compact = _iou_with(normal, outliers_as_singletons(tight))
+        indep = _iou_with(normal, outliers_as_singletons(loose))
+        self.compactness_[kept] = compact
+        self.independence_[kept] = indep
         n_groups = normal.max() + 1
         # A cluster scores as its best member (SpCL takes the min of 1 - IoU).
         cluster_indep = np.zeros(n_groups)
@@ -249,10 +262,9 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             & (cluster_indep[normal] >= self.independence_threshold_)
             & (compact >= cluster_comp[normal])
         )
-        _, new_labels = np.unique(labels[keep], return_inverse=True)
         out = np.full(labels.size, -1, dtype=np.int64)
-        out[keep] = new_labels
-        return out
+        out[keep] = labels[keep]
+        return relabel(out)
 
     def fit_predict(self, X, y=None):
         """Cluster ``X`` and return the labels.
@@ -270,24 +282,6 @@ class SelfPacedDBSCAN(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Cluster
             Cluster labels, ``-1`` for un-clustered samples.
         """
         return self.fit(X).labels_
-
-    def transform(self, X):
-        """Cosine distances of ``X`` to the cluster centres.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Embeddings.
-
-        Returns
-        -------
-        distances : ndarray of shape (n_samples, n_clusters)
-            ``1 - cos(x, center)``, in [0, 2].
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        Xn = l2_normalize(X, dtype=X.dtype)
-        return 1.0 - Xn @ self.cluster_centers_.T.astype(X.dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

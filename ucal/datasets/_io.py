@@ -2,6 +2,7 @@
 
 import logging
 import os
+from numbers import Integral, Real
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -71,8 +72,8 @@ def read_image(path):
     return array
 
 
-def _resize(image, size):
-    """Resize an HxWx3 uint8 array to ``size = (height, width)``."""
+def resize_image(image, size):
+    """Resize an HxWx3 uint8 array to ``size = (height, width)`` (bilinear); no copy when equal."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image
@@ -80,18 +81,39 @@ def _resize(image, size):
     return np.asarray(resized, dtype=np.uint8)
 
 
-def _check_size(size):
-    if size is None:
-        return None
+def check_image_size(size, *, name="size", minimum=(1, 1), whole_floats=False):
+    """``size = (height, width)`` as a tuple of ints, or a ValueError naming ``name``.
+
+    Parameters
+    ----------
+    size : pair of int
+        The size to check.
+    name : str, default="size"
+        The argument's name, used in the messages.
+    minimum : pair of int, default=(1, 1)
+        The smallest height and width accepted.
+    whole_floats : bool, default=False
+        Also accept floats with no fractional part (``128.0``).
+
+    Returns
+    -------
+    size : tuple of (int, int)
+    """
     try:
-        height, width = (int(v) for v in size)
+        height, width = size
     except (TypeError, ValueError):
-        raise TypeError(
-            f"size must be None or a pair (height, width) of ints, got {size!r}."
-        ) from None
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive, got {size!r}.")
-    return height, width
+        raise ValueError(f"{name} must be a pair (height, width) of ints, got {size!r}.") from None
+    kind = Real if whole_floats else Integral
+    if not all(
+        isinstance(v, kind) and not isinstance(v, bool) and float(v).is_integer()
+        for v in (height, width)
+    ):
+        raise ValueError(f"{name} must be a pair (height, width) of ints, got {size!r}.")
+    if height < minimum[0] or width < minimum[1]:
+        raise ValueError(
+            f"{name} must be at least {tuple(minimum)} (height, width), got {size!r}."
+        )
+    return int(height), int(width)
 
 
 def load_images(split_or_paths, size=None):
@@ -137,7 +159,7 @@ def load_images(split_or_paths, size=None):
     """
     from ._base import ReIDSplit  # local import: _base imports this module
 
-    size = _check_size(size)
+    size = None if size is None else check_image_size(size, whole_floats=True)
     images = split_or_paths.images if isinstance(split_or_paths, ReIDSplit) else split_or_paths
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.dtype != np.uint8 or images.shape[-1] != 3:
@@ -147,7 +169,7 @@ def load_images(split_or_paths, size=None):
             )
         if size is None or images.shape[1:3] == size:
             return images
-        return np.stack([_resize(im, size) for im in images]) if len(images) else (
+        return np.stack([resize_image(im, size) for im in images]) if len(images) else (
             np.empty((0, *size, 3), dtype=np.uint8)
         )
     if isinstance(images, np.ndarray) and images.dtype.kind not in "USO":
@@ -171,7 +193,7 @@ def load_images(split_or_paths, size=None):
     for i, path in enumerate(paths):
         image = first if i == 0 else read_image(path)
         if size is not None:
-            image = _resize(image, size)
+            image = resize_image(image, size)
         elif image.shape[:2] != shape:
             raise ValueError(
                 f"Images differ in size: {paths[0]!r} is {shape[0]}x{shape[1]} but "

@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from ._base import ReIDDataset, ReIDSplit
-from ._io import read_image
+from ._io import check_image_size, read_image
 
 __all__ = ["make_persons", "save_market1501"]
 
@@ -499,11 +499,7 @@ def make_persons(
     >>> bool(set(data.train.pids) & set(data.query.pids))
     False
     """
-    if len(image_size) != 2 or not all(isinstance(x, Integral) for x in image_size):
-        raise ValueError(f"image_size must be a pair (height, width) of ints, got {image_size!r}.")
-    H, W = int(image_size[0]), int(image_size[1])
-    if H < 16 or W < 8:
-        raise ValueError(f"image_size must be at least (16, 8), got {image_size!r}.")
+    H, W = check_image_size(image_size, name="image_size", minimum=(16, 8))
     low, high = _as_range(n_images_per_camera, "n_images_per_camera")
     rs = check_random_state(random_state)
 

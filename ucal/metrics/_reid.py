@@ -26,10 +26,10 @@ import logging
 import numbers
 
 import numpy as np
-from scipy import sparse
 from sklearn.utils.validation import column_or_1d
 
-from ._rerank import _FeatureSource, _first_non_finite, _rerank_blocks, _validate_rerank_params
+from ..utils import check_dense_2d
+from ._rerank import _FeatureSource, _rerank_blocks, _validate_rerank_params
 
 logger = logging.getLogger(__name__)
 
@@ -224,18 +224,8 @@ class _RankAccumulator:
 
 
 def _check_distmat(distmat):
-    if sparse.issparse(distmat):
-        raise TypeError("distmat must be a dense array, got a sparse matrix.")
-    distmat = np.asarray(distmat)
-    if distmat.dtype.kind not in "iuf":
-        raise ValueError(f"distmat must hold real numbers, got dtype {distmat.dtype}.")
-    if distmat.ndim != 2:
-        raise ValueError(
-            f"distmat must be 2D of shape (n_queries, n_gallery), got shape {distmat.shape}."
-        )
-    if distmat.shape[0] == 0 or distmat.shape[1] == 0:
-        raise ValueError(f"distmat is empty (shape {distmat.shape}).")
-    return distmat
+    # infinities are allowed in a distance matrix; NaN is checked per block
+    return check_dense_2d(distmat, "distmat", axes="(n_queries, n_gallery)", finite=False)
 
 
 def evaluate_reid(
@@ -325,25 +315,8 @@ def evaluate_reid(
 
 
 def _check_features(X, name):
-    if sparse.issparse(X):
-        raise TypeError(f"{name} must be a dense array, got a sparse matrix.")
-    X = np.asarray(X)
-    if X.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}.")
-    if X.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2D of shape (n_samples, n_features), got shape {X.shape}."
-        )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}).")
-    if X.dtype.kind != "f":
-        X = X.astype(np.float64)
-    bad = _first_non_finite(X)
-    if bad is not None:
-        raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]})."
-        )
-    return X
+    X = check_dense_2d(X, name, axes="(n_samples, n_features)")
+    return X if X.dtype.kind == "f" else X.astype(np.float64)
 
 
 def evaluate_features(

@@ -20,9 +20,9 @@ import logging
 import numbers
 
 import numpy as np
-from scipy import sparse
 
 from ..cluster._jaccard import jaccard_from_neighbors
+from ..utils import check_dense_2d
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +33,6 @@ __all__ = ["rerank"]
 _BLOCK_BYTES = 64 * 2**20
 # Bytes of the two gathered feature blocks per batch of pair distances.
 _PAIR_BYTES = 32 * 2**20
-
-
-def _first_non_finite(X):
-    """Index of the first non-finite entry of ``X``, or None.
-
-    A float64 sum is finite when every entry is (barring overflow, which
-    falls back to the full check), and needs no boolean copy of ``X``.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.sum(X, dtype=np.float64)
-    if np.isfinite(total):
-        return None
-    bad = np.argwhere(~np.isfinite(X))
-    return tuple(bad[0]) if bad.size else None
 
 
 def _validate_rerank_params(k1=20, k2=6, lambda_value=0.3):
@@ -264,22 +250,7 @@ def _rerank_blocks(source, k1, k2, lambda_value, out_dtype):
 
 
 def _check_block(value, name, shape):
-    if sparse.issparse(value):
-        raise TypeError(f"{name} must be a dense array, got a sparse matrix.")
-    value = np.asarray(value)
-    if value.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}.")
-    if value.ndim != 2:
-        raise ValueError(f"{name} must be 2D, got shape {value.shape}.")
-    if shape is not None and value.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {value.shape}.")
-    if value.size == 0:
-        raise ValueError(f"{name} is empty (shape {value.shape}).")
-    bad = _first_non_finite(value)
-    if bad is not None:
-        raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]})."
-        )
+    value = check_dense_2d(value, name, shape=shape)
     if value.min() < 0:
         raise ValueError(f"{name} has negative entries; distances must be >= 0.")
     return value

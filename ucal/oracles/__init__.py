@@ -20,6 +20,7 @@
 
 import importlib
 
+from ._arguments import as_label_memory, check_identities, resolve_oracle
 from ._memory import AnswerRecord, LabelMemory
 from ._protocol import (
     BudgetExhaustedWarning,
@@ -37,15 +38,18 @@ __all__ = [
     "NoisyOracle",
     "OracleError",
     "WebOracle",
+    "as_label_memory",
+    "check_identities",
     "check_oracle_answers",
     "check_pairs",
+    "resolve_oracle",
 ]
 
 
 def __getattr__(name):
-    # The web oracle pulls in an HTTP server: load it only when asked for.
+    # The web oracle (ucal.annotation) pulls in an HTTP server: load it only when asked for.
     if name == "WebOracle":
-        value = importlib.import_module("ucal.oracles._web").WebOracle
+        value = importlib.import_module("ucal.annotation").WebOracle
         globals()[name] = value
         return value
     raise AttributeError(f"module 'ucal.oracles' has no attribute {name!r}")

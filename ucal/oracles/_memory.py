@@ -12,7 +12,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ._protocol import _coerce_answers, check_pairs, OracleError, query_oracle
+from ..utils import fsync_dir
+from ._protocol import OracleError, _coerce_answers, check_pairs, query_oracle
 
 __all__ = ["AnswerRecord", "LabelMemory"]
 
@@ -69,19 +70,6 @@ class _AskResult(NamedTuple):
 def _canonical(pairs):
     pairs = np.sort(pairs, axis=1)
     return pairs, (pairs[:, 0] << _SHIFT) | pairs[:, 1]
-
-
-def _fsync_dir(path):
-    try:  # durable creation of a new file needs its directory synced (POSIX)
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LabelMemory:
@@ -242,7 +230,7 @@ class LabelMemory:
             f.flush()
             os.fsync(f.fileno())
         if created:
-            _fsync_dir(self.path)
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     # -- state ---------------------------------------------------------------
 

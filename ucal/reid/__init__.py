@@ -4,6 +4,10 @@ Everything torch-related in ucal lives here, so that ``import ucal`` and
 the clustering and refinement estimators never load torch.
 """
 
+from ._backbones import save_weights
+from ._callbacks import Callback
+from ._device import set_num_threads
 from ._estimator import UCALReID
+from ._loop import TrainingLoop
 
-__all__ = ["UCALReID"]
+__all__ = ["Callback", "TrainingLoop", "UCALReID", "save_weights", "set_num_threads"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONES", "ReIDNet", "build_backbone"]
+__all__ = ["BACKBONES", "ReIDNet", "build_backbone", "save_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,3 +288,29 @@ def _output_dim(body, image_size):
             f"vectors (B, C); it returned {shape}."
         )
     return out.shape[1]
+
+
+def save_weights(module, path):
+    """Save a module's weights as a plain ``torch.save`` state dict.
+
+    This is the format ``UCALReID(pretrained=path)`` loads, for example the
+    ``backbone_`` of a fitted model used to start another run.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network whose ``state_dict`` is saved (as CPU tensors).
+    path : str or path-like
+        The file to write.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from ucal.reid import save_weights
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.pt")
+    >>> save_weights(torch.nn.Linear(2, 1), path)
+    >>> sorted(torch.load(path))
+    ['bias', 'weight']
+    """
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    torch.save(state, path)

@@ -1,25 +1,19 @@
 """Image inputs, SpCL's augmentations (batched) and the pseudo-identity sampler."""
 
-import numbers
 import os
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ucal.datasets._io import check_image_size as _check_size
+from ucal.datasets._io import resize_image
+
 __all__ = ["BatchAugmenter", "PseudoIdentitySampler", "as_image_source", "iter_batches"]
 
 # ImageNet statistics, used by torchvision's weights and by SpCL.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
-
-
-def _resize_uint8(image, size):
-    """Resize an HxWx3 uint8 array to ``size = (height, width)`` (bilinear)."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
 def _to_hwc_uint8(item, where):
@@ -78,7 +72,7 @@ class ImageSource(torch.utils.data.Dataset):
             image = read_image(self.images[index])
         else:
             image = _to_hwc_uint8(self.images[index], f"X[{index}]")
-        return _resize_uint8(image, self.size)
+        return resize_image(image, self.size)
 
     def __getitem__(self, index):
         image = np.require(self._get(int(index)), requirements=["C", "W"])
@@ -372,16 +366,5 @@ class PseudoIdentitySampler:
 
 
 def check_image_size(image_size):
-    """Validate ``image_size`` = (height, width) and return it as a tuple of ints."""
-    try:
-        height, width = image_size
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"image_size must be a pair (height, width), got {image_size!r}."
-        ) from None
-    for v in (height, width):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 8:
-            raise ValueError(
-                f"image_size must hold two integers >= 8 (height, width), got {image_size!r}."
-            )
-    return int(height), int(width)
+    """Validate ``image_size`` = (height, width) (at least 8 x 8) and return it as ints."""
+    return _check_size(image_size, name="image_size", minimum=(8, 8))

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-__all__ = ["Precision", "resolve_device", "resolve_precision"]
+__all__ = ["Precision", "resolve_device", "resolve_precision", "set_num_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,23 @@ def resolve_precision(mixed_precision, device):
 
 
 def set_num_threads(threads):
-    """Set torch's CPU threads (``None`` or 0 keeps torch's own choice)."""
+    """Set the number of CPU threads torch uses for its operators.
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads for intra-op parallelism; ``None`` or 0 keeps torch's own
+        choice (one per core).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ucal.reid import set_num_threads
+    >>> before = torch.get_num_threads()
+    >>> set_num_threads(1)
+    >>> torch.get_num_threads()
+    1
+    >>> set_num_threads(before)
+    """
     if threads:
         torch.set_num_threads(int(threads))

@@ -1,89 +1,33 @@
 """UCALReID: the re-id network trained by self-paced clustering plus SNPS/MPPS."""
 
-import logging
 import numbers
 import os
-import time
 import warnings
 
-import numpy as np
 import torch
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     _fit_context,
-    clone,
 )
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
-from ucal.metrics import labeling_cost, pairwise_precision_recall_fscore
+from ucal.oracles import as_label_memory, check_identities, resolve_oracle
 
-from ._backbones import BACKBONES, build_backbone
-from ._checkpoint import LABEL_MEMORY_NAME, load_checkpoint, save_checkpoint
-from ._data import (
-    BatchAugmenter,
-    PseudoIdentitySampler,
-    as_image_source,
-    check_image_size,
-    iter_batches,
-)
+from ._backbones import BACKBONES
+from ._data import as_image_source, check_image_size
 from ._device import resolve_device, resolve_precision
-from ._memory import FeatureMemory, centroid_contrastive_loss
+from ._features import check_eval_set, extract_features, reid_scores
+from ._loop import TrainingLoop, build_net
+from ._schedules import LR_SCHEDULES
 
 __all__ = ["UCALReID"]
 
-logger = logging.getLogger(__name__)
 
-# Parameters that define the training run: a resumed fit must use the same values.
-_RESUME_PARAMS = (
-    "image_size",
-    "warmup_epochs",
-    "batch_size",
-    "num_instances",
-    "lr",
-    "weight_decay",
-    "lr_step",
-    "lr_gamma",
-    "temperature",
-    "memory_momentum",
-    "memory_refresh",
-    "outliers",
-    "centroid_momentum",
-    "supervised",
-)
-
-
-def _relabel(labels):
-    """Map cluster labels to 0..K-1 (order of first appearance kept sorted); -1 stays."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.full(labels.shape, -1, dtype=np.int64)
-    keep = labels >= 0
-    if keep.any():
-        _, out[keep] = np.unique(labels[keep], return_inverse=True)
-    return out
-
-
-def _check_eval_set(eval_set):
-    """``eval_set`` -> (query, gallery) splits, or None."""
-    if eval_set is None:
-        return None
-    from ucal.datasets import ReIDDataset, ReIDSplit
-
-    if isinstance(eval_set, ReIDDataset):
-        return eval_set.query, eval_set.gallery
-    if (
-        isinstance(eval_set, (tuple, list))
-        and len(eval_set) == 2
-        and all(isinstance(s, ReIDSplit) for s in eval_set)
-    ):
-        return tuple(eval_set)
-    raise TypeError(
-        "eval_set must be a ReIDDataset or a pair (query, gallery) of ReIDSplit, got "
-        f"{type(eval_set).__name__}."
-    )
+# The hooks of the callback protocol (ucal.reid.Callback).
+_HOOKS = ("on_fit_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_fit_end")
 
 
 class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -133,10 +77,17 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         Adam learning rate.
     weight_decay : float, default=5e-4
         Adam weight decay.
+    lr_schedule : {"step", "constant", "cosine"} or callable, default="step"
+        How the learning rate changes, once per epoch. ``"step"``: times
+        ``lr_gamma`` every ``lr_step`` epochs (the paper's and SpCL's);
+        ``"constant"``; ``"cosine"``: cosine annealing to 0 over
+        ``epochs``; or a callable ``lr_schedule(optimizer, epochs)``
+        returning a ``torch.optim.lr_scheduler`` scheduler (module-level,
+        so that the estimator pickles).
     lr_step : int, default=20
-        The learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+        ``lr_schedule="step"``: epochs between decays.
     lr_gamma : float, default=0.1
-        Learning-rate decay factor.
+        ``lr_schedule="step"``: learning-rate decay factor.
     temperature : float, default=0.05
         Temperature ``tau`` of Eq. 1.
     memory_momentum : float, default=0.2
@@ -166,24 +117,29 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     erasing_prob : float, default=0.5
         Probability of random erasing.
     clusterer : estimator or None, default=None
-        The clustering estimator, with ``fit(features)`` and ``labels_``
+        The base clustering, with ``fit(features)`` and ``labels_``
         (-1 = outlier). None = ``SelfPacedDBSCAN()`` (eps 0.6,
         min_samples 4, k1 30, k2 6). It is cloned once per fit and refitted
         every epoch, so its state (SpCL's independence threshold, fixed at
         the first clustering) carries over; checkpoints save it.
-    splitter : estimator or None, default=None
-        SNPS; None = ``SNPSSplitter()``. Cloned every epoch.
-    merger : estimator or None, default=None
-        MPPS; None = ``MPPSMerger()`` (delta 0.3, at most 20 % of the
-        clusters merged per epoch). Cloned every epoch.
-    snps : bool, default=True
-        Whether to split with SNPS (Table 2's ablation).
-    mpps : bool, default=True
-        Whether to merge with MPPS. ``snps=False, mpps=False`` is the
+    refiner : estimator, "passthrough" or None, default=None
+        What repairs the base clustering with the oracle from
+        ``warmup_epochs`` on: a refiner of :mod:`ucal.active`, composed
+        as you would compose it standalone, e.g. ``SNPSSplitter()`` alone
+        (Table 2's SNPS row), ``MPPSMerger()`` alone, or your own
+        subclass. It is cloned every epoch and fitted on the memory
+        features with ``labels=`` the base clustering, the fit's oracle
+        and label memory, ``query_limit=`` what is left of ``max_queries``
+        and a per-epoch ``seed`` (used where its ``random_state`` is
+        None); its own parameters are never changed. A base clusterer at
+        the bottom of its chain is not used (``clusterer`` is; a
+        ``UserWarning`` says so). In a chain, an outer refiner's
+        ``max_queries`` caps the whole chain. None = ``MPPSMerger(clusterer=SNPSSplitter())``: SNPS
+        then MPPS, as in the paper. ``"passthrough"``: no refinement, the
         unsupervised Baseline.
     max_queries : int or None, default=None
         Total budget of pairs sent to the oracle during the fit; None =
-        unlimited. What is left is passed to SNPS and MPPS each epoch.
+        unlimited. What is left is passed to the refiner each epoch.
     supervised : bool, default=False
         Train on the true identities ``y`` instead of pseudo labels (the
         paper's Supervised upper bound: same loss, labeling cost 100 %).
@@ -204,9 +160,15 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         scheduler, memory, history, RNG states; atomic) and the label
         memory, written as answers arrive (``label_memory.jsonl``). See
         ``resume`` in :meth:`fit`.
+    callbacks : list of Callback or None, default=None
+        Objects told when the fit, each epoch and each batch begin or end
+        (see :class:`~ucal.reid.Callback`): to log elsewhere (TensorBoard),
+        to add to each epoch's record, or to stop early
+        (``loop.stop_training = True``). They run after the built-in
+        evaluation and before the log line and the checkpoint.
     random_state : int, RandomState instance or None, default=None
-        Seeds the initialisation, sampling and augmentation; an int makes
-        CPU runs repeatable.
+        Seeds the initialisation, sampling, augmentation and refinement;
+        an int makes CPU runs repeatable.
     verbose : int, default=0
         ``>= 1``: progress bars for training and feature extraction.
 
@@ -225,10 +187,12 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         The answers gathered (None for the Baseline and Supervised runs).
     history_ : list of dict
         One record per epoch: ``epoch``, ``n_clusters``, ``n_outliers``,
-        ``snps_queries``, ``snps_inferred``, ``mpps_queries``,
-        ``mpps_inferred``, ``n_queries`` (cumulative), ``cost``, ``loss``,
-        ``lr``, ``iterations``, ``seconds``, ``n_refreshed`` (memory
-        slots re-extracted), ``n_splits`` and ``n_merges``; with an
+        ``n_clusters_base`` (before refinement), ``snps_queries``,
+        ``snps_inferred``, ``mpps_queries``, ``mpps_inferred`` (a stage of
+        another name adds ``<stage>_queries``, ``<stage>_inferred`` and
+        ``<stage>_changes``), ``n_queries`` (cumulative), ``cost``,
+        ``loss``, ``lr``, ``iterations``, ``seconds``, ``n_refreshed``
+        (memory slots re-extracted), ``n_splits`` and ``n_merges``; with an
         ``eval_set`` ``mAP``, ``mINP``, ``R1``, ``R5``, ``R10``
         (fractions); when ``y`` is given, ``label_precision`` and
         ``label_recall``: pairwise precision and recall of the epoch's
@@ -262,7 +226,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     >>> X = rng.randint(0, 256, size=(24, 32, 16, 3), dtype=np.uint8)
     >>> model = UCALReID(backbone="small", pretrained=False, image_size=(32, 16),
     ...                  epochs=1, batch_size=8, iters_per_epoch=2, random_state=0)
-    >>> model.set_params(snps=False, mpps=False).fit(X).transform(X).shape
+    >>> model.set_params(refiner="passthrough").fit(X).transform(X).shape
     (24, 256)
     """
 
@@ -277,6 +241,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "num_instances": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES)), callable],
         "lr_step": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr_gamma": [Interval(numbers.Real, 0, 1, closed="right")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -288,10 +253,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "pad": [Interval(numbers.Integral, 0, None, closed="left")],
         "erasing_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "clusterer": [HasMethods(["fit"]), None],
-        "splitter": [HasMethods(["fit"]), None],
-        "merger": [HasMethods(["fit"]), None],
-        "snps": ["boolean"],
-        "mpps": ["boolean"],
+        "refiner": [HasMethods(["fit"]), StrOptions({"passthrough"}), None],
         "max_queries": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "supervised": ["boolean"],
         "device": [str, torch.device],
@@ -299,6 +261,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "checkpoint_dir": [str, os.PathLike, None],
+        "callbacks": [list, tuple, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -315,6 +278,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         num_instances=4,
         lr=3.5e-4,
         weight_decay=5e-4,
+        lr_schedule="step",
         lr_step=20,
         lr_gamma=0.1,
         temperature=0.05,
@@ -326,10 +290,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         pad=10,
         erasing_prob=0.5,
         clusterer=None,
-        splitter=None,
-        merger=None,
-        snps=True,
-        mpps=True,
+        refiner=None,
         max_queries=None,
         supervised=False,
         device="auto",
@@ -337,6 +298,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         num_workers=0,
         inference_batch_size=256,
         checkpoint_dir=None,
+        callbacks=None,
         random_state=None,
         verbose=0,
     ):
@@ -350,6 +312,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.num_instances = num_instances
         self.lr = lr
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
         self.lr_step = lr_step
         self.lr_gamma = lr_gamma
         self.temperature = temperature
@@ -361,10 +324,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.pad = pad
         self.erasing_prob = erasing_prob
         self.clusterer = clusterer
-        self.splitter = splitter
-        self.merger = merger
-        self.snps = snps
-        self.mpps = mpps
+        self.refiner = refiner
         self.max_queries = max_queries
         self.supervised = supervised
         self.device = device
@@ -372,6 +332,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.num_workers = num_workers
         self.inference_batch_size = inference_batch_size
         self.checkpoint_dir = checkpoint_dir
+        self.callbacks = callbacks
         self.random_state = random_state
         self.verbose = verbose
 
@@ -422,58 +383,45 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         if n_samples < 2:
             raise ValueError(f"X holds {n_samples} image; at least 2 are needed.")
         if y is not None:
-            y = column_or_1d(np.asarray(y), warn=True)
-            if y.shape[0] != n_samples:
-                raise ValueError(
-                    f"y has {y.shape[0]} labels but X has {n_samples} images."
-                )
+            y = check_identities(y, n_samples)
         if self.supervised and y is None:
             raise ValueError("supervised=True trains on the true identities: pass y.")
-        if oracle is not None and not callable(oracle):
-            raise TypeError(
-                f"oracle must be a callable oracle(pairs) -> answers, got "
-                f"{type(oracle).__name__}."
-            )
         if self.num_instances > self.batch_size:
             raise ValueError(
                 f"num_instances={self.num_instances} exceeds batch_size={self.batch_size}."
             )
         if resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir, where the run was saved.")
-        eval_splits = _check_eval_set(eval_set)
-
-        refine = (self.snps or self.mpps) and not self.supervised
-        if refine and oracle is None:
-            if y is not None:
-                from ucal.oracles import LabelOracle
-
-                oracle = LabelOracle(y)
-            else:
-                warnings.warn(
-                    "No oracle and no y were given: training the unsupervised Baseline; "
-                    "no SNPS/MPPS refinement happens. Pass y (simulated annotator) or "
-                    "oracle=..., or set snps=False, mpps=False to silence this warning.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                refine = False
-        if label_memory is not None:
-            from ucal.oracles import LabelMemory
-
-            if not isinstance(label_memory, (LabelMemory, str, os.PathLike)):
+        for callback in self.callbacks or ():
+            if not all(callable(getattr(callback, hook, None)) for hook in _HOOKS):
                 raise TypeError(
-                    "label_memory must be a LabelMemory or a file path, got "
-                    f"{type(label_memory).__name__}."
+                    f"callbacks must hold ucal.reid.Callback objects (with {', '.join(_HOOKS)}); "
+                    f"got {type(callback).__name__}."
                 )
+        eval_splits = check_eval_set(eval_set)
+
+        oracle = resolve_oracle(oracle, y, n_samples=n_samples)
+        refine = self.refiner != "passthrough" and not self.supervised
+        if refine and oracle is None:
+            warnings.warn(
+                "No oracle and no y were given: training the unsupervised Baseline; "
+                "no SNPS/MPPS refinement happens. Pass y (simulated annotator) or "
+                "oracle=..., or set refiner='passthrough' to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            refine = False
+        if label_memory is not None:
+            label_memory = as_label_memory(label_memory)
             if not refine:
                 raise ValueError(
                     "label_memory is only used to refine clusters with an oracle: pass an "
-                    "oracle (or y) and keep snps or mpps on."
+                    "oracle (or y) and a refiner other than 'passthrough'."
                 )
-        trainer = _Trainer(
-            self, source, y, oracle if refine else None, eval_splits, resume, label_memory
+        loop = TrainingLoop(
+            self, source, y, oracle if refine else None, label_memory, eval_splits, resume
         )
-        trainer.run()
+        loop.run()
         return self
 
     # ----------------------------------------------------------- inference
@@ -494,7 +442,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         source = as_image_source(X, check_image_size(self.image_size))
         device = next(self.backbone_.parameters()).device
         precision = resolve_precision(self.mixed_precision, device)
-        features = _extract(
+        features = extract_features(
             self.backbone_,
             source,
             precision,
@@ -522,8 +470,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
             (array) and ``n_valid_queries``.
         """
         check_is_fitted(self, "backbone_")
-        query, gallery = _check_eval_set(eval_set)
-        return _scores(self.transform(query), self.transform(gallery), query, gallery, rerank)
+        query, gallery = check_eval_set(eval_set)
+        return reid_scores(self.transform(query), self.transform(gallery), query, gallery, rerank)
 
     # ------------------------------------------------------------ pickling
     def __getstate__(self):
@@ -539,7 +487,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         weights = state.pop("_backbone_state", None)
         super().__setstate__(state)
         if weights is not None:
-            net = _build_net(self, pretrained_override=True)
+            net = build_net(self, pretrained_override=True)
             net.load_state_dict(weights)
             net.eval()
             device = resolve_device(self.device)
@@ -551,480 +499,3 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         tags.input_tags.two_d_array = False
         tags.non_deterministic = True
         return tags
-
-
-def _build_net(est, pretrained_override=False):
-    """The ReIDNet for ``est``; on unpickling, named backbones start empty."""
-    pretrained = est.pretrained
-    if pretrained_override:
-        # Weights come from the pickle: no download; a module keeps its own.
-        pretrained = isinstance(est.backbone, torch.nn.Module)
-    return build_backbone(
-        est.backbone, pretrained, check_image_size(est.image_size), verbose=est.verbose
-    )
-
-
-@torch.no_grad()
-def _extract(net, source, precision, batch_size, num_workers, verbose, desc):
-    """Eval-mode L2-normalised features of every image in ``source``."""
-    was_training = net.training
-    net.eval()
-    augment = BatchAugmenter()
-    device = precision.device
-    n = len(source)
-    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    out = []
-    iterator = iter_batches(source, batches, num_workers)
-    if verbose:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, total=len(batches), desc=desc, unit="batch", leave=False)
-    for _, images in iterator:
-        x = augment(images.to(device, non_blocking=True), train=False)
-        x = x.contiguous(memory_format=precision.memory_format())
-        with precision.autocast():
-            out.append(net(x).float())
-    net.train(was_training)
-    return torch.cat(out)
-
-
-def _scores(qf, gf, query, gallery, rerank=False):
-    from ucal.metrics import evaluate_features
-
-    # Without camera ids (all -1) the protocol must not remove same-camera
-    # matches: every true match would look "same camera".
-    has_cams = bool(np.any(np.asarray(query.camids) >= 0) or np.any(np.asarray(gallery.camids) >= 0))
-    q_cams = query.camids if has_cams else None
-    g_cams = gallery.camids if has_cams else None
-    result = evaluate_features(qf, gf, query.pids, gallery.pids, q_cams, g_cams, rerank=rerank)
-    cmc = np.asarray(result["cmc"])
-    return {
-        "mAP": float(result["mAP"]),
-        "mINP": float(result["mINP"]),
-        "R1": float(cmc[0]),
-        "R5": float(cmc[min(4, cmc.size - 1)]),
-        "R10": float(cmc[min(9, cmc.size - 1)]),
-        "cmc": cmc,
-        "n_valid_queries": int(result["n_valid_queries"]),
-    }
-
-
-class _Trainer:
-    """One fit of a UCALReID: state, epoch loop, checkpoints."""
-
-    def __init__(self, est, source, y, oracle, eval_splits, resume, label_memory=None):
-        self.est = est
-        self.given_memory = label_memory
-        self.source = source
-        self.y = y
-        self.oracle = oracle
-        self.eval_splits = eval_splits
-        self.resume = resume
-        self.n_samples = len(source)
-
-    # -------------------------------------------------------------- setup
-    def _setup(self):
-        est = self.est
-        self.device = resolve_device(est.device)
-        self.precision = resolve_precision(est.mixed_precision, self.device)
-        rng = check_random_state(est.random_state)
-        seeds = rng.randint(np.iinfo(np.int32).max, size=4)
-        self.refine_seed = int(seeds[3])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seeds[0]))
-            net = _build_net(est)
-        self.net = net.to(self.device, memory_format=self.precision.memory_format())
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=est.lr, weight_decay=est.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=est.lr_step, gamma=est.lr_gamma
-        )
-        self.scaler = self.precision.grad_scaler()
-        self.sampler_rng = np.random.RandomState(int(seeds[1]))
-        self.generator = torch.Generator().manual_seed(int(seeds[2]))
-        self.augment = BatchAugmenter(est.flip_prob, est.pad, est.erasing_prob, self.generator)
-        self.history = []
-        self.n_queries = 0
-        self._budget_warned = False
-        self.start_epoch = 0
-        self.memory = None
-        self.labels = None
-        self.clusterer = None
-        if not est.supervised:
-            if est.clusterer is None:
-                from ucal.cluster import SelfPacedDBSCAN
-
-                self.clusterer = SelfPacedDBSCAN()
-            else:
-                self.clusterer = clone(est.clusterer)
-
-        self.ckpt_dir = None if est.checkpoint_dir is None else os.fspath(est.checkpoint_dir)
-        default_memory = self.given_memory is None
-        if self.ckpt_dir is not None and not default_memory:
-            # A memory given on the run's own memory file counts as the run's memory.
-            given = getattr(self.given_memory, "path", self.given_memory)
-            own = os.path.join(self.ckpt_dir, LABEL_MEMORY_NAME)
-            default_memory = given is not None and os.path.abspath(given) == os.path.abspath(own)
-        checkpoint = None
-        if self.ckpt_dir is not None:
-            memory_path = os.path.join(self.ckpt_dir, LABEL_MEMORY_NAME)
-            checkpoint = load_checkpoint(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
-            if not self.resume and (
-                checkpoint is not None
-                or (
-                    default_memory
-                    and os.path.isfile(memory_path)
-                    and os.path.getsize(memory_path) > 0
-                )
-            ):
-                raise FileExistsError(
-                    f"checkpoint_dir {self.ckpt_dir!r} already holds a run (a checkpoint or "
-                    "oracle answers). Pass resume=True to continue it, or choose another "
-                    "directory; nothing there is overwritten."
-                )
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-        self.label_memory = None
-        if self.oracle is not None:
-            from ucal.oracles import LabelMemory
-
-            if isinstance(self.given_memory, LabelMemory):
-                self.label_memory = self.given_memory
-            elif self.given_memory is not None:
-                self.label_memory = LabelMemory(self.given_memory)
-            elif self.ckpt_dir is not None:
-                self.label_memory = LabelMemory(os.path.join(self.ckpt_dir, LABEL_MEMORY_NAME))
-            else:
-                self.label_memory = LabelMemory()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        elif self.resume:
-            logger.info("No checkpoint in %s yet: starting from epoch 1.", self.ckpt_dir)
-            if default_memory and self.label_memory is not None and len(self.label_memory):
-                # Answers given before the first checkpoint of this run: human work, counted.
-                self.n_queries = len(self.label_memory)
-        if self.memory is None:
-            features = _extract(
-                self.net,
-                self.source,
-                self.precision,
-                est.inference_batch_size,
-                est.num_workers,
-                est.verbose,
-                "Initialising the memory",
-            )
-            self.memory = FeatureMemory(
-                features, est.memory_momentum, centroid_momentum=est.centroid_momentum
-            )
-
-    def _fingerprint(self):
-        est = self.est
-        params = {k: getattr(est, k) for k in _RESUME_PARAMS}
-        params["image_size"] = list(check_image_size(est.image_size))
-        params["backbone"] = est.backbone if isinstance(est.backbone, str) else "module"
-        params["n_samples"] = self.n_samples
-        return params
-
-    def _restore(self, ckpt):
-        saved = ckpt["fingerprint"]
-        current = self._fingerprint()
-        diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-        if diff:
-            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"Cannot resume the run in {self.ckpt_dir!r}: it was trained with other "
-                f"settings or data ({details})."
-            )
-        self.net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.memory = FeatureMemory(
-            ckpt["memory"].to(self.device),
-            self.est.memory_momentum,
-            centroid_momentum=self.est.centroid_momentum,
-            normalize=False,
-        )
-        self.memory.fresh.copy_(ckpt["memory_fresh"].to(self.device))
-        self.history = list(ckpt["history"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.sampler_rng.set_state(ckpt["sampler_rng"])
-        self.generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("clusterer") is not None:
-            self.clusterer = ckpt["clusterer"]
-        self.n_queries = int(ckpt["n_queries"])
-        if self.label_memory is not None:
-            # Answers recorded after the checkpoint (the interrupted epoch) were
-            # real questions to the oracle: count them once.
-            self.n_queries += max(0, len(self.label_memory) - int(ckpt["n_memory_records"]))
-        logger.info(
-            "Resuming from %s after epoch %d (%d oracle queries so far).",
-            self.ckpt_dir,
-            self.start_epoch,
-            self.n_queries,
-        )
-
-    def _save(self, epoch):
-        state = {
-            "fingerprint": self._fingerprint(),
-            "epoch": epoch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.precision.scale_grads else None,
-            "memory": self.memory.features.cpu(),
-            "memory_fresh": self.memory.fresh.cpu(),
-            "history": self.history,
-            "sampler_rng": self.sampler_rng.get_state(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "clusterer": self.clusterer,
-            "n_queries": self.n_queries,
-            "n_memory_records": 0 if self.label_memory is None else len(self.label_memory),
-        }
-        save_checkpoint(state, self.ckpt_dir)
-
-    # --------------------------------------------------------------- loop
-    def run(self):
-        est = self.est
-        self._setup()
-        y_codes = None
-        if est.supervised:
-            y_codes = np.unique(self.y, return_inverse=True)[1]
-        for epoch in range(self.start_epoch, est.epochs):
-            start = time.perf_counter()
-            record = {"epoch": epoch + 1}
-            if est.supervised:
-                labels = y_codes
-            else:
-                labels = self._cluster(epoch, record)
-            labels = _relabel(labels)
-            self.labels = labels
-            record["n_clusters"] = int(labels.max() + 1) if (labels >= 0).any() else 0
-            record["n_outliers"] = int((labels < 0).sum())
-            if self.y is not None and not est.supervised:
-                # Simulation with known identities: how good the pseudo labels are.
-                precision, recall, _ = pairwise_precision_recall_fscore(self.y, labels)
-                record["label_precision"] = precision
-                record["label_recall"] = recall
-            record["lr"] = float(self.optimizer.param_groups[0]["lr"])
-            loss, iters = self._train_epoch(labels, epoch)
-            self.scheduler.step()
-            record["loss"] = loss
-            record["iterations"] = iters
-            record["n_queries"] = self.n_queries
-            record["cost"] = self._cost()
-            if self.eval_splits is not None:
-                query, gallery = self.eval_splits
-                qf = self._embed(query)
-                gf = self._embed(gallery)
-                scores = _scores(qf, gf, query, gallery)
-                record.update({k: scores[k] for k in ("mAP", "mINP", "R1", "R5", "R10")})
-            record["seconds"] = time.perf_counter() - start
-            self.history.append(record)
-            logger.info(_format_record(record, est.epochs))
-            if self.ckpt_dir is not None:
-                self._save(epoch + 1)
-        self._finish()
-
-    def _cost(self):
-        if self.est.supervised:
-            return 1.0
-        return labeling_cost(self.n_queries, self.n_samples)
-
-    def _embed(self, split):
-        source = as_image_source(split, check_image_size(self.est.image_size))
-        return _extract(
-            self.net,
-            source,
-            self.precision,
-            self.est.inference_batch_size,
-            self.est.num_workers,
-            self.est.verbose,
-            "Evaluating",
-        ).cpu().numpy()
-
-    def _refresh_memory(self, epoch):
-        """Re-extract the memory slots chosen by ``memory_refresh`` before clustering."""
-        mode = self.est.memory_refresh
-        if mode == "none" or epoch == 0:
-            return 0
-        if mode == "all":
-            indices = np.arange(self.n_samples)
-        else:
-            indices = self.memory.stale()
-        if len(indices):
-            features = _extract(
-                self.net,
-                self.source.subset(indices),
-                self.precision,
-                self.est.inference_batch_size,
-                self.est.num_workers,
-                self.est.verbose,
-                "Refreshing the memory",
-            )
-            self.memory.refresh(indices, features)
-        else:
-            self.memory.refresh(indices, None)
-        return len(indices)
-
-    def _cluster(self, epoch, record):
-        est = self.est
-        record["n_refreshed"] = self._refresh_memory(epoch)
-        features = self.memory.features.cpu().numpy()
-        self.clusterer.fit(features)
-        labels = np.asarray(self.clusterer.labels_)
-        record["n_clusters_base"] = int(np.unique(labels[labels >= 0]).size)
-        for key in (
-            "snps_queries", "snps_inferred", "n_splits", "mpps_queries", "mpps_inferred",
-            "n_merges",
-        ):
-            record[key] = 0
-        if self.oracle is None or epoch < est.warmup_epochs:
-            return labels
-        steps = []
-        if est.snps:
-            steps.append(("snps", est.splitter, "SNPSSplitter"))
-        if est.mpps:
-            steps.append(("mpps", est.merger, "MPPSMerger"))
-        for key, template, default in steps:
-            if template is None:
-                import ucal.active
-
-                refiner = getattr(ucal.active, default)()
-            else:
-                refiner = clone(template)
-            params = refiner.get_params(deep=False)
-            overrides = {}
-            if est.max_queries is not None:
-                left = est.max_queries - self.n_queries
-                own = params.get("max_queries")
-                overrides["max_queries"] = max(0, left if own is None else min(own, left))
-            if "random_state" in params and params["random_state"] is None:
-                overrides["random_state"] = (self.refine_seed + 7919 * epoch) % (2**31 - 1)
-            refiner.set_params(**overrides)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    refiner.fit(
-                        features,
-                        labels=labels,
-                        oracle=self.oracle,
-                        label_memory=self.label_memory,
-                    )
-                finally:
-                    # Pairs a failing refinement sent were asked too: count them.
-                    self.n_queries += int(getattr(refiner, "n_queries_", 0) or 0)
-            self._rewarn(caught)
-            labels = np.asarray(refiner.labels_)
-            record[f"{key}_queries"] = int(refiner.n_queries_)
-            record[f"{key}_inferred"] = int(refiner.n_inferred_)
-            changes = "n_splits_" if key == "snps" else "n_merges_"
-            record["n_splits" if key == "snps" else "n_merges"] = int(
-                getattr(refiner, changes, 0) or 0
-            )
-        return labels
-
-    def _rewarn(self, caught):
-        """Re-issue a refiner's warnings; the spent-budget one only once per fit."""
-        from ucal.oracles import BudgetExhaustedWarning
-
-        for w in caught:
-            if issubclass(w.category, BudgetExhaustedWarning):
-                if self._budget_warned:
-                    continue
-                self._budget_warned = True
-                warnings.warn(
-                    f"The query budget max_queries={self.est.max_queries} is spent; "
-                    "later epochs refine the clusters with the label memory alone.",
-                    BudgetExhaustedWarning,
-                    stacklevel=2,
-                )
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-    def _train_epoch(self, labels, epoch):
-        est = self.est
-        if est.outliers == "instances" and not est.supervised:
-            # SpCL: every un-clustered image is a class of its own, its memory
-            # feature its centroid; it is trained on and its slot stays current.
-            labels = labels.copy()
-            outliers = labels < 0
-            labels[outliers] = labels.max(initial=-1) + 1 + np.arange(outliers.sum())
-        self.memory.set_labels(labels)
-        if not (labels >= 0).any():
-            logger.warning("Epoch %d: every image is an outlier; nothing to train on.", epoch + 1)
-            return float("nan"), 0
-        sampler = PseudoIdentitySampler(
-            labels, self.source.camids, est.batch_size, est.num_instances, self.sampler_rng
-        )
-        n_iters = est.iters_per_epoch or sampler.default_n_batches()
-        batches = sampler.batches(n_iters)
-        targets = torch.as_tensor(labels, device=self.device)
-        net = self.net
-        net.train()
-        total = torch.zeros((), device=self.device)
-        iterator = iter_batches(self.source, batches, est.num_workers)
-        if est.verbose:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(
-                iterator, total=len(batches), desc=f"Epoch {epoch + 1}/{est.epochs}",
-                unit="it", leave=False,
-            )
-        memory_format = self.precision.memory_format()
-        for indices, images in iterator:
-            x = self.augment(images.to(self.device, non_blocking=True), train=True)
-            x = x.contiguous(memory_format=memory_format)
-            with self.precision.autocast():
-                features = net(x)
-            batch_targets = targets[torch.as_tensor(indices, device=self.device)]
-            loss = centroid_contrastive_loss(
-                features, batch_targets, self.memory.centroids(), est.temperature
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.memory.update(indices, features)
-            total += loss.detach()
-        return float(total.item()) / max(1, len(batches)), len(batches)
-
-    def _finish(self):
-        est = self.est
-        self.net.eval()
-        est.backbone_ = self.net
-        est.feature_dim_ = self.net.feature_dim
-        est._n_features_out = self.net.feature_dim
-        est.labels_ = self.labels if self.labels is not None else np.full(self.n_samples, -1)
-        est.n_samples_fit_ = self.n_samples
-        if est.supervised:
-            est.n_queries_ = self.n_samples * (self.n_samples - 1) // 2
-        else:
-            est.n_queries_ = int(self.n_queries)
-        est.cost_ = self._cost()
-        est.label_memory_ = self.label_memory
-        est.history_ = self.history
-        est.device_ = str(self.device)
-
-
-def _format_record(record, n_epochs):
-    """One log line per epoch."""
-    parts = [
-        f"epoch {record['epoch']}/{n_epochs}",
-        f"loss {record['loss']:.3f}",
-        f"clusters {record['n_clusters']}",
-        f"outliers {record['n_outliers']}",
-    ]
-    if record.get("snps_queries") or record.get("mpps_queries"):
-        parts.append(f"queries +{record['snps_queries']}/+{record['mpps_queries']} (SNPS/MPPS)")
-    parts.append(f"cost {100 * record['cost']:.4f}%")
-    if "label_precision" in record:
-        parts.append(
-            f"labels P/R {record['label_precision']:.2f}/{record['label_recall']:.2f}"
-        )
-    if "mAP" in record:
-        parts.append(f"mAP {100 * record['mAP']:.1f} R1 {100 * record['R1']:.1f}")
-    parts.append(f"{record['seconds']:.1f}s")
-    return ", ".join(parts)

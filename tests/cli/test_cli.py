@@ -1,0 +1,219 @@
+"""The ``ucal`` command: demo, train, evaluate, annotate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from ucal.cli import build_parser, main  # noqa: E402
+from ucal.datasets import make_persons, save_market1501  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """The commands train tiny models: on one torch thread."""
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    root = tmp_path_factory.mktemp("market")
+    data = make_persons(
+        n_identities=6, n_test_identities=3, n_images_per_camera=(3, 4),
+        image_size=(32, 16), random_state=0,
+    )
+    save_market1501(data, root, image_format="png")
+    return str(root)
+
+
+def _train_args(market, out, *extra):
+    return [
+        "train", "--dataset", "market1501", "--root", market, "--output", str(out),
+        "--backbone", "small", "--pretrained", "none", "--image-size", "32", "16",
+        "--epochs", "1", "--warmup-epochs", "0", "--iters", "2", "--batch-size", "16",
+        "--k1", "10", "--workers", "0", "--threads", "1", "-q", *extra,
+    ]
+
+
+def _check_demo_output(out, stdout):
+    for name in ("results.json", "history.json", "results.md", "map_vs_cost.png", "demo.log"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in results["results"]]
+    assert methods == ["Baseline", "UCAL", "Supervised"]
+    by_method = {r["method"]: r for r in results["results"]}
+    assert by_method["Baseline"]["n_queries"] == 0 and by_method["Baseline"]["cost"] == 0
+    assert by_method["Supervised"]["cost"] == 1.0
+    assert 0 < by_method["UCAL"]["cost"] < 1
+    history = json.loads((out / "history.json").read_text())
+    epochs = results["settings"]["epochs"]
+    warm = results["settings"]["warmup_epochs"]
+    assert len(history["ucal"]) == len(history["baseline"]) == epochs
+    assert len(history["warmup"]) == warm
+    # Both branches start from the same warm-up epochs.
+    assert history["ucal"][:warm] == history["baseline"][:warm] == history["warmup"]
+    for method in methods:
+        assert f"| {method} |" in stdout
+    assert "labeling cost" in stdout.lower()
+
+
+def test_demo_quick_in_process(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--jobs", "1", "--threads", "1", "--output", str(out), "-q"]
+    assert main(args) == 0
+    _check_demo_output(out, capsys.readouterr().out)
+
+
+def test_demo_quick_parallel_runs(tmp_path):
+    # The default path of `make demo`: worker processes, through the console entry point.
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ucal", "demo", "--quick", "--jobs", "2", "--threads", "1",
+         "--output", str(out), "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_demo_output(out, proc.stdout)
+
+
+def test_train_evaluate_and_resume(market, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(market, out)) == 0
+    for name in ("model.joblib", "history.json", "results.json", "train.log"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "checkpoint.pt").is_file()
+    assert "| UCAL |" in capsys.readouterr().out
+
+    # Running again into the same folder without --resume is refused, not overwritten.
+    assert main(_train_args(market, out)) == 1
+    assert "resume" in capsys.readouterr().err
+
+    args = _train_args(market, out, "--resume")
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(out / "model.joblib"), "--dataset", "market1501",
+                 "--root", market, "--output", str(scores), "--threads", "1", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model.joblib |" in printed
+    result = json.loads(scores.read_text())
+    assert result["mAP"] == pytest.approx(history[-1]["mAP"], abs=1e-6)
+
+
+@pytest.mark.parametrize("flags", [["--oracle", "none"], ["--no-snps", "--no-mpps"]])
+def test_train_baseline(market, tmp_path, flags):
+    out = tmp_path / "base"
+    assert main(_train_args(market, out, *flags)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_queries"] == 0
+    assert not (out / "checkpoints" / "label_memory.jsonl").exists()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(_train_args(str(tmp_path / "nowhere"), tmp_path / "out"))
+    assert code == 1
+    assert "ucal train: error:" in capsys.readouterr().err
+
+
+def test_parser_lists_commands_and_validates(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("demo", "train", "evaluate", "annotate"):
+        assert command in text
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["train", "--dataset", "cifar", "--root", "x", "--output", "y"])
+    assert info.value.code == 2
+
+
+def test_annotate_is_parsed_by_argparse(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["annotate", "--help"])
+    assert info.value.code == 0
+    assert "--memory" in capsys.readouterr().out
+
+
+def test_demo_rejects_warmup_longer_than_training(tmp_path, capsys):
+    # One error handler for every command: a one-line error and exit code 1, as before.
+    code = main(["demo", "--epochs", "3", "--warmup-epochs", "3", "--output", str(tmp_path)])
+    assert code == 1
+    assert "ucal demo: error: --warmup-epochs must be smaller than --epochs." in (
+        capsys.readouterr().err
+    )
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_evaluate_missing_model_is_a_clear_error(market, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(tmp_path / "none.joblib"), "--dataset",
+                 "market1501", "--root", market, "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ucal evaluate: error:" in err and "none.joblib" in err
+
+
+def test_refiner_from_flags():
+    from ucal.active import MPPSMerger, SNPSSplitter
+    from ucal.cli._train import refiner_from_flags
+
+    assert refiner_from_flags() is None
+    assert isinstance(refiner_from_flags(no_snps=True), MPPSMerger)
+    assert isinstance(refiner_from_flags(no_mpps=True), SNPSSplitter)
+    assert refiner_from_flags(no_snps=True, no_mpps=True) == "passthrough"
+    assert refiner_from_flags(oracle="none") == "passthrough"
+    assert refiner_from_flags(oracle="web") is None
+
+
+def test_train_and_evaluate_on_synthetic_persons(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    args = [a for a in _train_args("unused", out) if a not in ("--root", "unused")]
+    args[args.index("market1501")] = "synthetic"
+    assert main(args) == 0
+    assert "| UCAL |" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(out / "model.joblib"), "--dataset", "synthetic",
+                 "--threads", "1", "-q"]) == 0
+    assert "| model.joblib |" in capsys.readouterr().out
+
+
+def test_train_web_oracle_is_wired_to_the_run_memory(market, tmp_path, monkeypatch):
+    import numpy as np
+
+    import ucal.oracles
+    from ucal.oracles import LabelMemory
+
+    seen = {}
+
+    class FakeWebOracle:
+        """Stands in for the browser: answers from the split's identities."""
+
+        def __init__(self, images, *, label_memory, host, port, open_browser):
+            seen["memory"] = label_memory
+            self.pids = np.asarray(images.pids)
+            self.url = "http://127.0.0.1:0/"
+            self.closed = False
+            seen["oracle"] = self
+
+        def __call__(self, pairs):
+            return self.pids[pairs[:, 0]] == self.pids[pairs[:, 1]]
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(ucal.oracles, "WebOracle", FakeWebOracle, raising=False)
+    out = tmp_path / "web"
+    memory_file = tmp_path / "answers.jsonl"
+    assert main(_train_args(market, out, "--oracle", "web", "--memory", str(memory_file))) == 0
+    assert isinstance(seen["memory"], LabelMemory)
+    assert seen["oracle"].closed
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_queries"] > 0
+    assert len(LabelMemory(memory_file)) == results["n_queries"]

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+from scipy import sparse
+
+from ucal.cluster import jaccard_distance
+from ucal.cluster._knn import exact_knn, l2_normalize
+
+from .._helpers import clustered
+from ._jaccard_reference import dense_jaccard
+
+
+def _dense(D):
+    out = np.ones(D.shape)
+    coo = D.tocoo()
+    out[coo.row, coo.col] = coo.data
+    return out
+
+
+@pytest.mark.parametrize(
+    "n, k1, k2, noise",
+    [(60, 8, 3, 0.3), (200, 20, 6, 0.4), (150, 30, 6, 0.3), (40, 5, 1, 0.3), (120, 31, 2, 1.0)],
+)
+def test_equals_dense_reference(n, k1, k2, noise):
+    X = clustered(n, max(2, n // 10), 16, noise, seed=n + k1)[0]
+    expected, _ = dense_jaccard(X, k1, k2)
+    D = jaccard_distance(X, k1, k2)
+    assert sparse.isspmatrix_csr(D)
+    np.testing.assert_allclose(_dense(D), expected, atol=1e-5)
+    # A stored entry is exactly a pair sharing support; the rest is 1.
+    assert D.nnz == int((expected < 1 - 1e-12).sum() + 0)
+    assert np.all(D.diagonal() <= 1e-5)
+    assert (D != D.T).nnz == 0
+
+
+def test_diagonal_and_explicit_zeros_are_stored():
+    # Exact duplicates have identical encodings: distance exactly 0, stored.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(10, 8))
+    X = np.repeat(base, 4, axis=0)
+    D = jaccard_distance(X, k1=4, k2=1)
+    rows = np.repeat(np.arange(D.shape[0]), np.diff(D.indptr))
+    assert np.all(np.isin(np.arange(40), rows[D.indices == rows]))
+    assert (D.data == 0).sum() >= 40
+
+
+def test_input_is_l2_normalised_first():
+    X = clustered(80, 8, 12, 0.3, seed=1)[0]
+    scales = np.random.default_rng(2).uniform(0.1, 10, size=(80, 1))
+    np.testing.assert_allclose(
+        jaccard_distance(X, 10, 4).toarray(), jaccard_distance(X * scales, 10, 4).toarray(), atol=1e-6
+    )
+
+
+def test_numpy_and_faiss_knn_agree():
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra")
+    X = l2_normalize(clustered(3000, 150, 64, 0.5, seed=3)[0])
+    i_np, s_np = exact_knn(X, 25, search="numpy", block_size=700)
+    i_fa, s_fa = exact_knn(X, 25, search="faiss")
+    np.testing.assert_allclose(s_np, s_fa, atol=1e-5)
+    assert (i_np == i_fa).mean() > 0.999  # only exact ties may swap
+    D_np = jaccard_distance(X, 20, 6, search="numpy")
+    D_fa = jaccard_distance(X, 20, 6, search="faiss")
+    assert abs(D_np - D_fa).max() < 1e-5
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 5000])
+def test_blocked_knn_is_exact(block_size):
+    X = l2_normalize(clustered(300, 20, 10, 0.5, seed=4)[0])
+    idx, sim = exact_knn(X, 12, search="numpy", block_size=block_size)
+    full = X @ X.T
+    np.fill_diagonal(full, np.inf)
+    ref = np.argsort(-full, axis=1, kind="stable")[:, :12]
+    assert (idx[:, 0] == np.arange(300)).all()
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(sim[:, 1:], np.take_along_axis(X @ X.T, ref, axis=1)[:, 1:], atol=1e-6)
+
+
+def test_deterministic():
+    X = clustered(500, 25, 32, 0.5, seed=5)[0]
+    a = jaccard_distance(X, 20, 6)
+    b = jaccard_distance(X, 20, 6)
+    assert (a != b).nnz == 0
+
+
+def test_k1_larger_than_n_is_clipped():
+    X = clustered(12, 3, 5, 0.2, seed=6)[0]
+    expected, _ = dense_jaccard(X, 12, 3)
+    np.testing.assert_allclose(_dense(jaccard_distance(X, k1=50, k2=3)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or infinity"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), "NaN or infinity"),
+        (np.zeros((3, 2)), "all-zero row"),
+        (np.ones(5), "2D array"),
+        (np.array([["a", "b"]]), "numeric"),
+    ],
+)
+def test_bad_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        jaccard_distance(X, 3, 2)
+
+
+def test_bad_k():
+    with pytest.raises(ValueError, match="k1 and k2"):
+        jaccard_distance(np.eye(4), 0, 2)
+    with pytest.raises(ValueError, match="'auto', 'numpy' or 'faiss'"):
+        jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
+
+
+def test_max_distance_keeps_exactly_the_near_entries():
+    X = clustered(300, 20, 16, 0.6, seed=11)[0]
+    full = jaccard_distance(X, 20, 6)
+    cut = jaccard_distance(X, 20, 6, max_distance=0.62)
+    coo = full.tocoo()
+    near = (coo.data <= 0.62) | (coo.row == coo.col)
+    expected = {(r, c): v for r, c, v in zip(coo.row[near], coo.col[near], coo.data[near])}
+    got = cut.tocoo()
+    assert len(expected) == got.nnz < full.nnz
+    for r, c, v in zip(got.row, got.col, got.data):
+        assert expected[(r, c)] == pytest.approx(v, abs=1e-7)
+
+
+def test_n_rows_computes_exactly_the_leading_rows():
+    from ucal.cluster._jaccard import jaccard_from_neighbors
+    from ucal.cluster._knn import exact_knn, l2_normalize
+
+    X = l2_normalize(clustered(200, 12, 16, 0.5, seed=12)[0])
+    idx, sim = exact_knn(X, 20)
+
+    def pair_distance(r, c):
+        return 2.0 - 2.0 * np.einsum("ij,ij->i", X[r], X[c])
+
+    kw = dict(n_forward=20, n_half=11, k2=6, knn_distance=2.0 - 2.0 * sim)
+    full = jaccard_from_neighbors(idx, pair_distance, **kw)
+    part = jaccard_from_neighbors(idx, pair_distance, n_rows=50, **kw)
+    assert abs(full[:50] - part[:50]).max() == 0
+    assert abs(full[:, :50] - part[:, :50]).max() == 0
+    assert part[50:, 50:].nnz == 0 < full[50:, 50:].nnz

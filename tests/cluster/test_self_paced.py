@@ -1,0 +1,180 @@
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.cluster import DBSCAN
+
+from ucal import SelfPacedDBSCAN
+from ucal.cluster import jaccard_distance
+from ucal.cluster._dbscan import sparse_dbscan
+
+from .._helpers import clustered
+
+
+def _spcl_reference(D, eps, gap, min_samples, threshold=None, quantile=0.9):
+    """SpCL's reliability code, transcribed with dense N x N label matrices.
+
+    DBSCAN itself is ours (tested against scikit-learn above): scikit-learn
+    may put a border point reachable from two clusters in the other one,
+    which legitimately changes the IoU scores.
+    """
+
+    def run(e):
+        labels = sparse_dbscan(D, e, min_samples)
+        out = labels.copy()
+        noise = out < 0
+        out[noise] = labels.max() + 1 + np.arange(noise.sum())
+        return labels, out
+
+    raw, normal = run(eps)
+    _, tight = run(eps - gap)
+    _, loose = run(eps + gap)
+    same = normal[:, None] == normal[None, :]
+    same_t = tight[:, None] == tight[None, :]
+    same_l = loose[:, None] == loose[None, :]
+    r_comp = 1 - np.minimum(same, same_t).sum(1) / np.maximum(same, same_t).sum(1)
+    r_indep = 1 - np.minimum(same, same_l).sum(1) / np.maximum(same, same_l).sum(1)
+    n_groups = normal.max() + 1
+    c_comp = [min(r_comp[normal == c]) for c in range(n_groups)]
+    c_indep = [min(r_indep[normal == c]) for c in range(n_groups)]
+    sizes = np.bincount(normal)
+    noins = [v for v, s in zip(c_indep, sizes) if s > 1]
+    if threshold is None:
+        srt = np.sort(noins)
+        threshold = srt[min(len(noins) - 1, int(np.round(len(noins) * quantile)))]
+    keep = np.array(
+        [
+            raw[i] >= 0 and c_indep[normal[i]] <= threshold and r_comp[i] <= c_comp[normal[i]]
+            for i in range(len(raw))
+        ]
+    )
+    return keep, threshold
+
+
+def test_sparse_dbscan_matches_sklearn_on_cores_and_noise():
+    X, _ = clustered(600, 30, 16, 0.6, seed=0)
+    D = jaccard_distance(X, 20, 6)
+    for eps in (0.45, 0.6, 0.7):
+        ours = sparse_dbscan(D, eps, 4)
+        ref = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit(D)
+        core = np.zeros(600, dtype=bool)
+        core[ref.core_sample_indices_] = True
+        np.testing.assert_array_equal(ours[core], ref.labels_[core])
+        np.testing.assert_array_equal(ours == -1, ref.labels_ == -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_self_paced_matches_spcl_reference(seed):
+    X, _ = clustered(400, 25, 16, 0.8, seed=seed)
+    D = jaccard_distance(X, 20, 6)
+    keep, thr = _spcl_reference(D, 0.6, 0.02, 4)
+    est = SelfPacedDBSCAN(k1=20, k2=6).fit(X)
+    np.testing.assert_array_equal(est.labels_ >= 0, keep)
+    assert est.independence_threshold_ == pytest.approx(1 - thr)
+    # Kept samples keep their DBSCAN grouping.
+    kept = est.labels_ >= 0
+    pairs_ours = est.labels_[kept][:, None] == est.labels_[kept][None, :]
+    pairs_raw = est.dbscan_labels_[kept][:, None] == est.dbscan_labels_[kept][None, :]
+    np.testing.assert_array_equal(pairs_ours, pairs_raw)
+
+
+def test_threshold_is_kept_across_refits_and_reset_by_clone():
+    X1, _ = clustered(400, 25, 16, 0.8, seed=3)
+    X2, _ = clustered(400, 25, 16, 0.9, seed=4)
+    est = SelfPacedDBSCAN(k1=20).fit(X1)
+    thr = est.independence_threshold_
+    est.fit(X2)
+    assert est.independence_threshold_ == thr
+    fresh = clone(est).fit(X2)
+    D = jaccard_distance(X2, 20, 6)
+    keep_kept, _ = _spcl_reference(D, 0.6, 0.02, 4, threshold=1 - thr)
+    np.testing.assert_array_equal(est.labels_ >= 0, keep_kept)
+    assert fresh.independence_threshold_ != thr or np.array_equal(fresh.labels_, est.labels_)
+
+
+def test_plain_dbscan_when_not_self_paced():
+    X, _ = clustered(300, 20, 16, 0.6, seed=5)
+    est = SelfPacedDBSCAN(self_paced=False, k1=15).fit(X)
+    np.testing.assert_array_equal(est.labels_, sparse_dbscan(jaccard_distance(X, 15, 6), 0.6, 4))
+    assert not hasattr(est, "independence_threshold_")
+
+
+def test_recovers_clean_identities_and_fitted_attributes():
+    X, ids = clustered(300, 10, 32, 0.3, seed=6)
+    est = SelfPacedDBSCAN(k1=20).fit(X)
+    assert est.n_clusters_ == 10
+    in_cluster = est.labels_ >= 0
+    assert in_cluster.mean() > 0.9
+    # Every cluster is one identity.
+    for c in range(est.n_clusters_):
+        assert len(np.unique(ids[est.labels_ == c])) == 1
+    norms = np.linalg.norm(est.cluster_centers_, axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    dist = est.transform(X)
+    assert dist.shape == (300, 10)
+    np.testing.assert_array_equal(dist[in_cluster].argmin(axis=1), est.labels_[in_cluster])
+    assert est.get_feature_names_out().tolist()[0] == "selfpaceddbscan0"
+
+
+def test_deterministic_and_picklable():
+    X, _ = clustered(300, 15, 16, 0.7, seed=7)
+    a = SelfPacedDBSCAN(k1=15).fit(X)
+    b = pickle.loads(pickle.dumps(SelfPacedDBSCAN(k1=15).fit(X)))
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.array([[1.0, np.nan]] * 10), "NaN"),
+        (np.array([[1.0, np.inf]] * 10), "infinity"),
+        (np.ones(10), "2D array"),
+        (np.ones((3, 4)), "min_samples=4 samples, got n_samples = 3"),
+    ],
+)
+def test_bad_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        SelfPacedDBSCAN().fit(X)
+
+
+def test_bad_parameters():
+    X, _ = clustered(50, 5, 8, 0.3, seed=8)
+    with pytest.raises(ValueError, match="eps"):
+        SelfPacedDBSCAN(eps=1.5).fit(X)
+    with pytest.raises(ValueError, match="min_samples"):
+        SelfPacedDBSCAN(min_samples=0).fit(X)
+    with pytest.raises(ValueError, match="search"):
+        SelfPacedDBSCAN(search="annoy").fit(X)
+
+
+def test_transform_checks_feature_count():
+    X, _ = clustered(60, 4, 8, 0.2, seed=9)
+    est = SelfPacedDBSCAN(k1=10).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        est.transform(X[:, :5])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+def test_accepts_numeric_dtypes(dtype):
+    X, _ = clustered(120, 6, 8, 0.2, seed=10)
+    Xd = (X * 100).astype(dtype)
+    est = SelfPacedDBSCAN(k1=10).fit(Xd)
+    # Integers are computed in float32, like float32 input.
+    work = np.float64 if dtype == np.float64 else np.float32
+    ref = SelfPacedDBSCAN(k1=10).fit(Xd.astype(work))
+    np.testing.assert_array_equal(est.labels_, ref.labels_)
+    assert est.transform(Xd).dtype == work
+
+
+def test_zero_rows_are_noise_with_a_warning():
+    X, _ = clustered(60, 4, 8, 0.2, seed=9)
+    reference = SelfPacedDBSCAN(k1=10).fit(X)
+    X0 = np.vstack([np.zeros((2, X.shape[1])), X])
+    with pytest.warns(UserWarning, match="2 all-zero row.*first at index 0.*noise"):
+        est = SelfPacedDBSCAN(k1=10).fit(X0)
+    # the zero rows are noise, and the other samples cluster as without them
+    np.testing.assert_array_equal(est.labels_[:2], [-1, -1])
+    np.testing.assert_array_equal(est.labels_[2:], reference.labels_)
+    np.testing.assert_allclose(est.transform(X0[:2]), 1.0)

@@ -1,0 +1,276 @@
+"""Review and correct the answers of a label memory on the annotation page."""
+
+import logging
+import threading
+import webbrowser
+
+from ..oracles import as_label_memory
+from ._controller import (
+    ANSWER_CODES,
+    AnnotationController,
+    RequestError,
+    require_choice,
+    require_int,
+)
+from ._server import AnnotationServer, ImageStore, _Closable
+
+__all__ = ["ReviewSession", "serve_review"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Review(AnnotationController):
+    """Controller of the review page: the recorded answers, and corrections."""
+
+    def __init__(self, memory, images):
+        self.memory = memory
+        self.images = images
+        self.n_corrections = 0
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        top = max((max(r.i, r.j) for r in memory), default=-1)
+        if top >= len(images):
+            raise ValueError(
+                f"The label memory has answers about sample {top}, but the dataset has "
+                f"only {len(images)} images: is it the dataset (and split) the answers "
+                "were given on?"
+            )
+
+    def _rows(self):
+        rows = {}
+        for record in self.memory:
+            key = (record.i, record.j)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = {"i": record.i, "j": record.j, "history": []}
+            answer = None if record.same is None else ("same" if record.same else "different")
+            row["history"].append({"answer": answer, "source": record.source,
+                                   "time": record.time})
+        out = []
+        for row in rows.values():
+            latest = row["history"][-1]
+            row.update(
+                answer=latest["answer"],
+                source=latest["source"],
+                time=latest["time"],
+                left={"index": row["i"], "camera": self.images.camera(row["i"])},
+                right={"index": row["j"], "camera": self.images.camera(row["j"])},
+            )
+            out.append(row)
+        return out
+
+    def state(self):
+        with self._lock:
+            rows = self._rows()
+        return {
+            "mode": "review",
+            "n_samples": len(self.images),
+            "n_corrections": self.n_corrections,
+            "finished": self.finished.is_set(),
+            "memory": {"path": getattr(self.memory, "path", None), "n_answers": len(self.memory)},
+            "records": rows,
+        }
+
+    def post(self, action, payload):
+        if action == "correct":
+            i = require_int(payload, "i")
+            j = require_int(payload, "j")
+            answer = require_choice(payload, "answer", ("same", "different"))
+            with self._lock:
+                rows = {(r["i"], r["j"]): r for r in self._rows()}
+                row = rows.get((min(i, j), max(i, j)))
+                if row is None:
+                    raise RequestError(404, f"The memory has no answer for pair ({i}, {j}).")
+                if row["answer"] != answer:
+                    self.memory.record([[i, j]], [ANSWER_CODES[answer]], source="correction")
+                    self.n_corrections += 1
+                row = {(r["i"], r["j"]): r for r in self._rows()}[(row["i"], row["j"])]
+            return {"record": row, "n_corrections": self.n_corrections}
+        if action == "finish":
+            self.finished.set()
+            return {"finished": True, "n_corrections": self.n_corrections}
+        raise RequestError(404, f"No such endpoint: POST /api/{action}.")
+
+
+class ReviewSession(_Closable):
+    """A review page of a label memory, served in the background.
+
+    The page lists every answered pair with its two images, its latest
+    answer and who gave it; "Same" / "Different" records a correction
+    (``source="correction"``; the latest answer of a pair wins), and
+    "Finish" ends the review. :func:`serve_review` runs one and waits for
+    it; a session lets the caller do something else meanwhile.
+
+    Parameters
+    ----------
+    memory : LabelMemory, str or path-like
+        The memory to review, or the path of its file.
+    images : ReIDSplit, list of path, or ndarray of shape (n_samples, height, width, 3)
+        What its answers' indices refer to, in that order: the training
+        split they were given on.
+    host : str, default="127.0.0.1"
+        The address to listen on; another than loopback warns.
+    port : int, default=0
+        The port to listen on, or 0 for any free one.
+
+    Attributes
+    ----------
+    url : str
+        The page's address, including the secret token.
+    memory : LabelMemory
+        The memory being reviewed.
+
+    Raises
+    ------
+    ValueError
+        If the memory has answers about an image beyond ``images``: it
+        was recorded on another dataset or split.
+
+    See Also
+    --------
+    serve_review : Serve the page and wait until the review is finished.
+
+    Examples
+    --------
+    What the page does when a person corrects an answer, then presses
+    "Finish":
+
+    >>> import json, urllib.request
+    >>> import numpy as np
+    >>> from ucal.annotation import ReviewSession
+    >>> from ucal.oracles import LabelMemory
+    >>> def press(session, action, payload):
+    ...     request = urllib.request.Request(
+    ...         session.url.replace("/?", f"/api/{action}?"), json.dumps(payload).encode(),
+    ...         headers={"Content-Type": "application/json"})
+    ...     with urllib.request.urlopen(request) as reply:
+    ...         return json.loads(reply.read())
+    >>> memory = LabelMemory()
+    >>> _ = memory.record([[0, 1]], [True], source="web")
+    >>> with ReviewSession(memory, np.zeros((2, 8, 4, 3), np.uint8)) as session:
+    ...     record = press(session, "correct", {"i": 0, "j": 1, "answer": "different"})
+    ...     _ = press(session, "finish", {})
+    ...     session.wait(timeout=5)
+    True
+    >>> record["record"]["answer"], record["n_corrections"], memory.lookup([[0, 1]]).tolist()
+    ('different', 1, [0])
+    """
+
+    def __init__(self, memory, images, *, host="127.0.0.1", port=0):
+        if memory is None:
+            raise TypeError("memory is required: a LabelMemory or the path of its file.")
+        self.images = ImageStore(images)
+        self.review = _Review(as_label_memory(memory), self.images)
+        self.memory = self.review.memory
+        self.server = AnnotationServer(self.review, self.images, host=host, port=port)
+        self.url = self.server.url
+
+    @property
+    def n_corrections(self):
+        """int: Number of corrections recorded so far."""
+        return self.review.n_corrections
+
+    def wait(self, timeout=None):
+        """Wait until the page's "Finish" button is pressed.
+
+        Parameters
+        ----------
+        timeout : float or None, default=None
+            Seconds to wait at most; None waits as long as it takes.
+
+        Returns
+        -------
+        finished : bool
+            Whether the review was finished (False when ``timeout`` passed).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ucal.annotation import ReviewSession
+        >>> from ucal.oracles import LabelMemory
+        >>> with ReviewSession(LabelMemory(), np.zeros((2, 8, 4, 3), np.uint8)) as session:
+        ...     session.wait(timeout=0.01)
+        False
+        """
+        return self.review.finished.wait(timeout)
+
+    def close(self):
+        """Stop the page's server (idempotent).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ucal.annotation import ReviewSession
+        >>> from ucal.oracles import LabelMemory
+        >>> session = ReviewSession(LabelMemory(), np.zeros((2, 8, 4, 3), np.uint8))
+        >>> session.close()
+        """
+        self.server.close()
+
+    def __repr__(self):
+        # Never the URL: it holds the token, and reprs end up in logs.
+        return f"ReviewSession(port={self.server.port}, n_corrections={self.n_corrections})"
+
+
+def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False,
+                 timeout=None):
+    """Serve a page to review and correct the answers of a label memory.
+
+    The page lists every answered pair with its two images, its latest
+    answer and who gave it; "Same" / "Different" records a correction
+    (``source="correction"``; the latest answer of a pair wins). Blocks
+    until the page's "Finish" button, ``timeout`` or Ctrl+C. The page's
+    address is logged (``logging``, level WARNING).
+
+    Parameters
+    ----------
+    memory : LabelMemory, str or path-like
+        The memory, or its file.
+    images : ReIDSplit, list of path, or ndarray of shape (n_samples, height, width, 3)
+        The images the answers' indices refer to (the training split the
+        answers were given on, in the same order).
+    host : str, default="127.0.0.1"
+        Address to listen on (anything but loopback warns).
+    port : int, default=0
+        Port; 0 picks a free one.
+    open_browser : bool, default=False
+        Open the page in the default web browser.
+    timeout : float or None, default=None
+        Stop after this many seconds.
+
+    Returns
+    -------
+    n_corrections : int
+        Number of corrections recorded.
+
+    Raises
+    ------
+    ValueError
+        If the memory has answers about an image beyond ``images``.
+
+    See Also
+    --------
+    ReviewSession : The same page, without waiting.
+    WebOracle : Answer the questions of a refiner on the same kind of page.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal.annotation import serve_review
+    >>> from ucal.oracles import LabelMemory
+    >>> memory = LabelMemory()
+    >>> _ = memory.record([[0, 1]], [True])
+    >>> serve_review(memory, np.zeros((2, 8, 4, 3), np.uint8), timeout=0.1)
+    0
+    """
+    session = ReviewSession(memory, images, host=host, port=port)
+    logger.warning("Review page: open %s (Finish on the page or Ctrl+C to stop).", session.url)
+    if open_browser:
+        webbrowser.open(session.url)
+    try:
+        session.wait(timeout)
+    except KeyboardInterrupt:
+        logger.info("Review stopped (Ctrl+C).")
+    finally:
+        session.close()
+    return session.n_corrections

@@ -1,0 +1,120 @@
+"""What the commands of ``ucal`` share: logging, JSON files, the results
+table, the thread count and the argument groups (verbosity, dataset)."""
+
+import json
+import logging
+import sys
+
+import numpy as np
+
+from ucal.datasets import DATASET_NAMES
+from ucal.utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+# Loggers whose per-step chatter shows only with -v.
+_DETAIL_LOGGERS = ("ucal.cluster", "ucal.active", "ucal.oracles", "ucal.annotation")
+
+
+def setup_logging(verbose, log_file=None):
+    """Log to stderr (and ``log_file``): INFO, or WARNING with ``-q``."""
+    level = logging.INFO if verbose >= 0 else logging.WARNING
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(message)s", handlers=handlers, force=True
+    )
+    # The per-step chatter of the clustering and refinement modules stays at DEBUG.
+    for name in _DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if verbose < 1 else logging.INFO)
+
+
+def set_threads(threads):
+    """torch's CPU threads (None: torch's choice); torch is reached through ucal.reid only."""
+    from ucal.reid import set_num_threads
+
+    set_num_threads(threads)
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON, atomically (a crash leaves the old file or the new one)."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=_json_default), mode="w")
+
+
+def percent(x):
+    """A fraction as a percentage."""
+    return 100.0 * float(x)
+
+
+def results_table(rows):
+    """Markdown table of Method / R1 / R5 / R10 / mAP / queries / cost."""
+    lines = [
+        "| Method | R1 | R5 | R10 | mAP | Queries | Labeling cost |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cost = "100 %" if r["cost"] >= 1 else f"{percent(r['cost']):.4f} %"
+        lines.append(
+            f"| {r['method']} | {percent(r['R1']):.1f} | {percent(r['R5']):.1f} | "
+            f"{percent(r['R10']):.1f} | {percent(r['mAP']):.1f} | {r['n_queries']} | {cost} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------ argument groups
+def add_verbosity(parser):
+    """``-v`` / ``-q``: the ``verbose`` count (-1 with ``-q``)."""
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v: clustering and refinement details)")
+    parser.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbose",
+                        help="warnings only, no progress bars")
+
+
+def add_threads(parser):
+    """``--threads``: torch's CPU threads."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+
+
+def add_dataset_arguments(parser, *, purpose):
+    """``--dataset`` (a name of :func:`ucal.datasets.load_dataset`), ``--root``,
+    ``--pattern`` and ``--random-state``, as one group."""
+    group = parser.add_argument_group(
+        "dataset", "The data, by a name of ucal.datasets.load_dataset."
+    )
+    group.add_argument("--dataset", required=True, choices=DATASET_NAMES,
+                       help=f"{purpose} (folder: your own images, see load_image_folder; "
+                       "synthetic: make_persons)")
+    group.add_argument("--root", metavar="DIR",
+                       help="dataset folder (or CSV file for --dataset folder); required "
+                       "except for --dataset synthetic")
+    group.add_argument("--pattern", default=None, metavar="REGEX",
+                       help="--dataset folder: regular expression with groups pid and camid")
+    group.add_argument("--random-state", type=int, default=0, metavar="SEED",
+                       help="--dataset synthetic: the seed of make_persons (default 0)")
+
+
+def check_dataset_arguments(parser, args):
+    """Refuse, as a usage error, a dataset read from disk without ``--root``."""
+    if args.dataset != "synthetic" and not args.root:
+        parser.error(f"--dataset {args.dataset} needs --root DIR.")
+
+
+def load_data(args):
+    """The dataset named by the arguments of :func:`add_dataset_arguments`."""
+    from ucal.datasets import load_dataset
+
+    if args.dataset == "synthetic":
+        return load_dataset("synthetic", random_state=args.random_state)
+    if args.dataset == "folder":
+        return load_dataset("folder", args.root, pattern=args.pattern)
+    return load_dataset(args.dataset, args.root)

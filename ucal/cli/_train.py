@@ -1,0 +1,177 @@
+"""``ucal train``: the paper's experiment on a real dataset."""
+
+import logging
+import os
+import sys
+
+from ._common import (
+    add_dataset_arguments,
+    add_threads,
+    add_verbosity,
+    load_data,
+    results_table,
+    set_threads,
+    setup_logging,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels"):
+    """The ``refiner`` of :class:`~ucal.reid.UCALReID` for ``--no-snps``,
+    ``--no-mpps`` and ``--oracle``.
+
+    None (the default: SNPS then MPPS) without a flag; MPPS alone with
+    ``--no-snps``; SNPS alone with ``--no-mpps``; ``"passthrough"`` (no
+    refinement, the unsupervised Baseline) with both or ``--oracle none``.
+    """
+    if oracle == "none" or (no_snps and no_mpps):
+        return "passthrough"
+    if no_snps:
+        from ucal.active import MPPSMerger
+
+        return MPPSMerger()
+    if no_mpps:
+        from ucal.active import SNPSSplitter
+
+        return SNPSSplitter()
+    return None
+
+
+def _open_memory(args):
+    """The run's label memory (``--oracle labels`` or ``web``); refuses to mix runs."""
+    from ucal.oracles import LabelMemory
+
+    memory_file = args.memory or os.path.join(args.output, "checkpoints", "label_memory.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(memory_file)), exist_ok=True)
+    if (
+        args.memory is None
+        and not args.resume
+        and os.path.isfile(memory_file)
+        and os.path.getsize(memory_file) > 0
+    ):
+        raise FileExistsError(
+            f"{args.output!r} already holds a run (answers in {memory_file}); pass --resume "
+            "to continue it, or choose another --output."
+        )
+    return LabelMemory(memory_file)
+
+
+def cmd_train(args):
+    """``ucal train``: the paper's experiment on a real dataset."""
+    import joblib
+
+    from ucal.cluster import SelfPacedDBSCAN
+    from ucal.reid import UCALReID
+
+    os.makedirs(args.output, exist_ok=True)
+    setup_logging(args.verbose, os.path.join(args.output, "train.log"))
+    set_threads(args.threads)
+    data = load_data(args)
+    logger.info("Data: %s", str(data).replace("\n", "; "))
+    pretrained = {"imagenet": True, "none": False}.get(args.pretrained, args.pretrained)
+    model = UCALReID(
+        backbone=args.backbone,
+        pretrained=pretrained,
+        image_size=tuple(args.image_size),
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        iters_per_epoch=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1),
+        refiner=refiner_from_flags(
+            no_snps=args.no_snps, no_mpps=args.no_mpps, oracle=args.oracle
+        ),
+        max_queries=args.max_queries,
+        device=args.device,
+        num_workers=args.workers,
+        checkpoint_dir=os.path.join(args.output, "checkpoints"),
+        random_state=args.seed,
+        verbose=1 if args.verbose >= 0 else 0,
+    )
+    train = data.train
+    y = None
+    oracle = None
+    web = None
+    refines = model.refiner != "passthrough"
+    memory = _open_memory(args) if refines and args.oracle in ("labels", "web") else None
+    if args.oracle == "labels" and refines:
+        y = train.pids
+    elif args.oracle == "web":
+        from ucal.oracles import WebOracle
+
+        # One memory object: each answer is recorded the moment the page sends it.
+        web = WebOracle(train, label_memory=memory, host=args.host, port=args.port,
+                        open_browser=args.open_browser)
+        oracle = web
+        logger.info("Answer the pairs at %s", web.url)
+    eval_set = data if (len(data.query) and len(data.gallery) and not args.no_eval) else None
+    try:
+        model.fit(train, y, oracle=oracle, eval_set=eval_set, resume=args.resume,
+                  label_memory=memory)
+    finally:
+        if web is not None:
+            web.close()
+    joblib.dump(model, os.path.join(args.output, "model.joblib"))
+    write_json(os.path.join(args.output, "history.json"), model.history_)
+    summary = {"n_queries": model.n_queries_, "cost": model.cost_, "n_train": len(train)}
+    if eval_set is not None:
+        last = model.history_[-1]
+        summary.update({k: last[k] for k in ("R1", "R5", "R10", "mAP", "mINP")})
+        sys.stdout.write(
+            results_table([{"method": "UCAL" if y is not None or oracle else "Baseline",
+                            **summary}]) + "\n"
+        )
+    write_json(os.path.join(args.output, "results.json"), summary)
+    logger.info("Model saved to %s", os.path.join(args.output, "model.joblib"))
+    return 0
+
+
+def add_parser(commands):
+    """Add ``train`` to the sub-parsers ``commands`` of ``ucal``."""
+    train = commands.add_parser(
+        "train", help="train UCAL on Market-1501, DukeMTMC-reID, MSMT17 or your own images",
+        description="The paper's experiment: UCALReID on a real dataset, a checkpoint every "
+        "epoch (--resume continues), the model saved as model.joblib.",
+    )
+    add_dataset_arguments(train, purpose="dataset to train on")
+    train.add_argument("--output", default="ucal_run", metavar="DIR",
+                       help="checkpoints, model.joblib, history.json, results.json, train.log "
+                       "(default: ucal_run)")
+    train.add_argument("--memory", default=None, metavar="FILE",
+                       help="label memory file (JSON lines) for the answers (default: "
+                       "OUTPUT/checkpoints/label_memory.jsonl); answers in it are never asked "
+                       "again")
+    train.add_argument("--oracle", choices=("labels", "web", "none"), default="labels",
+                       help="labels: simulated annotator from the dataset's identities (paper); "
+                       "web: answer pairs in the browser; none: the unsupervised Baseline")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output")
+    train.add_argument("--epochs", type=int, default=50)
+    train.add_argument("--warmup-epochs", type=int, default=15)
+    train.add_argument("--iters", type=int, default=None,
+                       help="iterations per epoch (default: one pass over the clustered images)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=3.5e-4)
+    train.add_argument("--backbone", choices=("resnet50", "resnet18", "small"), default="resnet50")
+    train.add_argument("--pretrained", default="imagenet",
+                       help="imagenet (torchvision weights), none, or a state-dict file")
+    train.add_argument("--image-size", type=int, nargs=2, default=(256, 128),
+                       metavar=("H", "W"))
+    train.add_argument("--k1", type=int, default=30)
+    train.add_argument("--eps", type=float, default=0.6)
+    train.add_argument("--max-queries", type=int, default=None, help="total query budget")
+    train.add_argument("--no-snps", action="store_true", help="ablation: no splitting")
+    train.add_argument("--no-mpps", action="store_true", help="ablation: no merging")
+    train.add_argument("--no-eval", action="store_true", help="skip per-epoch evaluation")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--host", default="127.0.0.1", help="--oracle web: address")
+    train.add_argument("--port", type=int, default=0, help="--oracle web: port (0: any free)")
+    train.add_argument("--open-browser", action="store_true", help="--oracle web: open the page")
+    add_verbosity(train)
+    add_threads(train)
+    train.set_defaults(func=cmd_train)
+    return train

@@ -1,0 +1,119 @@
+"""Each epoch's pseudo labels: the base clustering, then the refiner and its oracle.
+
+Torch-free on purpose: it works on the feature matrix of the memory.
+"""
+
+import logging
+import warnings
+
+import numpy as np
+from sklearn.base import clone
+
+from ucal.oracles import BudgetExhaustedWarning
+
+__all__ = ["PseudoLabeler", "default_refiner", "innermost_clusterer"]
+
+logger = logging.getLogger(__name__)
+
+# Stages whose cluster changes the history reports as ``n_splits`` / ``n_merges``.
+_CHANGE_KEYS = {"snps": "n_splits", "mpps": "n_merges"}
+
+
+def default_refiner():
+    """The paper's refinement: SNPS, then MPPS, sharing one oracle and memory."""
+    from ucal.active import MPPSMerger, SNPSSplitter
+
+    return MPPSMerger(clusterer=SNPSSplitter())
+
+
+def innermost_clusterer(refiner):
+    """The base clusterer at the bottom of a chain of refiners (None: the default)."""
+    from ucal.active._base import BaseRefiner
+
+    while isinstance(getattr(refiner, "clusterer", None), BaseRefiner):
+        refiner = refiner.clusterer
+    return getattr(refiner, "clusterer", None)
+
+
+class PseudoLabeler:
+    """The clustering step of one fit.
+
+    The base ``clusterer`` is refitted every epoch (its state, SpCL's
+    independence threshold, carries over and is checkpointed); from
+    ``warmup_epochs`` on, a fresh clone of ``refiner`` repairs its labels
+    by asking ``oracle`` through ``label_memory``, within what is left of
+    ``max_queries``. Budgets and seeds of the user's refiner are never
+    rewritten: they travel as ``fit(query_limit=..., seed=...)``.
+    """
+
+    def __init__(self, clusterer, refiner, oracle, label_memory, *, warmup_epochs,
+                 max_queries, seed):
+        self.clusterer = clusterer
+        self.refiner = refiner
+        self.oracle = oracle
+        self.label_memory = label_memory
+        self.warmup_epochs = warmup_epochs
+        self.max_queries = max_queries
+        self.seed = seed
+        self.n_queries = 0
+        self._budget_warned = False
+
+    @property
+    def refines(self):
+        return self.refiner is not None and self.oracle is not None
+
+    def __call__(self, features, epoch, record):
+        """Labels of ``features`` for ``epoch`` (0-based); fills ``record``."""
+        self.clusterer.fit(features)
+        labels = np.asarray(self.clusterer.labels_)
+        record["n_clusters_base"] = int(np.unique(labels[labels >= 0]).size)
+        for stage in ("snps", "mpps"):
+            record[f"{stage}_queries"] = 0
+            record[f"{stage}_inferred"] = 0
+            record[_CHANGE_KEYS[stage]] = 0
+        if not self.refines or epoch < self.warmup_epochs:
+            return labels
+        refiner = clone(self.refiner)
+        query_limit = None
+        if self.max_queries is not None:
+            query_limit = max(0, self.max_queries - self.n_queries)
+        n_records = len(self.label_memory)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                refiner.fit(
+                    features,
+                    labels=labels,
+                    oracle=self.oracle,
+                    label_memory=self.label_memory,
+                    query_limit=query_limit,
+                    seed=(self.seed + 7919 * epoch) % (2**31 - 1),
+                )
+            except BaseException:
+                # Answers a failing refinement recorded were asked too: count them.
+                self.n_queries += len(self.label_memory) - n_records
+                raise
+        self.n_queries += int(refiner.n_queries_)
+        self._rewarn(caught)
+        for stage, n in refiner.stage_queries_.items():
+            record[f"{stage}_queries"] = int(n)
+            record[f"{stage}_inferred"] = int(refiner.stage_inferred_[stage])
+            key = _CHANGE_KEYS.get(stage, f"{stage}_changes")
+            record[key] = int(refiner.stage_changes_.get(stage, 0))
+        return np.asarray(refiner.labels_)
+
+    def _rewarn(self, caught):
+        """Re-issue the refiner's warnings; the spent-budget one only once per fit."""
+        for w in caught:
+            if issubclass(w.category, BudgetExhaustedWarning):
+                if self._budget_warned:
+                    continue
+                self._budget_warned = True
+                warnings.warn(
+                    f"The query budget max_queries={self.max_queries} is spent; "
+                    "later epochs refine the clusters with the label memory alone.",
+                    BudgetExhaustedWarning,
+                    stacklevel=2,
+                )
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
