@@ -100,10 +100,15 @@ def test_merges_stop_at_max_merge_ratio_most_similar_first():
     assert MPPSMerger(max_merge_ratio=0.0).fit(X, y, labels=labels).n_merges_ == 0
 
 
-def test_pairs_sent_are_cluster_medoids():
+@pytest.mark.parametrize(
+    "params", [dict(cluster_inference=False), dict(confirm_size=None)], ids=["paper", "votes"]
+)
+def test_pairs_sent_are_cluster_medoids(params):
+    # without confirmations, the first (and only) pair asked about two clusters
+    # is their medoid pair
     X, y = identities(n_ids=10, per_id=20)
     labels = fragment(y, range(3))
-    model = MPPSMerger().fit(X, y, labels=labels)
+    model = MPPSMerger(**params).fit(X, y, labels=labels)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     medoid = {}
     for c in np.unique(labels):
@@ -154,7 +159,9 @@ def test_snps_then_mpps_nested_shares_one_memory_and_raises_fscore(tmp_path):
     p0, r0, f0 = pairwise_precision_recall_fscore(y, labels)
     path = tmp_path / "answers.jsonl"
     model = MPPSMerger(
-        clusterer=SNPSSplitter(clusterer=FixedLabels(labels), random_state=0),
+        clusterer=SNPSSplitter(
+            clusterer=FixedLabels(labels), random_state=0, k_max_rule="floor", cluster_inference=False
+        ),
         max_merge_ratio=0.5,
         memory_path=path,
     )
@@ -245,9 +252,12 @@ def test_memory_path_persists_answers_across_estimators(tmp_path):
     X, y = identities(n_ids=10, per_id=20)
     labels = fragment(y, range(3))
     path = tmp_path / "answers.jsonl"
-    first = MPPSMerger(memory_path=path).fit(X, y, labels=labels)
+    # the paper's MPPS (every candidate asked): a second fit finds every answer on file
+    first = MPPSMerger(memory_path=path, cluster_inference=False).fit(X, y, labels=labels)
     oracle = LabelOracle(y)
-    second = MPPSMerger(memory_path=path).fit(X, labels=labels, oracle=oracle)
+    second = MPPSMerger(memory_path=path, cluster_inference=False).fit(
+        X, labels=labels, oracle=oracle
+    )
     assert first.n_queries_ > 0 and oracle.n_queries == 0
     assert second.n_inferred_ == first.n_queries_
     np.testing.assert_array_equal(first.labels_, second.labels_)
@@ -285,8 +295,8 @@ def test_query_limit_and_seed_come_through_fit_without_changing_parameters(tmp_p
         chain.fit(X, y, labels=labels, query_limit=-1)
     # a label memory may be given as the path of its file, as everywhere
     path = tmp_path / "answers.jsonl"
-    first = MPPSMerger().fit(X, y, labels=labels, label_memory=str(path))
-    again = MPPSMerger().fit(X, y, labels=labels, label_memory=path)
+    first = MPPSMerger(cluster_inference=False).fit(X, y, labels=labels, label_memory=str(path))
+    again = MPPSMerger(cluster_inference=False).fit(X, y, labels=labels, label_memory=path)
     assert first.n_queries_ > 0 and again.n_queries_ == 0
     assert again.n_inferred_ >= first.n_queries_
 

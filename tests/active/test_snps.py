@@ -49,7 +49,10 @@ def test_snps_raises_precision_on_merged_identities():
     labels = merge_pairs(y, [(0, 1), (2, 3), (4, 5), (6, 7)])  # clusters of 40
     p0, r0, _ = pairwise_precision_recall_fscore(y, labels)
     oracle = LabelOracle(y)
-    model = SNPSSplitter(random_state=0).fit(X, labels=labels, oracle=oracle)
+    # the paper's SNPS: one medoid pair per group pair, no confirmation
+    model = SNPSSplitter(random_state=0, k_max_rule="floor", cluster_inference=False).fit(
+        X, labels=labels, oracle=oracle
+    )
     p1, r1, _ = pairwise_precision_recall_fscore(y, model.labels_)
     assert p0 < 0.6 and p1 == 1.0 and r1 >= r0 - 0.01
     # only the four clusters of 40 reach k_max = 2: one medoid pair each
@@ -67,26 +70,31 @@ def test_snps_raises_precision_on_merged_identities():
 
 def test_pure_clusters_are_asked_but_not_split():
     X, y = identities(n_ids=5, per_id=40)
-    model = SNPSSplitter(random_state=0).fit(X, y, labels=y)
+    model = SNPSSplitter(random_state=0, k_max_rule="floor").fit(X, y, labels=y)
     assert model.n_queries_ == 5 and model.n_splits_ == 0
     assert adjusted_rand_score(model.labels_, y) == 1.0
 
 
 def test_small_clusters_are_left_alone():
     X, y = identities(per_id=15)
-    labels = merge_pairs(y, [(0, 1)])  # 30 samples: k_max = 1
+    labels = merge_pairs(y, [(0, 1)])  # 30 samples: the paper's k_max = 1
     oracle = LabelOracle(y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = SNPSSplitter().fit(X, labels=labels, oracle=oracle)
+        model = SNPSSplitter(k_max_rule="floor").fit(X, labels=labels, oracle=oracle)
     assert oracle.n_queries == 0 and model.n_splits_ == 0
     assert adjusted_rand_score(model.labels_, labels) == 1.0
+    # rounded up (the default), k_max = 2 reaches it, and the split is found
+    split = SNPSSplitter(random_state=0).fit(X, labels=labels, oracle=LabelOracle(y))
+    assert split.n_splits_ == 1 and pairwise_precision_recall_fscore(y, split.labels_)[0] == 1.0
 
 
 def test_explicit_k_max_finds_three_identities_in_one_cluster():
     X, y = identities(n_ids=6, per_id=20, noise=0.3)
     labels = merge_pairs(y, [(0, 1), (0, 2)])
-    model = SNPSSplitter(k_max=3, random_state=0).fit(X, y, labels=labels)
+    model = SNPSSplitter(k_max=3, random_state=0, cluster_inference=False).fit(
+        X, y, labels=labels
+    )
     # the cluster of 3 identities: k* = 3, all 3 medoid pairs asked;
     # the pure clusters of 20 (k <= 10) are asked and kept
     assert adjusted_rand_score(model.labels_, y) == 1.0
@@ -112,10 +120,10 @@ def test_budget_asks_the_clusters_with_the_best_criterion_first():
     # identities 2 and 3 are made near-duplicates: a poor split structure
     X[y == 3] = X[y == 3] * 0.3 + X[y == 2][:20] * 0.7
     labels = merge_pairs(y, [(0, 1), (2, 3)])
-    full = SNPSSplitter(random_state=0).fit(X, y, labels=labels)
+    full = SNPSSplitter(random_state=0, k_max_rule="floor", cluster_inference=False).fit(X, y, labels=labels)
     assert full.n_queries_ == 2
     with pytest.warns(UserWarning, match="budget"):
-        cut = SNPSSplitter(random_state=0, max_queries=1).fit(X, y, labels=labels)
+        cut = SNPSSplitter(random_state=0, max_queries=1, k_max_rule="floor", cluster_inference=False).fit(X, y, labels=labels)
     assert cut.n_queries_ == 1
     # the well separated cluster (0, 1) was split, the other one not
     assert np.all(labels[cut.queries_["pairs"]] == 0)
@@ -128,9 +136,9 @@ def test_memory_answers_a_repeated_refinement():
     X, y = identities()
     labels = merge_pairs(y, [(0, 1), (2, 3)])
     memory = LabelMemory()
-    first = SNPSSplitter(random_state=0).fit(X, y, labels=labels, label_memory=memory)
+    first = SNPSSplitter(random_state=0, k_max_rule="floor", cluster_inference=False).fit(X, y, labels=labels, label_memory=memory)
     oracle = LabelOracle(y)
-    second = SNPSSplitter(random_state=0).fit(X, labels=labels, oracle=oracle, label_memory=memory)
+    second = SNPSSplitter(random_state=0, k_max_rule="floor", cluster_inference=False).fit(X, labels=labels, oracle=oracle, label_memory=memory)
     assert first.n_queries_ == 2 and oracle.n_queries == 0
     assert second.n_queries_ == 0 and second.n_inferred_ == 2
     assert second.label_memory_ is memory

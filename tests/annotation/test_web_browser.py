@@ -269,6 +269,57 @@ def test_review_page_corrects_a_recorded_answer(page, persons, tmp_path):
     assert page.problems == []
 
 
+def test_review_page_shows_contradictions_first_and_settles_them(page, persons, tmp_path):
+    from playwright.sync_api import expect
+
+    memory_path = str(tmp_path / "answers.jsonl")
+    pids = persons.pids
+    a, b = np.flatnonzero(pids == pids[0])[:2]
+    c = int(np.flatnonzero(pids != pids[0])[0])
+    memory = LabelMemory(memory_path)
+    # planted: a = b (right) and b = c (wrong), but a != c (right)
+    memory.record([[a, b], [c, b], [a, c]], [True, True, False], source="web")
+    memory.record([[2, 3]], [-1], source="web")
+    session = ReviewSession(memory_path, persons)
+    try:
+        page.goto(session.url)
+        section = page.locator("#conflicts-section")
+        expect(section).to_be_visible()
+        expect(page.locator("#conflicts-title")).to_have_text("Contradictions (1)")
+        conflict = page.locator("#conflicts .conflict")
+        expect(conflict).to_have_count(1)
+        expect(conflict.locator(".conflict-text")).to_contain_text("One of these answers is wrong")
+        expect(conflict.locator(".record")).to_have_count(3)
+        # above the list of all pairs, whose contradicted pairs come first and are flagged
+        assert section.bounding_box()["y"] < page.locator("#records").bounding_box()["y"]
+        expect(page.locator("#records .record").first.locator(".flag")).to_have_text("contradiction")
+        expect(page.locator("#records .record .flag")).to_have_count(3)
+        unsure = page.locator("#records .record").last
+        expect(unsure.locator(".verdict")).to_have_text("Not sure")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#conflicts img')].every(i => i.naturalWidth > 0)"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web_review_conflicts.png"), full_page=True)
+        # one click on the wrong pair's right answer
+        wrong = conflict.locator(".record").filter(
+            has=page.locator(f"img[alt^='image #{min(b, c)} ']")
+        ).filter(has=page.locator(f"img[alt^='image #{max(b, c)} ']"))
+        expect(wrong).to_have_count(1)
+        wrong.get_by_role("button", name="Different").click()
+        expect(section).to_be_hidden()
+        expect(page.locator("#records .record .flag")).to_have_count(0)
+        expect(page.locator("#progress-text")).to_contain_text("1 corrected")
+    finally:
+        session.close()
+    last = memory_lines(memory_path)[-1]
+    assert (last["i"], last["j"], last["same"], last["source"]) == (
+        min(b, c), max(b, c), False, "correction"
+    )
+    assert LabelMemory(memory_path).conflicts() == []
+    assert page.problems == []
+
+
 def test_the_page_survives_the_oracle_going_away(page, persons):
     from playwright.sync_api import expect
 

@@ -296,8 +296,12 @@ def test_each_answer_is_written_to_the_memory_file_before_the_batch_returns(
     assert call.error is None
     assert call.result.dtype == np.int8
     assert call.result.tolist() == [1, 0, -1]
-    # "not sure" is not recorded: the pair stays unknown
-    assert len(memory_lines(memory_path)) == 2
+    # "not sure" is recorded as such: the pair stays unknown
+    last = memory_lines(memory_path)[-1]
+    assert len(memory_lines(memory_path)) == 3
+    assert (last["i"], last["j"], last["same"], last["unsure"], last["source"]) == (
+        4, 5, None, True, "web"
+    )
     assert oracle.label_memory.lookup(pairs).tolist() == [1, 0, -1]
     assert LabelMemory(memory_path).lookup(pairs).tolist() == [1, 0, -1]
     after = client.state()
@@ -454,21 +458,96 @@ def test_undo_reverts_the_last_answer_only(oracle, client, memory_path, caplog):
     assert call.join().result.tolist() == [1, 1, -1]
 
 
+def test_unsure_through_the_memory_is_recorded_once_and_asked_again_once(
+    oracle, client, memory_path
+):
+    memory = oracle.label_memory  # as a refiner does: the oracle and the memory share it
+
+    def ask_and_answer(pairs, answers):
+        call = Call(lambda: memory._ask(pairs, oracle))
+        batch = wait_for_batch(client)["batch"]
+        shown = [(p["left"]["index"], p["right"]["index"]) for p in batch["pairs"]]
+        for pair, answer in zip(batch["pairs"], answers):
+            client.answer(pair["id"], answer)
+        call.join()
+        assert call.error is None
+        return shown, call.result
+
+    shown, result = ask_and_answer([[0, 1], [2, 3]], ["unsure", "same"])
+    assert shown == [(0, 1), (2, 3)] and result.answers.tolist() == [-1, 1]
+    # one "not sure" answer, one record (the page's), not one more from the memory
+    assert [(r["i"], r["j"], r["same"], r.get("unsure"), r["source"])
+            for r in memory_lines(memory_path)] == [
+        (0, 1, None, True, "web"), (2, 3, True, None, "web")
+    ]
+    shown, result = ask_and_answer([[0, 1], [2, 3]], ["unsure"])
+    assert shown == [(0, 1)] and result.answers.tolist() == [-1, 1]
+    assert len(memory_lines(memory_path)) == 3 and memory.n_unsure_ == 1
+    # twice "not sure": no batch any more, neither through the memory nor directly
+    result = memory._ask([[0, 1], [2, 3]], oracle)
+    assert result.answers.tolist() == [-1, 1] and result.n_unsure_skipped == 1
+    assert oracle([[1, 0], [3, 2]]).tolist() == [-1, 1]
+    assert client.state()["n_batches"] == 2 and oracle.n_queries == 3
+    assert len(memory_lines(memory_path)) == 3
+    assert LabelMemory(memory_path)._unsure_counts([[0, 1]]).tolist() == [2]
+
+
+def test_changing_to_unsure_and_undoing_unsure_keep_the_memory_right(
+    oracle, client, memory_path
+):
+    memory = oracle.label_memory
+    call = Call(oracle, [[0, 1], [2, 3], [4, 5]])  # (4, 5) keeps the batch open
+    a, b, c = (p["id"] for p in wait_for_batch(client)["batch"]["pairs"])
+    client.answer(a, "same")
+    client.answer(a, "unsure")  # "not sure" after all: the "same" is taken back
+    assert memory.lookup([[0, 1]]).tolist() == [-1]
+    assert memory._unsure_counts([[0, 1]]).tolist() == [1]
+    client.post("undo", {"pair_id": a})  # back to "same"
+    assert memory.lookup([[0, 1]]).tolist() == [1] and memory.n_unsure_ == 0
+    client.answer(b, "unsure")
+    assert memory._unsure_counts([[2, 3]]).tolist() == [1]
+    client.post("undo", {"pair_id": b})  # the "not sure" is withdrawn
+    assert memory._unsure_counts([[2, 3]]).tolist() == [0]
+    client.answer(b, "different")
+    client.answer(c, "same")
+    assert call.join().result.tolist() == [1, 0, 1]
+    lines = memory_lines(memory_path)
+    assert [(r["same"], r.get("unsure", False), r["source"]) for r in lines] == [
+        (True, False, "web"),  # a: same
+        (None, False, "web"), (None, True, "web"),  # a: same -> not sure
+        (True, False, "undo"),  # a: back to same
+        (None, True, "web"),  # b: not sure
+        (None, False, "undo"),  # b: undone
+        (False, False, "web"),  # b: different
+        (True, False, "web"),  # c
+    ]
+    reopened = LabelMemory(memory_path)
+    assert reopened.lookup([[0, 1], [2, 3]]).tolist() == [1, 0] and reopened.n_unsure_ == 0
+
+
 def test_record_failure_is_a_5xx_and_keeps_the_pair_open(images, caplog):
     class BrokenDisk(LabelMemory):
-        def record(self, pairs, answers, *, source="oracle"):
-            raise OSError("No space left on device")
+        full = True
 
-    with WebOracle(images, label_memory=BrokenDisk(), verbose=0) as oracle:
+        def record(self, pairs, answers, *, source="oracle"):
+            if self.full:
+                raise OSError("No space left on device")
+            return super().record(pairs, answers, source=source)
+
+    memory = BrokenDisk()
+    with WebOracle(images, label_memory=memory, verbose=0) as oracle:
         client = Client(oracle.url)
         call = Call(oracle, [[0, 1]])
         pair_id = wait_for_batch(client)["batch"]["pairs"][0]["id"]
         with caplog.at_level(logging.CRITICAL, logger="ucal.annotation._server"):
-            status, reply = client.post("answer", {"pair_id": pair_id, "answer": "same"})
-        assert status == 500 and "No space left" in reply["error"]
+            for answer in ("same", "unsure"):  # "not sure" is an answer to keep, too
+                status, reply = client.post("answer", {"pair_id": pair_id, "answer": answer})
+                assert status == 500 and "No space left" in reply["error"]
         assert client.state()["batch"]["n_answered"] == 0
-        client.answer(pair_id, "unsure")  # not recorded: goes through
+        memory.full = False  # space freed: the same answer now goes through
+        client.answer(pair_id, "unsure")
         assert call.join().result.tolist() == [-1]
+    assert [(r.i, r.j, r.unsure, r.source) for r in memory] == [(0, 1, True, "web")]
 
 
 # -- the oracle call and threads ---------------------------------------------
@@ -731,3 +810,53 @@ def test_review_refuses_a_dataset_that_does_not_match(images, memory_path):
 def test_serve_review_returns_the_number_of_corrections(images, memory_path):
     LabelMemory(memory_path).record([[0, 1]], [True])
     assert serve_review(memory_path, images, timeout=0.1) == 0
+
+
+def test_review_shows_contradictions_first_and_a_click_settles_them(images, memory_path):
+    memory = LabelMemory(memory_path)
+    memory.record([[0, 1], [2, 3]], [True, False], source="web")
+    # planted: 4 = 5 = 6 but 4 != 6, and (7, 8) answered both ways
+    memory.record([[4, 5], [5, 6], [4, 6], [7, 8]], [True, True, False, True], source="web")
+    memory.record([[8, 7]], [False], source="mpps")
+    memory.record([[9, 10]], [-1], source="web")
+    session = ReviewSession(memory_path, images)
+    try:
+        client = Client(session.url)
+        state = client.state()
+        assert state["conflicts"] == [
+            {"kind": "changed", "i": 7, "j": 8, "pairs": [[7, 8]]},
+            {"kind": "transitive", "i": 4, "j": 6, "pairs": [[4, 6], [4, 5], [5, 6]],
+             "path": [4, 5, 6]},
+        ]
+        records = state["records"]
+        assert [(r["i"], r["j"]) for r in records[:4]] == [(7, 8), (4, 6), (4, 5), (5, 6)]
+        assert [r["conflict"] for r in records] == [True] * 4 + [False] * 3
+        assert [h["answer"] for h in records[0]["history"]] == ["same", "different"]
+        assert (records[0]["answer"], records[0]["source"]) == ("different", "mpps")
+        unsure = records[-1]
+        assert (unsure["i"], unsure["j"], unsure["answer"]) == (9, 10, "unsure")
+        assert state["memory"]["n_answers"] == 8
+        # one click on the wrong "same" settles the transitive conflict
+        status, reply = client.post("correct", {"i": 5, "j": 6, "answer": "different"})
+        assert status == 200 and reply["record"]["answer"] == "different"
+        assert [c["kind"] for c in reply["conflicts"]] == ["changed"]
+        # pressing the current answer of a pair answered both ways confirms it
+        status, reply = client.post("correct", {"i": 7, "j": 8, "answer": "different"})
+        assert status == 200 and reply["conflicts"] == [] and reply["n_corrections"] == 2
+        assert not reply["record"]["conflict"]
+        # a confirmed pair is settled: pressing again records nothing
+        client.post("correct", {"i": 7, "j": 8, "answer": "different"})
+        # "not sure" pairs can be settled on the review page too
+        status, reply = client.post("correct", {"i": 10, "j": 9, "answer": "same"})
+        assert reply["record"]["answer"] == "same" and reply["n_corrections"] == 3
+        state = client.state()
+        assert state["conflicts"] == [] and not any(r["conflict"] for r in state["records"])
+    finally:
+        session.close()
+    lines = memory_lines(memory_path)
+    assert [(r["i"], r["j"], r["same"], r["source"]) for r in lines[-3:]] == [
+        (5, 6, False, "correction"), (7, 8, False, "correction"), (9, 10, True, "correction")
+    ]
+    reopened = LabelMemory(memory_path)
+    assert reopened.conflicts() == [] and reopened.n_unsure_ == 0
+    assert reopened.lookup([[4, 6], [5, 6], [7, 8], [9, 10]]).tolist() == [0, 0, 0, 1]

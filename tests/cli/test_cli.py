@@ -217,3 +217,24 @@ def test_train_web_oracle_is_wired_to_the_run_memory(market, tmp_path, monkeypat
     results = json.loads((out / "results.json").read_text())
     assert results["n_queries"] > 0
     assert len(LabelMemory(memory_file)) == results["n_queries"]
+
+
+def test_refiner_from_flags_with_the_paper_preset():
+    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+    from ucal.cli._train import refiner_from_flags
+
+    paper = refiner_from_flags(preset="paper")
+    assert isinstance(paper, MPPSMerger) and paper.cluster_inference is False
+    assert paper.clusterer.k_max_rule == "floor" and paper.clusterer.clusterer is None
+    only_snps = refiner_from_flags(no_mpps=True, preset="paper")
+    assert isinstance(only_snps, SNPSSplitter) and only_snps.cluster_inference is False
+    assert isinstance(refiner_from_flags(no_snps=True).clusterer, AnswerConstraints)
+    assert refiner_from_flags(no_snps=True, no_mpps=True, preset="paper") == "passthrough"
+
+
+def test_train_with_the_paper_preset(market, tmp_path):
+    out = tmp_path / "paper"
+    assert main(_train_args(market, out, "--preset", "paper")) == 0
+    model = __import__("joblib").load(out / "model.joblib")
+    # --iters from the test arguments wins over the preset's 400
+    assert model.memory_inference is False and model.iters_per_epoch != 400

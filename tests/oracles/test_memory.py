@@ -70,20 +70,150 @@ def test_ask_without_oracle_answers_from_memory_only():
     assert memory.n_queries == 0
 
 
-def test_abstentions_are_not_recorded_and_are_asked_again():
+# -- "not sure" answers ---------------------------------------------------------
+
+
+def test_unsure_is_recorded_asked_again_once_then_never(tmp_path):
+    path = tmp_path / "answers.jsonl"
     calls = []
 
-    def unsure(pairs):
-        calls.append(len(pairs))
-        return np.array([-1, 1][: len(pairs)])
+    def unsure_about_0_1(pairs):
+        calls.append(sorted(map(tuple, np.sort(pairs, axis=1).tolist())))
+        return np.array([-1 if tuple(sorted(p)) == (0, 1) else 1 for p in pairs.tolist()])
 
-    memory = LabelMemory()
-    assert memory.ask([[0, 1], [2, 3]], unsure).tolist() == [-1, 1]
-    assert len(memory) == 1 and memory.n_abstentions == 1
+    memory = LabelMemory(path)
+    assert memory.ask([[0, 1], [2, 3]], unsure_about_0_1).tolist() == [-1, 1]
+    assert len(memory) == 2 and memory.n_abstentions == 1 and memory.n_unsure_ == 1
     assert memory.lookup([[0, 1]]).tolist() == [-1]
-    memory.ask([[0, 1], [2, 3]], unsure)
-    assert calls == [2, 1]
-    assert memory.n_queries == 3
+    # asked once more: still not sure
+    result = memory._ask([[1, 0], [2, 3]], unsure_about_0_1)
+    assert result.answers.tolist() == [-1, 1]
+    assert result.sent_pairs.tolist() == [[0, 1]] and result.n_unsure_skipped == 0
+    assert len(memory) == 3 and memory.n_unsure_ == 1 and memory.n_queries == 3
+    # twice "not sure": never sent again, counted apart from the budget's leftovers
+    result = memory._ask([[0, 1], [4, 5]], unsure_about_0_1, max_queries=0)
+    assert result.answers.tolist() == [-1, -1]
+    assert result.n_unsure_skipped == 1 and result.n_unsent == 1 and len(result.sent_pairs) == 0
+    assert memory.ask([[0, 1]], unsure_about_0_1).tolist() == [-1]
+    assert calls == [[(0, 1), (2, 3)], [(0, 1)]]
+    assert memory.n_queries == 3 and len(memory) == 3
+    # on disk: one record per "not sure", and the replayed memory agrees
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["i"], r["j"], r["same"], r.get("unsure")) for r in lines] == [
+        (0, 1, None, True), (2, 3, True, None), (0, 1, None, True)
+    ]
+    assert list(lines[0]) == ["i", "j", "same", "unsure", "source", "time"]
+    reopened = LabelMemory(path)
+    assert [r.unsure for r in reopened] == [True, False, True]
+    assert next(iter(reopened)) == AnswerRecord(0, 1, None, "oracle", lines[0]["time"], True)
+    assert reopened.n_unsure_ == 1 and reopened.lookup([[0, 1]]).tolist() == [-1]
+    assert reopened._ask([[0, 1]], unsure_about_0_1).n_unsure_skipped == 1
+    assert len(calls) == 2
+    # a definite answer settles the pair
+    reopened.record([[0, 1]], [False], source="web")
+    assert reopened.n_unsure_ == 0 and reopened.lookup([[0, 1]]).tolist() == [0]
+    assert reopened.n_contradictions_ == 0 and reopened.conflicts() == []
+
+
+def test_record_keeps_every_unsure_answer_and_counts_it():
+    memory = LabelMemory()
+    assert memory.record([[0, 1], [1, 0], [2, 3]], [-1, -1, True]) == 3
+    assert [(r.i, r.j, r.same, r.unsure) for r in memory] == [
+        (0, 1, None, True), (0, 1, None, True), (2, 3, True, False)
+    ]
+    assert memory.n_unsure_ == 1
+    assert memory._unsure_counts([[1, 0], [2, 3], [5, 6]]).tolist() == [2, 0, 0]
+    assert memory.to_arrays()[0].tolist() == [[2, 3]]  # "not sure" is no answer to use
+    assert memory.record([[4, 4]], [-1]) == 0  # a sample and itself: nothing to ask
+
+
+def test_unsure_never_overrides_a_definite_answer():
+    memory = LabelMemory()
+    memory.record([[0, 1], [1, 2]], [True, False])
+    assert memory.record([[1, 0], [2, 1]], [-1, -1], source="web") == 2
+    assert memory.lookup([[0, 1], [1, 2], [0, 2]]).tolist() == [1, 0, 0]
+    assert memory.n_unsure_ == 0 and memory.n_contradictions_ == 0
+    assert memory.conflicts() == []
+    # and a pair known by inference is answered, however unsure someone was about it
+    memory.record([[0, 2]], [-1])
+    assert memory._ask([[0, 2]], None).answers.tolist() == [0]
+
+
+def test_a_later_definite_answer_overrides_unsure_and_retract_takes_unsure_back(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    memory = LabelMemory(path)
+    memory.record([[0, 1], [0, 1]], [-1, -1])
+    assert memory.retract([[1, 0]]) == 1  # the latest "not sure" only
+    assert memory._unsure_counts([[0, 1]]).tolist() == [1]
+    memory.record([[0, 1]], [True])
+    assert memory.n_unsure_ == 0 and memory.lookup([[0, 1]]).tolist() == [1]
+    assert memory.retract([[0, 1]]) == 1  # takes back the definite answer
+    assert memory.lookup([[0, 1]]).tolist() == [-1] and memory.n_unsure_ == 0
+    assert memory.retract([[0, 1]]) == 0
+    lines = path.read_text().splitlines()
+    assert [json.loads(line).get("unsure", False) for line in lines] == [
+        True, True, False, False, False
+    ]
+    reopened = LabelMemory(path)
+    assert len(reopened) == 5 and reopened.n_unsure_ == 0
+    assert reopened.lookup([[0, 1]]).tolist() == [-1]
+
+
+def test_an_oracle_recording_into_the_memory_itself_is_not_counted_twice():
+    memory = LabelMemory()
+
+    class SelfRecording:
+        """Like a WebOracle given the memory: records each answer as it comes."""
+
+        def __call__(self, pairs):
+            memory.record(pairs, [-1] * len(pairs), source="web")
+            return np.full(len(pairs), -1)
+
+    memory.ask([[0, 1], [2, 3]], SelfRecording())
+    assert [(r.i, r.j, r.source) for r in memory] == [(0, 1, "web"), (2, 3, "web")]
+    assert memory._unsure_counts([[0, 1], [2, 3]]).tolist() == [1, 1]
+    memory.ask([[0, 1]], SelfRecording())
+    assert memory._ask([[0, 1], [2, 3]], SelfRecording()).n_unsure_skipped == 1
+
+
+def test_files_without_the_unsure_field_still_load(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text(
+        '{"i": 0, "j": 1, "same": true, "source": "web", "time": 1.0}\n'
+        '{"i": 1, "j": 2, "same": false, "source": "web", "time": 2.0}\n'
+        '{"i": 1, "j": 2, "same": null, "source": "undo", "time": 3.0}\n'
+    )
+    memory = LabelMemory(path)
+    assert len(memory) == 3 and memory.n_unsure_ == 0
+    assert [r.unsure for r in memory] == [False, False, False]
+    assert memory.lookup([[0, 1], [1, 2]]).tolist() == [1, -1]
+    memory.record([[4, 5]], [-1])
+    assert LabelMemory(path).n_unsure_ == 1
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ('{"i": 0, "j": 1, "same": true, "unsure": true}', "must have 'same': null"),
+        ('{"i": 0, "j": 1, "same": null, "unsure": "yes"}', "'unsure' must be true or false"),
+        ('{"i": 2, "j": 2, "same": null, "unsure": true}', "itself"),
+    ],
+)
+def test_invalid_unsure_records_are_an_error(tmp_path, line, match):
+    path = tmp_path / "answers.jsonl"
+    path.write_text(line + "\n" + '{"i": 0, "j": 1, "same": true}\n')
+    with pytest.raises(ValueError, match="line 1.*" + match):
+        LabelMemory(path)
+
+
+def test_old_pickles_without_unsure_state_still_load():
+    memory = LabelMemory()
+    memory.record([[0, 1]], [True])
+    state = memory.__getstate__()
+    del state["_unsure"]
+    clone = LabelMemory.__new__(LabelMemory)
+    clone.__setstate__(state)
+    assert clone.n_unsure_ == 0 and clone.record([[2, 3]], [-1]) == 1
 
 
 def test_rerecording_the_same_answer_is_a_noop(tmp_path):
@@ -153,7 +283,6 @@ def test_record_validates_input():
         memory.record([[0.0, 1.0]], [True])
     with pytest.raises(ValueError, match="negative"):
         memory.lookup([[-1, 2]])
-    assert memory.record([[0, 1], [1, 2]], [-1, -1]) == 0
     assert len(memory) == 0
 
 
@@ -293,3 +422,97 @@ def test_retract_takes_an_answer_back_durably(tmp_path):
     reopened.record([[1, 2]], [False])
     assert reopened.n_contradictions_ == 0
     assert reopened.lookup([[0, 2]])[0] == 0
+
+
+# -- contradictions --------------------------------------------------------------
+
+
+def _summary(conflicts):
+    return [
+        (c["kind"], c["i"], c["j"], [(r.same, r.source) for r in c["answers"]],
+         [(r.i, r.j) for r in c["chain"]])
+        for c in conflicts
+    ]
+
+
+def test_conflicts_lists_changed_pairs_with_both_answers():
+    memory = LabelMemory()
+    memory.record([[0, 1]], [True], source="web")
+    memory.record([[1, 0]], [False], source="snps")
+    memory.record([[2, 3]], [True], source="web")
+    memory.record([[2, 3]], [True], source="mpps")  # the same answer: no conflict
+    assert _summary(memory.conflicts()) == [
+        ("changed", 0, 1, [(True, "web"), (False, "snps")], [])
+    ]
+    first, second = memory.conflicts()[0]["answers"]
+    assert first.time <= second.time
+    # a retraction starts the pair afresh
+    memory.retract([[0, 1]])
+    memory.record([[0, 1]], [True])
+    assert memory.conflicts() == []
+
+
+def test_a_correction_settles_a_changed_pair_until_it_changes_again():
+    memory = LabelMemory()
+    memory.record([[0, 1]], [True], source="web")
+    memory.record([[0, 1]], [False], source="web")
+    assert len(memory.conflicts()) == 1
+    memory._record([[0, 1]], [False], source="correction", repeat=True)  # confirmed
+    assert memory.conflicts() == [] and memory.lookup([[0, 1]]).tolist() == [0]
+    memory.record([[0, 1]], [True], source="snps")  # someone disagrees again
+    assert _summary(memory.conflicts())[0][3] == [
+        (True, "web"), (False, "web"), (False, "correction"), (True, "snps")
+    ]
+
+
+def test_conflicts_gives_a_shortest_chain_for_transitive_conflicts():
+    memory = LabelMemory(infer=False)  # contradictions are listed with or without inference
+    # a long and a short "same" path from 0 to 4, and a "different" (0, 4)
+    memory.record(
+        [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 4], [4, 0], [6, 7]],
+        [True, True, True, True, True, True, False, False],
+    )
+    assert memory.n_conflicts_ == 1
+    assert _summary(memory.conflicts()) == [
+        ("transitive", 0, 4, [(False, "oracle")], [(0, 5), (4, 5)])
+    ]
+    # the chain is in path order from i to j
+    chain = memory.conflicts()[0]["chain"]
+    path = [0]
+    for r in chain:
+        path.append(r.j if r.i == path[-1] else r.i)
+    assert path == [0, 5, 4]
+    # breaking the short path leaves the long one (and (4, 5) now contradicts it too)
+    memory.record([[5, 4]], [False])
+    kinds = [(c["kind"], c["i"], c["j"]) for c in memory.conflicts()]
+    assert kinds == [("changed", 4, 5), ("transitive", 0, 4), ("transitive", 4, 5)]
+    assert [(r.i, r.j) for r in memory.conflicts()[2]["chain"]] == [
+        (3, 4), (2, 3), (1, 2), (0, 1), (0, 5)
+    ]
+    assert [(r.i, r.j) for r in memory.conflicts()[1]["chain"]] == [
+        (0, 1), (1, 2), (2, 3), (3, 4)
+    ]
+    assert memory.n_conflicts_ == sum(c["kind"] == "transitive" for c in memory.conflicts())
+    # corrections remove the transitive conflicts, and settle the pairs they changed
+    memory.record([[0, 4], [0, 5]], [True, False], source="correction")
+    assert [(c["kind"], c["i"], c["j"]) for c in memory.conflicts()] == [("changed", 4, 5)]
+    assert memory.n_conflicts_ == 0
+
+
+def test_conflicts_agree_with_n_conflicts_on_random_answers():
+    rng = np.random.RandomState(3)
+    memory = LabelMemory()
+    for _ in range(5):
+        pairs = rng.randint(0, 20, size=(30, 2))
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        memory.record(pairs, rng.randint(-1, 2, size=len(pairs)))
+    conflicts = memory.conflicts()
+    transitive = [c for c in conflicts if c["kind"] == "transitive"]
+    assert len(transitive) == memory.n_conflicts_ > 0
+    for c in transitive:
+        assert memory.lookup([[c["i"], c["j"]]]).tolist() == [0]
+        assert all(r.same for r in c["chain"]) and len(c["chain"]) >= 2
+        assert memory.lookup([[r.i, r.j] for r in c["chain"]]).tolist() == [1] * len(c["chain"])
+    for c in conflicts:
+        if c["kind"] == "changed":
+            assert {r.same for r in c["answers"]} == {True, False}

@@ -568,3 +568,55 @@ def test_cosine_schedule_spans_the_epochs_of_a_longer_resumed_fit(data, tmp_path
     # epochs 3 and 4 of a 4-epoch cosine: (1 + cos(pi k / 4)) / 2 for k = 2, 3
     lrs = [r["lr"] / 1e-3 for r in resumed.history_[2:]]
     np.testing.assert_allclose(lrs, [0.5, (1 + np.cos(3 * np.pi / 4)) / 2], rtol=1e-6)
+
+
+def test_default_refiner_applies_the_answers_then_snps_then_mpps(data):
+    from ucal.active import AnswerConstraints
+    from ucal.reid._pseudo_labels import default_refiner
+
+    chain = default_refiner()
+    assert isinstance(chain, MPPSMerger) and isinstance(chain.clusterer, SNPSSplitter)
+    assert isinstance(chain.clusterer.clusterer, AnswerConstraints)
+    model = _model(epochs=3, refiner=None).fit(data.train, data.train.pids)
+    stages = {k for r in model.history_ for k in r if k.endswith("_queries")}
+    assert {"constraints_queries", "snps_queries", "mpps_queries"} <= stages
+    # answers of earlier epochs were settled from the memory in later ones
+    assert sum(r.get("mpps_inferred", 0) + r.get("snps_inferred", 0)
+               for r in model.history_[1:]) > 0
+
+
+def test_paper_preset_is_the_paper_literally():
+    paper = UCALReID.from_preset("paper", backbone="small", epochs=3)
+    assert paper.epochs == 3 and paper.backbone == "small"  # overrides win
+    assert paper.iters_per_epoch == 400 and paper.warmup_epochs == 15
+    assert paper.lr_schedule == "step" and paper.lr_step == 20 and paper.lr_gamma == 0.1
+    assert paper.memory_inference is False and paper.query_pacing == "greedy"
+    snps = paper.refiner.clusterer
+    assert paper.refiner.cluster_inference is False and paper.refiner.confirm_size is None
+    assert snps.cluster_inference is False and snps.k_max_rule == "floor"
+    assert snps.clusterer is None  # no answers applied to new clusterings
+    assert UCALReID.from_preset("default").get_params() == UCALReID().get_params()
+    with pytest.raises(ValueError, match="Unknown preset 'spcl'.*default.*paper"):
+        UCALReID.from_preset("spcl")
+
+
+def test_even_pacing_spreads_the_budget_over_the_refinement_epochs(data):
+    y = data.train.pids
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BudgetExhaustedWarning)
+        even = _model(epochs=4, max_queries=40).fit(data.train, y)
+        greedy = _model(epochs=4, max_queries=40, query_pacing="greedy").fit(data.train, y)
+    per_epoch = [r["n_queries"] for r in even.history_]
+    asked = np.diff([0] + per_epoch)
+    # epoch e may spend at most ceil(left / epochs to come)
+    left = 40
+    for e, n in enumerate(asked):
+        assert n <= int(np.ceil(left / (4 - e)))
+        left -= n
+    assert greedy.history_[0]["n_queries"] >= asked[0]
+
+
+def test_memory_inference_is_a_parameter(data):
+    exact = _model(epochs=1, memory_inference=False).fit(data.train, data.train.pids)
+    assert exact.label_memory_.infer is False
+    assert _model(epochs=1).fit(data.train, data.train.pids).label_memory_.infer is True

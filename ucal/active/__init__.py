@@ -7,7 +7,8 @@ nesting, sharing one label memory::
 """
 
 from ._base import BaseRefiner
+from ._constraints import AnswerConstraints
 from ._mpps import MPPSMerger
 from ._snps import SNPSSplitter
 
-__all__ = ["BaseRefiner", "MPPSMerger", "SNPSSplitter"]
+__all__ = ["AnswerConstraints", "BaseRefiner", "MPPSMerger", "SNPSSplitter"]

@@ -51,8 +51,9 @@ class BaseRefiner(
     memory, the budgets, the seed), zero rows made noise, and the fitted
     attributes ``labels_``, ``n_clusters_``, ``cluster_centers_``,
     ``n_queries_``, ``n_inferred_``, ``cost_``, ``queries_``,
-    ``stage_queries_``, ``stage_inferred_``, ``stage_changes_`` and
-    ``label_memory_``, plus :meth:`transform` and :meth:`score`.
+    ``stage_queries_``, ``stage_inferred_``, ``stage_changes_``,
+    ``contradictions_`` and ``label_memory_``, plus :meth:`transform` and
+    :meth:`score`.
 
     A subclass declares ``_parameter_constraints`` (extending this class's
     ``clusterer``, ``max_queries`` and ``memory_path``), an ``__init__``
@@ -166,6 +167,7 @@ class BaseRefiner(
         Xn = unit_rows(X)
         n_samples = X.shape[0]
         first_record = len(session.pairs)
+        first_contradiction = len(session.contradictions)
         n_queries0, n_inferred0 = session.n_queries, session.n_inferred
         stages0 = set(session.stage_queries)
         # the cap is in force before a nested refiner runs: it covers it too
@@ -195,6 +197,7 @@ class BaseRefiner(
         self.stage_queries_ = {k: session.stage_queries[k] for k in new}
         self.stage_inferred_ = {k: session.stage_inferred[k] for k in new}
         self.stage_changes_ = {k: session.stage_changes[k] for k in new}
+        self.contradictions_ = session.contradictions[first_contradiction:]
         self.label_memory_ = session.memory
         return self
 

@@ -4,10 +4,12 @@ import logging
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..cluster._centers import cluster_centers, cluster_medoids
 from ._base import BaseRefiner
+from ._relations import DIFFERENT, OPEN, SAME, Groups, Votes, decide, fresh_pair
 
 __all__ = ["MPPSMerger"]
 
@@ -110,7 +112,26 @@ class MPPSMerger(BaseRefiner):
         Threshold on the normalised similarity gap ``d*_l`` (paper: 0.3).
     max_merge_ratio : float, default=0.2
         Merges stop once this fraction of the clusters has been removed by
-        merging (paper: 20% per epoch).
+        merging (paper: 20% per epoch). With ``cluster_inference``, merges
+        the answers already settle do not count against it, and it is
+        applied before asking: questions stop once it is reached.
+    selection : {"gap", "nearest", "random"}, default="gap"
+        Which centroid pairs are candidates: Eq. 5 and 6 (``"gap"``, the
+        paper's), each centroid's nearest only (``"nearest"``), or random
+        cluster pairs (``"random"``); the last two are controls for
+        benchmarks.
+    cluster_inference : bool, default=True
+        Settle candidate pairs from every answer already given across the
+        two clusters (votes, see :mod:`ucal.active`), keep apart groups a
+        settled "different" separates (A same as B, B same as C, A
+        different from C: no chain), and ask only open pairs, in batches no
+        larger than the merges the cap still allows. False is the paper's
+        MPPS: every candidate's medoid pair is asked in one batch and the
+        cap applied afterwards.
+    confirm_size : int or None, default=8
+        With ``cluster_inference``, two clusters of this size or more each
+        merge only on two "same" answers (a second pair confirms the
+        first). None: one answer merges.
     max_queries : int, default=None
         Most pairs sent to the oracle in one fit (a nested refiner's
         queries included); None is unlimited. When it runs out, the most
@@ -120,6 +141,8 @@ class MPPSMerger(BaseRefiner):
     memory_path : str or path-like, default=None
         File in which a fresh :class:`~ucal.oracles.LabelMemory` persists
         answers, when ``fit`` gets no ``label_memory``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds ``selection="random"``.
 
     Attributes
     ----------
@@ -131,7 +154,11 @@ class MPPSMerger(BaseRefiner):
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
         L2-normalised mean of each refined cluster's L2-normalised samples.
     n_merges_ : int
-        Number of clusters this stage removed by merging.
+        Number of clusters this stage removed by merging on answers given
+        during this fit.
+    n_known_merges_ : int
+        Merges the answers already in the memory settled (not counted
+        against ``max_merge_ratio``).
     n_queries_ : int
         Pairs sent to the oracle during this fit, a nested refiner's
         included (see ``stage_queries_`` for each stage's share).
@@ -185,6 +212,10 @@ class MPPSMerger(BaseRefiner):
         "l_max": [Interval(Integral, 1, None, closed="left")],
         "delta": [Interval(Real, 0, 1, closed="both")],
         "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],
+        "selection": [StrOptions({"gap", "nearest", "random"})],
+        "cluster_inference": ["boolean"],
+        "confirm_size": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -194,48 +225,163 @@ class MPPSMerger(BaseRefiner):
         l_max=10,
         delta=0.3,
         max_merge_ratio=0.2,
+        selection="gap",
+        cluster_inference=True,
+        confirm_size=8,
         max_queries=None,
         memory_path=None,
+        random_state=None,
     ):
         self.clusterer = clusterer
         self.l_max = l_max
         self.delta = delta
         self.max_merge_ratio = max_merge_ratio
+        self.selection = selection
+        self.cluster_inference = cluster_inference
+        self.confirm_size = confirm_size
         self.max_queries = max_queries
         self.memory_path = memory_path
+        self.random_state = random_state
 
     def _refine(self, Xn, labels, session, stage):
         self.n_merges_ = 0
+        self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
         if n_clusters < 2:
             return labels
         centers = cluster_centers(Xn, labels, n_clusters)
         medoids = cluster_medoids(Xn, labels, centers)
-        pairs, _ = candidate_pairs(centers, self.l_max, self.delta)
+        pairs = self._candidates(centers)
+        limit = self.max_merge_ratio * n_clusters
+        if self.cluster_inference:
+            groups = self._merge_by_votes(Xn, labels, centers, medoids, pairs, limit, session, stage)
+        else:
+            groups = self._merge_as_the_paper(medoids, pairs, labels, limit, session, stage)
+        roots = groups.roots()
+        logger.info(
+            "%s: %d clusters, %d candidate pairs, %d merges (%d known from the memory).",
+            stage, n_clusters, len(pairs), self.n_merges_, self.n_known_merges_,
+        )
+        return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
+
+    def _candidates(self, centers):
+        """Cluster pairs to consider, most similar first (``selection``)."""
+        if self.selection == "gap":
+            return candidate_pairs(centers, self.l_max, self.delta)[0]
+        if self.selection == "nearest":
+            return candidate_pairs(centers, 1, self.delta)[0]
+        # control: random cluster pairs, as many as the gap rule would consider
+        n = len(centers)
+        rng = check_random_state(self.random_state)
+        m = min(n * (n - 1) // 2, n * self.l_max)
+        a, b = rng.randint(0, n, size=(2, 4 * m + 16))
+        keys = np.unique(np.minimum(a, b)[a != b] * n + np.maximum(a, b)[a != b])
+        keys = rng.permutation(keys)[:m]
+        return np.stack([keys // n, keys % n], axis=1)
+
+    def _merge_as_the_paper(self, medoids, pairs, labels, limit, session, stage):
+        """Ask every candidate's medoid pair, then merge by similarity up to the cap."""
         answers = session.ask(
             medoids[pairs], stage=stage, owner=type(self).__name__, context=labels
         )
-
-        # merges by decreasing centroid similarity (pairs come sorted so)
-        parent = np.arange(n_clusters)
-
-        def find(a):
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        limit = self.max_merge_ratio * n_clusters
+        groups = Groups(len(medoids))
         for a, b in pairs[answers == 1].tolist():
             if self.n_merges_ >= limit:
                 break
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-                self.n_merges_ += 1
-        roots = np.array([find(a) for a in range(n_clusters)])
-        logger.info(
-            "%s: %d clusters, %d candidate pairs, %d merges.",
-            stage, n_clusters, len(pairs), self.n_merges_,
-        )
-        return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
+            self.n_merges_ += groups.union(a, b)
+        return groups
+
+    def _merge_by_votes(self, Xn, labels, centers, medoids, pairs, limit, session, stage):
+        """Settle candidates from the answers, asking only what they leave open.
+
+        Candidates are taken by decreasing similarity. A pair the votes
+        settle as "same" merges (without counting against the cap when the
+        votes were there before this fit), one they settle as "different"
+        keeps the two groups apart, and an open one is asked, in batches no
+        larger than the merges the cap still allows: its medoid pair first,
+        then fresh pairs across (a confirmation, a tie-break).
+        """
+        n_clusters = len(medoids)
+        sizes = np.bincount(labels[labels >= 0], minlength=n_clusters)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
+        votes = Votes(session.memory, labels)
+        groups = Groups(n_clusters)
+        confirm = self.confirm_size
+
+        def relation(a, b):
+            need = 2 if confirm is not None and min(sizes[a], sizes[b]) >= confirm else 1
+            return int(decide(*votes.between(a, b), need_same=need))
+
+        for a, b, n_same, n_diff in zip(*votes.pairs()):
+            if decide(n_same, n_diff) == DIFFERENT:
+                groups.keep_apart(a, b)
+        pending = list(range(len(pairs)))
+        tries = np.zeros(len(pairs), dtype=np.int64)
+        events = {}  # candidate -> its contradiction record
+        first_pass = True
+        while pending and self.n_merges_ < limit:
+            batch, still = [], []
+            for c in pending:
+                a, b = int(pairs[c, 0]), int(pairs[c, 1])
+                if groups.find(a) == groups.find(b) or groups.apart(a, b):
+                    continue
+                rel = relation(a, b)
+                if first_pass and rel != OPEN:
+                    session.settled(stage, 1)
+                if rel == SAME:
+                    if groups.union(a, b):
+                        if first_pass:
+                            self.n_known_merges_ += 1
+                        else:
+                            self.n_merges_ += 1
+                    if self.n_merges_ >= limit:
+                        break
+                    continue
+                if rel == DIFFERENT:
+                    groups.keep_apart(a, b)
+                    continue
+                if tries[c] >= 3:  # unsure three times: leave it
+                    continue
+                still.append(c)
+                if len(batch) < max(1, int(np.ceil(limit - self.n_merges_))):
+                    batch.append(c)
+            pending = still
+            first_pass = False
+            if not batch:
+                break
+            ask, asked_for = [], []
+            for c in batch:
+                a, b = int(pairs[c, 0]), int(pairs[c, 1])
+                pair = (int(medoids[a]), int(medoids[b]))
+                if (min(pair), max(pair)) in votes.answered:
+                    pair = fresh_pair(
+                        order[bounds[a] : bounds[a + 1]], order[bounds[b] : bounds[b + 1]],
+                        Xn, centers[a], centers[b], votes.answered,
+                    )
+                if pair is None:  # every pair across is answered, and still open
+                    tries[c] = 3
+                    continue
+                n_same, n_diff = votes.between(a, b)
+                if n_same + n_diff and c not in events:
+                    events[c] = session.contradiction(
+                        stage, "tie" if n_same == n_diff else "confirm",
+                        clusters=(int(medoids[a]), int(medoids[b])),
+                        votes=(int(n_same), int(n_diff)), asked=[],
+                    )
+                if c in events:
+                    events[c]["asked"].append(pair)
+                ask.append(pair)
+                asked_for.append(c)
+            if not ask:
+                continue
+            ask = np.array(ask, dtype=np.int64)
+            answers = session.ask(ask, stage=stage, owner=type(self).__name__, context=labels)
+            votes.add(ask, answers)
+            tries[asked_for] += 1
+            if session.remaining() == 0:
+                break  # no oracle, or the budget is spent: nothing more to learn in this fit
+        names = {SAME: "same", DIFFERENT: "different", OPEN: "open"}
+        for c, event in events.items():
+            event["resolution"] = names[relation(int(pairs[c, 0]), int(pairs[c, 1]))]
+        return groups

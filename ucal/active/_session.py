@@ -29,6 +29,7 @@ class QuerySession:
         self.n_inferred = 0
         self.pairs, self.answers, self.stages = [], [], []
         self.stage_queries, self.stage_inferred, self.stage_changes = {}, {}, {}
+        self.contradictions = []
         self._caps = []  # (cap, n_queries when that refiner started)
         if query_limit is not None:
             self._caps.append((query_limit, 0))
@@ -51,6 +52,24 @@ class QuerySession:
         self.stage_inferred[name] = 0
         self.stage_changes[name] = 0
         return name
+
+    def remaining(self):
+        """Pairs the oracle may still be sent in this fit (None: no limit; 0 without oracle)."""
+        if self.oracle is None:
+            return 0
+        limits = [cap - (self.n_queries - start) for cap, start in self._caps if cap is not None]
+        return max(min(limits), 0) if limits else None
+
+    def contradiction(self, stage, kind, **details):
+        """Record a contradiction (or an answer awaiting confirmation) and return it."""
+        event = {"stage": stage, "kind": kind, **details}
+        self.contradictions.append(event)
+        return event
+
+    def settled(self, stage, n):
+        """Count ``n`` relations the memory's answers settled without a question."""
+        self.n_inferred += int(n)
+        self.stage_inferred[stage] += int(n)
 
     def ask(self, pairs, *, stage, owner, context=None):
         """Ask (m, 2) pairs in priority order; return int8 answers (-1 = unknown)."""

@@ -8,6 +8,7 @@ import webbrowser
 import numpy as np
 
 from ..oracles import as_label_memory, check_pairs
+from ..oracles._memory import _MAX_UNSURE
 from ._controller import (
     ANSWER_CODES,
     AnnotationController,
@@ -57,9 +58,9 @@ class WebOracle(_Closable, AnnotationController):
     Calling the oracle with a batch of pairs shows them, one at a time and
     side by side, on a page served by a small HTTP server on this machine,
     and returns once every pair of the batch has an answer: "Same person",
-    "Different" or "Not sure". Each answer is written to ``label_memory``
-    the moment the page sends it, so a reloaded page, a closed browser or
-    a killed process loses nothing.
+    "Different" or "Not sure". Each answer ("Not sure" included) is
+    written to ``label_memory`` the moment the page sends it, so a reloaded
+    page, a closed browser or a killed process loses nothing.
 
     Parameters
     ----------
@@ -117,13 +118,16 @@ class WebOracle(_Closable, AnnotationController):
 
     Notes
     -----
-    A "Not sure" answer is returned as ``-1``: nothing is recorded for
-    that pair, and a refiner may ask it again in a later round. Undo
-    reverts the last answer of the current batch; once the last pair of a
-    batch is answered, the batch is returned at once, so later
-    corrections go through :func:`serve_review` (``ucal annotate``).
-    Pairs that ``label_memory`` already knows (directly or by inference)
-    are answered from it and not shown. One batch is asked at a time. The
+    A "Not sure" answer is returned as ``-1`` and recorded in
+    ``label_memory`` as a "not sure" record: it overrides no "same" /
+    "different" answer, and a refiner may ask the pair once more in a
+    later round, never after a second "not sure". Undo reverts the last
+    answer of the current batch; once the last pair of a batch is
+    answered, the batch is returned at once, so later corrections go
+    through :func:`serve_review` (``ucal annotate``). Pairs that
+    ``label_memory`` already knows (directly or by inference) are answered
+    from it and not shown, and so are pairs it holds two "not sure"
+    answers for (answered ``-1``). One batch is asked at a time. The
     oracle owns a running server: close it (or use it as a context
     manager); it cannot be pickled.
 
@@ -253,12 +257,24 @@ class WebOracle(_Closable, AnnotationController):
         )
         inverse = inverse.reshape(-1)
         known = np.full(len(first), -1, dtype=np.int8)
+        given_up = np.zeros(len(first), dtype=bool)
         if self.label_memory is not None:
             known = np.asarray(self.label_memory.lookup(pairs[first]), dtype=np.int8)
-        ask = np.flatnonzero(known < 0)
+            counts = getattr(self.label_memory, "_unsure_counts", None)
+            if callable(counts):
+                given_up = (known < 0) & (counts(pairs[first]) >= _MAX_UNSURE)
+        ask = np.flatnonzero((known < 0) & ~given_up)
         ask = ask[np.argsort(first[ask], kind="stable")]
-        if len(ask) < len(first):
-            logger.info("%d pairs answered from the label memory.", len(first) - len(ask))
+        if given_up.any():
+            logger.info(
+                "%d pairs answered \"not sure\" twice before are not asked again.",
+                int(given_up.sum()),
+            )
+        if len(ask) < len(first) - int(given_up.sum()):
+            logger.info(
+                "%d pairs answered from the label memory.",
+                len(first) - len(ask) - int(given_up.sum()),
+            )
         if len(ask):
             known[ask] = self._ask(pairs[first[ask]])
         return known[inverse]
@@ -536,21 +552,27 @@ class WebOracle(_Closable, AnnotationController):
         memory = self.label_memory
         if memory is None:
             return
-        if new in ("same", "different"):
-            memory.record(pair.reshape(1, 2), [ANSWER_CODES[new]], source=source)
-        elif old in ("same", "different"):
-            # The person withdrew a recorded answer (undo, or changed to "not sure").
+        pair = pair.reshape(1, 2)
+        if new in ("same", "different"):  # overrides an earlier "not sure" too
+            memory.record(pair, [ANSWER_CODES[new]], source=source)
+            return
+        # new is "unsure" or None (an undo back to no answer)
+        if old in ("same", "different") or (old == "unsure" and new is None):
+            # The person withdrew a recorded answer: a "not sure" would not
+            # override a definite one, and an undone "not sure" is no answer.
             retract = getattr(memory, "retract", None)
             if callable(retract):
-                retract(pair.reshape(1, 2), source=source)
+                retract(pair, source=source)
             else:
                 logger.warning(
                     "The label memory cannot retract answers: its %r answer for pair "
                     "(%d, %d) stays until the pair is answered again.",
                     old,
-                    pair[0],
-                    pair[1],
+                    pair[0, 0],
+                    pair[0, 1],
                 )
+        if new == "unsure":
+            memory.record(pair, [ANSWER_CODES[new]], source=source)
 
     # -- life cycle ------------------------------------------------------
 

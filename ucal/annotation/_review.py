@@ -5,6 +5,7 @@ import threading
 import webbrowser
 
 from ..oracles import as_label_memory
+from ..oracles._memory import _CORRECTION
 from ._controller import (
     ANSWER_CODES,
     AnnotationController,
@@ -36,38 +37,67 @@ class _Review(AnnotationController):
                 "were given on?"
             )
 
-    def _rows(self):
+    def _view(self):
+        """(rows, conflicts) as the page shows them: contradicted pairs first."""
+        memory = self.memory
         rows = {}
-        for record in self.memory:
+        for record in memory:
             key = (record.i, record.j)
             row = rows.get(key)
             if row is None:
                 row = rows[key] = {"i": record.i, "j": record.j, "history": []}
-            answer = None if record.same is None else ("same" if record.same else "different")
-            row["history"].append({"answer": answer, "source": record.source,
+            row["history"].append({"answer": _answer_name(record), "source": record.source,
                                    "time": record.time})
+        conflicts = [self._conflict(c) for c in memory.conflicts()]
+        flagged = {}  # pair -> rank: in the order the contradictions list them
+        for c in conflicts:
+            for pair in c["pairs"]:
+                flagged.setdefault(tuple(pair), len(flagged))
         out = []
-        for row in rows.values():
-            latest = row["history"][-1]
+        for key, row in rows.items():
+            answer = _status_name(memory._status(*key))
+            # who gave the answer that counts: its latest record (a "not sure" after a
+            # definite answer does not count), or the latest record of an unanswered pair
+            deciding = next(
+                (h for h in reversed(row["history"]) if h["answer"] == answer),
+                row["history"][-1],
+            )
             row.update(
-                answer=latest["answer"],
-                source=latest["source"],
-                time=latest["time"],
+                answer=answer,
+                source=deciding["source"],
+                time=deciding["time"],
+                conflict=key in flagged,
                 left={"index": row["i"], "camera": self.images.camera(row["i"])},
                 right={"index": row["j"], "camera": self.images.camera(row["j"])},
             )
             out.append(row)
-        return out
+        # contradicted pairs first, as listed; then the others in the file's order
+        out.sort(key=lambda row: flagged.get((row["i"], row["j"]), len(flagged)))
+        return out, conflicts
+
+    @staticmethod
+    def _conflict(conflict):
+        """A conflict of :meth:`LabelMemory.conflicts` as JSON for the page."""
+        i, j = conflict["i"], conflict["j"]
+        view = {"kind": conflict["kind"], "i": i, "j": j, "pairs": [[i, j]]}
+        if conflict["kind"] == "transitive":
+            path = [i]
+            for r in conflict["chain"]:
+                path.append(r.j if r.i == path[-1] else r.i)
+            view["pairs"] += [[r.i, r.j] for r in conflict["chain"]]
+            view["path"] = path
+        return view
 
     def state(self):
         with self._lock:
-            rows = self._rows()
+            rows, conflicts = self._view()
         return {
             "mode": "review",
             "n_samples": len(self.images),
             "n_corrections": self.n_corrections,
             "finished": self.finished.is_set(),
             "memory": {"path": getattr(self.memory, "path", None), "n_answers": len(self.memory)},
+            "conflicts": conflicts,
             "records": rows,
         }
 
@@ -76,30 +106,63 @@ class _Review(AnnotationController):
             i = require_int(payload, "i")
             j = require_int(payload, "j")
             answer = require_choice(payload, "answer", ("same", "different"))
+            key = (min(i, j), max(i, j))
             with self._lock:
-                rows = {(r["i"], r["j"]): r for r in self._rows()}
-                row = rows.get((min(i, j), max(i, j)))
+                rows, conflicts = self._view()
+                row = next((r for r in rows if (r["i"], r["j"]) == key), None)
                 if row is None:
                     raise RequestError(404, f"The memory has no answer for pair ({i}, {j}).")
+                changed = any(
+                    c["kind"] == "changed" and (c["i"], c["j"]) == key for c in conflicts
+                )
                 if row["answer"] != answer:
-                    self.memory.record([[i, j]], [ANSWER_CODES[answer]], source="correction")
+                    self.memory.record([key], [ANSWER_CODES[answer]], source=_CORRECTION)
                     self.n_corrections += 1
-                row = {(r["i"], r["j"]): r for r in self._rows()}[(row["i"], row["j"])]
-            return {"record": row, "n_corrections": self.n_corrections}
+                elif changed:
+                    # The reviewer confirms the current answer of a pair answered both
+                    # ways: recorded, it settles the contradiction.
+                    self.memory._record(
+                        [key], [ANSWER_CODES[answer]], source=_CORRECTION, repeat=True
+                    )
+                    self.n_corrections += 1
+                rows, conflicts = self._view()
+                row = next(r for r in rows if (r["i"], r["j"]) == key)
+            return {"record": row, "n_corrections": self.n_corrections, "conflicts": conflicts}
         if action == "finish":
             self.finished.set()
             return {"finished": True, "n_corrections": self.n_corrections}
         raise RequestError(404, f"No such endpoint: POST /api/{action}.")
 
 
+def _answer_name(record):
+    if record.unsure:
+        return "unsure"
+    if record.same is None:
+        return None  # a retraction
+    return "same" if record.same else "different"
+
+
+def _status_name(status):
+    if status is True:
+        return "same"
+    if status is False:
+        return "different"
+    return status  # "unsure" or None
+
+
 class ReviewSession(_Closable):
     """A review page of a label memory, served in the background.
 
-    The page lists every answered pair with its two images, its latest
-    answer and who gave it; "Same" / "Different" records a correction
-    (``source="correction"``; the latest answer of a pair wins), and
-    "Finish" ends the review. :func:`serve_review` runs one and waits for
-    it; a session lets the caller do something else meanwhile.
+    The page lists every answered pair with its two images, its current
+    answer ("Same person", "Different" or "Not sure") and who gave it;
+    "Same" / "Different" records a correction (``source="correction"``;
+    the latest answer of a pair wins), and "Finish" ends the review. The
+    contradictions of the memory (:meth:`LabelMemory.conflicts
+    <ucal.oracles.LabelMemory.conflicts>`) come first, each with the pairs
+    involved, so that one click corrects the wrong answer; pressing the
+    current answer of a pair answered both ways confirms it, which settles
+    that contradiction. :func:`serve_review` runs one and waits for it; a
+    session lets the caller do something else meanwhile.
 
     Parameters
     ----------
@@ -154,6 +217,16 @@ class ReviewSession(_Closable):
     True
     >>> record["record"]["answer"], record["n_corrections"], memory.lookup([[0, 1]]).tolist()
     ('different', 1, [0])
+
+    A contradiction comes first in the page's state:
+
+    >>> _ = memory.record([[2, 3], [3, 4], [2, 4]], [True, True, False], source="web")
+    >>> with ReviewSession(memory, np.zeros((5, 8, 4, 3), np.uint8)) as session:
+    ...     state = session.review.state()
+    >>> state["conflicts"]
+    [{'kind': 'transitive', 'i': 2, 'j': 4, 'pairs': [[2, 4], [2, 3], [3, 4]], 'path': [2, 3, 4]}]
+    >>> [(r["i"], r["j"], r["conflict"]) for r in state["records"]]
+    [(2, 4, True), (2, 3, True), (3, 4, True), (0, 1, False)]
     """
 
     def __init__(self, memory, images, *, host="127.0.0.1", port=0):
@@ -167,7 +240,7 @@ class ReviewSession(_Closable):
 
     @property
     def n_corrections(self):
-        """int: Number of corrections recorded so far."""
+        """int: Number of corrections (and confirmations) recorded so far."""
         return self.review.n_corrections
 
     def wait(self, timeout=None):
@@ -216,9 +289,10 @@ def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False
                  timeout=None):
     """Serve a page to review and correct the answers of a label memory.
 
-    The page lists every answered pair with its two images, its latest
-    answer and who gave it; "Same" / "Different" records a correction
-    (``source="correction"``; the latest answer of a pair wins). Blocks
+    The page lists every answered pair with its two images, its current
+    answer and who gave it, the contradictions of the memory first;
+    "Same" / "Different" records a correction (``source="correction"``;
+    the latest answer of a pair wins). Blocks
     until the page's "Finish" button, ``timeout`` or Ctrl+C. The page's
     address is logged (``logging``, level WARNING).
 
@@ -241,7 +315,7 @@ def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False
     Returns
     -------
     n_corrections : int
-        Number of corrections recorded.
+        Number of corrections (and confirmations) recorded.
 
     Raises
     ------

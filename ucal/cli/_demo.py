@@ -144,6 +144,7 @@ def _demo_run(task):
         "mAP": last.get("mAP"),
         "n_queries": int(model.n_queries_),
         "cost": float(model.cost_),
+        "precision": model.precision_,
         "seconds": time.perf_counter() - start,
     }
 
@@ -329,6 +330,7 @@ def cmd_demo(args):
         "pretrain_seconds": pretrain_seconds,
         "jobs": jobs,
         "threads_per_job": threads,
+        "precision": results["ucal"]["precision"],
     }
     write_json(os.path.join(out, "results.json"), summary)
     write_json(
@@ -353,7 +355,8 @@ def cmd_demo(args):
         "",
         f"UCAL vs Baseline: {gain_map:+.1f} mAP, {gain_r1:+.1f} Rank-1 at "
         f"{percent(rows[1]['cost']):.4f} % labeling cost ({rows[1]['n_queries']} pairs).",
-        f"Wall time {elapsed:.0f} s ({jobs} parallel runs x {threads} threads).",
+        f"Wall time {elapsed:.0f} s ({jobs} parallel runs x {threads} threads; the network "
+        f"ran in {results['ucal']['precision']}).",
         f"Wrote {os.path.join(out, 'results.md')}, results.json, history.json"
         + (f", {os.path.basename(plot)}" if plot else "")
         + f" in {out}.",

@@ -7,8 +7,8 @@
   a page at a time and a simulator can vectorise;
 - ``answers`` is array-like of shape ``(m,)`` of bool (``True`` = same
   identity), or of ints in ``{-1, 0, 1}`` where ``-1`` means "not sure"
-  (nothing is recorded for that pair; it may be asked again later, and it
-  still counts as a query);
+  (recorded as such, it counts as a query; it never overrides a definite
+  answer, and the pair is asked again at most once);
 - anything else (wrong length, floats, strings, None, an exception) raises
   :class:`OracleError`, which names the oracle's fault; answers already
   received are kept.

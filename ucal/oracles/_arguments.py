@@ -99,7 +99,7 @@ def resolve_oracle(oracle=None, y=None, *, n_samples):
     return LabelOracle(check_identities(y, n_samples))
 
 
-def as_label_memory(label_memory=None, *, path=None, optional=False):
+def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True):
     """The :class:`LabelMemory` a ``fit`` records into.
 
     Parameters
@@ -114,6 +114,9 @@ def as_label_memory(label_memory=None, *, path=None, optional=False):
         Return None for a None ``label_memory`` instead of a fresh memory
         (for a caller that records nothing without one, such as
         :class:`~ucal.annotation.WebOracle`).
+    infer : bool, default=True
+        ``LabelMemory(infer=...)`` of a memory opened here (a given
+        :class:`LabelMemory` keeps its own).
 
     Returns
     -------
@@ -137,9 +140,9 @@ def as_label_memory(label_memory=None, *, path=None, optional=False):
     if isinstance(label_memory, LabelMemory):
         return label_memory
     if isinstance(label_memory, (str, os.PathLike)):
-        return LabelMemory(label_memory)
+        return LabelMemory(label_memory, infer=infer)
     if label_memory is None:
-        return None if optional else LabelMemory(path)
+        return None if optional else LabelMemory(path, infer=infer)
     raise TypeError(
         "label_memory must be a ucal.oracles.LabelMemory or the path of its file, got "
         f"{type(label_memory).__name__}."

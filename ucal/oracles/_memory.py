@@ -6,11 +6,12 @@ import os
 import threading
 import time
 import warnings
+from itertools import pairwise
 from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from ..utils import fsync_dir
 from ._protocol import OracleError, _coerce_answers, check_pairs, query_oracle
@@ -20,6 +21,12 @@ __all__ = ["AnswerRecord", "LabelMemory"]
 logger = logging.getLogger(__name__)
 
 _SHIFT = np.int64(32)  # pair key = (i << 32) | j, indices below 2**31
+
+# A pair with this many "not sure" answers (and no definite one) is not asked again.
+_MAX_UNSURE = 2
+
+# The source of the review page's corrections: such an answer settles a changed pair.
+_CORRECTION = "correction"
 
 
 class AnswerRecord(NamedTuple):
@@ -32,23 +39,28 @@ class AnswerRecord(NamedTuple):
     j : int
         The larger sample index of the pair.
     same : bool or None
-        The answer: True when the two samples show the same identity;
-        None for a retraction (an answer taken back, e.g. by an undo).
+        The answer: True when the two samples show the same identity,
+        False when they do not; None for a "not sure" answer (``unsure``
+        is True) or a retraction (an answer taken back, e.g. by an undo).
     source : str
         Who answered (``"oracle"``, a refiner stage such as ``"snps"``,
         ``"web"``...).
     time : float
         When it was recorded (seconds since the epoch).
+    unsure : bool, default=False
+        True for a "not sure" answer (``same`` is then None).
 
     Examples
     --------
     >>> from ucal.oracles import LabelMemory
     >>> memory = LabelMemory()
-    >>> memory.record([[5, 2]], [True], source="web")
-    1
-    >>> record = next(iter(memory))
-    >>> record.i, record.j, record.same, record.source
-    (2, 5, True, 'web')
+    >>> memory.record([[5, 2], [0, 1]], [True, -1], source="web")
+    2
+    >>> first, second = memory
+    >>> first.i, first.j, first.same, first.source, first.unsure
+    (2, 5, True, 'web', False)
+    >>> second.same, second.unsure
+    (None, True)
     """
 
     i: int
@@ -56,6 +68,7 @@ class AnswerRecord(NamedTuple):
     same: Optional[bool]
     source: str
     time: float
+    unsure: bool = False
 
 
 class _AskResult(NamedTuple):
@@ -65,6 +78,7 @@ class _AskResult(NamedTuple):
     n_inferred: int  # unique pairs answered by the memory
     n_transitive: int  # ... of which only by transitive inference
     n_unsent: int  # unknown pairs not sent (budget or no oracle)
+    n_unsure_skipped: int  # unknown pairs not sent: "not sure" twice already
 
 
 def _canonical(pairs):
@@ -82,11 +96,19 @@ class LabelMemory:
     pair inside one component, or across two separated components, is
     never sent to the oracle either.
 
-    Contradictions (a noisy human) are kept and resolved by a fixed rule,
-    which makes the state depend only on the latest answer of each pair:
+    A "not sure" answer (``-1``) is recorded too, as a record of its own:
+    it never overrides a definite ("same" / "different") answer of the
+    pair, and a later definite answer overrides it. A pair with one "not
+    sure" answer and no definite one may be asked once more; after two,
+    :meth:`ask` no longer sends it (it stays unknown, ``-1``).
 
-    1. The latest answer for an exact pair wins; an answer that differs
-       from the pair's earlier one is counted in ``n_contradictions_``.
+    Contradictions (a noisy human) are kept and resolved by a fixed rule,
+    which makes the state depend only on the latest definite answer of
+    each pair; :meth:`conflicts` lists them for a person to settle:
+
+    1. The latest definite answer for an exact pair wins; an answer that
+       differs from the pair's earlier one is counted in
+       ``n_contradictions_``.
     2. Components are rebuilt from the current "same" answers first; a
        "different" answer between two samples of one component is a
        transitive conflict, counted in ``n_conflicts_`` and not used to
@@ -97,8 +119,9 @@ class LabelMemory:
     ----------
     path : str or path-like, default=None
         A JSON-lines file. Every batch of new answers is appended to it,
-        one line per answer, flushed and fsync'ed before the in-memory
-        state changes; a memory opened on an existing file replays it. A
+        one line per answer ("not sure" answers and retractions
+        included), flushed and fsync'ed before the in-memory state
+        changes; a memory opened on an existing file replays it. A
         truncated last line (a process killed mid-write) is skipped with a
         warning and removed at the next append; a corrupt line elsewhere
         raises ``ValueError``.
@@ -115,12 +138,16 @@ class LabelMemory:
     n_transitive : int
         Of ``n_inferred``, the pairs answered only by transitive inference.
     n_abstentions : int
-        "Not sure" answers received by :meth:`ask` (not recorded).
+        "Not sure" answers :meth:`ask` received since this object was made
+        (recorded, like every answer).
     n_contradictions_ : int
-        Answers that changed an exact pair's earlier answer.
+        Answers that changed an exact pair's earlier definite answer (a
+        running count, from the file's start).
     n_conflicts_ : int
         Current "different" answers between samples joined by "same"
-        answers.
+        answers: the ``"transitive"`` entries of :meth:`conflicts`.
+    n_unsure_ : int
+        Pairs whose only current answers are "not sure".
 
     See Also
     --------
@@ -144,7 +171,8 @@ class LabelMemory:
         self.infer = bool(infer)
         self._lock = threading.RLock()
         self._records = []
-        self._exact = {}  # (i, j) with i < j -> bool, latest answer
+        self._exact = {}  # (i, j) with i < j -> bool, latest definite answer
+        self._unsure = {}  # (i, j) without a definite answer -> its "not sure" answers (> 0)
         self._dirty = True
         self._tail = None  # None, "newline" or a byte offset to truncate to
         self.n_queries = 0
@@ -202,18 +230,24 @@ class LabelMemory:
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")
         i, j, same = obj.get("i"), obj.get("j"), obj.get("same")
+        unsure = obj.get("unsure", False)  # absent in files written before "not sure" was kept
         for name, value in (("i", i), ("j", j)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name!r} must be a non-negative int, got {value!r}")
         if same is not None and not isinstance(same, bool):
             raise ValueError(f"'same' must be true, false or null, got {same!r}")
+        if not isinstance(unsure, bool):
+            raise ValueError(f"'unsure' must be true or false, got {unsure!r}")
+        if unsure and same is not None:
+            raise ValueError(f"a 'not sure' record must have 'same': null, got {same!r}")
         if i == j and same is not True:
             raise ValueError("a sample cannot differ from itself")
         i, j = min(i, j), max(i, j)
         source = obj.get("source", "file")
         stamp = obj.get("time", 0.0)
         return AnswerRecord(
-            i, j, same, str(source), float(stamp) if isinstance(stamp, (int, float)) else 0.0
+            i, j, same, str(source), float(stamp) if isinstance(stamp, (int, float)) else 0.0,
+            unsure,
         )
 
     def _append(self, records):
@@ -225,7 +259,10 @@ class LabelMemory:
                 f.write(b"\n")
             self._tail = None
             for r in records:
-                line = {"i": r.i, "j": r.j, "same": r.same, "source": r.source, "time": r.time}
+                line = {"i": r.i, "j": r.j, "same": r.same}
+                if r.unsure:
+                    line["unsure"] = True
+                line.update(source=r.source, time=r.time)
                 f.write(json.dumps(line).encode("utf-8") + b"\n")
             f.flush()
             os.fsync(f.fileno())
@@ -237,14 +274,44 @@ class LabelMemory:
     def _apply(self, record):
         key = (record.i, record.j)
         self._records.append(record)
-        self._dirty = True
-        if record.same is None:  # a retraction: the pair has no answer again
-            self._exact.pop(key, None)
+        if record.unsure:  # never overrides a definite answer
+            if key not in self._exact:
+                self._unsure[key] = self._unsure.get(key, 0) + 1
+            return
+        if record.same is None:  # a retraction: takes back the pair's latest answer
+            if key in self._exact:  # its definite answer: the pair has no answer again
+                del self._exact[key]
+                self._dirty = True
+            elif key in self._unsure:  # else its latest "not sure"
+                self._unsure[key] -= 1
+                if not self._unsure[key]:
+                    del self._unsure[key]
             return
         previous = self._exact.get(key)
         if previous is not None and previous != record.same:
             self.n_contradictions_ += 1
         self._exact[key] = record.same
+        self._unsure.pop(key, None)  # a definite answer overrides "not sure"
+        self._dirty = True
+
+    def _unsure_counts(self, pairs):
+        """Pairs (any order) -> int array of their current "not sure" answers."""
+        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        with self._lock:
+            if not self._unsure:
+                return np.zeros(len(pairs), dtype=np.int64)
+            get = self._unsure.get
+            return np.fromiter(
+                (get((i, j), 0) for i, j in pairs.tolist()), dtype=np.int64, count=len(pairs)
+            )
+
+    def _status(self, i, j):
+        """The current answer of one pair: True, False, "unsure" or None."""
+        key = (min(i, j), max(i, j))
+        with self._lock:
+            if key in self._exact:
+                return self._exact[key]
+            return "unsure" if key in self._unsure else None
 
     def _rebuild(self):
         if not self._dirty:
@@ -308,15 +375,16 @@ class LabelMemory:
         Returns
         -------
         answers : ndarray of shape (m,), dtype int8
-            1 same identity, 0 different, -1 unknown. With ``infer=True``
-            this includes what earlier answers imply.
+            1 same identity, 0 different, -1 unknown (a pair with only
+            "not sure" answers included). With ``infer=True`` this
+            includes what earlier answers imply.
 
         Examples
         --------
         >>> from ucal.oracles import LabelMemory
         >>> memory = LabelMemory()
-        >>> memory.record([[0, 1], [1, 2]], [True, False])
-        2
+        >>> memory.record([[0, 1], [1, 2], [2, 5]], [True, False, -1])
+        3
         >>> memory.lookup([[0, 2], [2, 5]])
         array([ 0, -1], dtype=int8)
         """
@@ -327,59 +395,76 @@ class LabelMemory:
     def record(self, pairs, answers, *, source="oracle"):
         """Record answers (appended to ``path`` first, when there is one).
 
-        Re-recording the answer a pair already has is a no-op, so several
-        writers (say a web page and a refiner) may record the same answer.
-        A different answer for an answered pair is kept and counted in
-        ``n_contradictions_``; the latest answer wins. "Not sure" answers
-        (``-1``) are not recorded.
+        Re-recording the definite answer a pair already has is a no-op, so
+        several writers (say a web page and a refiner) may record the same
+        answer. A different answer for an answered pair is kept and counted
+        in ``n_contradictions_``; the latest definite answer wins.
+
+        A "not sure" answer (``-1``) is an answer a person gave: it is
+        always appended as a record of its own (``same`` None, ``unsure``
+        True), even for a pair that already has one. It never overrides a
+        definite answer of the pair, and a later definite answer overrides
+        it; :meth:`ask` asks a pair with one "not sure" answer (and no
+        definite one) once more, and never after two.
 
         Parameters
         ----------
         pairs : array-like of shape (m, 2)
             Sample indices.
         answers : array-like of shape (m,)
-            Bool (``True`` = same identity) or ints in ``{-1, 0, 1}``.
+            Bool (``True`` = same identity) or ints in ``{-1, 0, 1}``
+            (``-1`` = not sure).
         source : str, default="oracle"
             Who answered, stored with each record.
 
         Returns
         -------
         n_recorded : int
-            Number of new records (no-ops and "not sure" excluded).
+            Number of new records, "not sure" answers included (no-ops
+            excluded).
 
         Examples
         --------
         >>> from ucal.oracles import LabelMemory
         >>> memory = LabelMemory()
-        >>> memory.record([[3, 1], [1, 3]], [1, 1])
-        1
-        >>> list(memory)[0][:3]
-        (1, 3, True)
+        >>> memory.record([[3, 1], [1, 3], [0, 2]], [1, 1, -1])
+        2
+        >>> [(r.i, r.j, r.same, r.unsure) for r in memory]
+        [(1, 3, True, False), (0, 2, None, True)]
+        >>> memory.lookup([[0, 2]]), memory.n_unsure_
+        (array([-1], dtype=int8), 1)
         """
+        return self._record(pairs, answers, source=source)
+
+    def _record(self, pairs, answers, *, source="oracle", repeat=False):
+        """:meth:`record`; ``repeat=True`` also appends a definite answer the
+        pair already has (a reviewer confirming it)."""
         pairs = check_pairs(pairs)
         codes, problem = _coerce_answers(answers, len(pairs))
         if problem is not None:
             raise ValueError(
                 f"record() got {problem}; answers must be bool or ints in {{-1, 0, 1}}."
             )
-        keep = codes >= 0
-        pairs, _ = _canonical(pairs[keep])
-        codes = codes[keep]
+        pairs, _ = _canonical(pairs)
         if np.any((pairs[:, 0] == pairs[:, 1]) & (codes == 0)):
             raise ValueError("record() got a 'different' answer for a sample paired with itself.")
         now = time.time()
+        source = str(source)
         with self._lock:
             pending = {}
             new = []
             for (i, j), code in zip(pairs.tolist(), codes.tolist()):
                 if i == j:
+                    continue  # a sample is the same as itself: nothing to learn
+                if code < 0:  # "not sure": always kept, it is a question answered
+                    new.append(AnswerRecord(i, j, None, source, now, True))
                     continue
                 same = bool(code)
                 current = pending.get((i, j), self._exact.get((i, j)))
-                if current is not None and current == same:
+                if not repeat and current is not None and current == same:
                     continue  # the pair already has this answer
                 pending[(i, j)] = same
-                new.append(AnswerRecord(i, j, same, str(source), now))
+                new.append(AnswerRecord(i, j, same, source, now))
             if not new:
                 return 0
             if self.path is not None:
@@ -391,10 +476,12 @@ class LabelMemory:
     def retract(self, pairs, *, source="undo"):
         """Take back the answers of exact pairs (an undo).
 
-        A retraction is itself a record (``same`` is None), appended to
-        ``path`` first like any answer, so the file keeps the full history;
+        A retraction is itself a record (``same`` is None, ``unsure``
+        False), appended to ``path`` first like any answer, so the file
+        keeps the full history. It takes back the pair's definite answer:
         afterwards the pair is unknown again, except for what the other
-        answers imply.
+        answers imply. A pair with only "not sure" answers loses its latest
+        one.
 
         Parameters
         ----------
@@ -425,7 +512,8 @@ class LabelMemory:
             new = []
             seen = set()
             for i, j in pairs.tolist():
-                if (i, j) in self._exact and (i, j) not in seen:
+                answered = (i, j) in self._exact or (i, j) in self._unsure
+                if answered and (i, j) not in seen:
                     seen.add((i, j))
                     new.append(AnswerRecord(i, j, None, str(source), now))
             if not new:
@@ -447,7 +535,12 @@ class LabelMemory:
         uniq = canon[first[order]]
         with self._lock:
             known, exact = self._lookup(uniq)
+            n_marks = len(self._records)
         unknown = np.flatnonzero(known < 0)
+        # "not sure" twice already: not asked again (the order of the rest is kept)
+        given_up = self._unsure_counts(uniq[unknown]) >= _MAX_UNSURE
+        n_unsure_skipped = int(given_up.sum())
+        unknown = unknown[~given_up]
         n_send = 0 if oracle is None else len(unknown)
         if max_queries is not None:
             n_send = min(n_send, max(int(max_queries), 0))
@@ -464,8 +557,17 @@ class LabelMemory:
             n_kept = 0
             if codes is not None:
                 valid = codes >= -1
+                unsure = codes == -1
+                if unsure.any():
+                    # An oracle that records into this memory itself (a WebOracle given
+                    # it as label_memory) already wrote its "not sure" answers: one
+                    # answer must not count as two.
+                    with self._lock:
+                        written = {(r.i, r.j) for r in self._records[n_marks:] if r.unsure}
+                    if written:
+                        valid &= ~(unsure & np.array([tuple(p) in written for p in send.tolist()]))
                 n_kept = self.record(send[valid], codes[valid], source=source)
-                self.n_abstentions += int((codes == -1).sum())
+                self.n_abstentions += int(unsure.sum())
             if problem is not None:
                 raise OracleError(
                     f"{problem}. {n_kept} valid answers of this batch were kept; "
@@ -482,6 +584,7 @@ class LabelMemory:
             n_inferred=n_inferred,
             n_transitive=n_transitive,
             n_unsent=len(unknown) - n_send,
+            n_unsure_skipped=n_unsure_skipped,
         )
 
     def ask(self, pairs, oracle, *, context=None):
@@ -489,8 +592,10 @@ class LabelMemory:
 
         Pairs are deduplicated (``(i, j)`` and ``(j, i)`` are one pair);
         the pairs the memory cannot answer go to the oracle in one batch,
-        its reply is validated and recorded, and answers for all pairs
-        are returned.
+        its reply is validated and recorded ("not sure" answers included),
+        and answers for all pairs are returned. A pair answered "not sure"
+        twice (and never "same" or "different") is not sent again: it is
+        answered ``-1``.
 
         Parameters
         ----------
@@ -506,8 +611,9 @@ class LabelMemory:
         Returns
         -------
         answers : ndarray of shape (m,), dtype int8
-            1 same, 0 different, -1 where the oracle was not sure (or no
-            oracle was given and the memory does not know).
+            1 same, 0 different, -1 where the oracle was not sure (now or
+            twice before), or no oracle was given and the memory does not
+            know.
 
         Raises
         ------
@@ -523,6 +629,15 @@ class LabelMemory:
         array([1, 1, 0], dtype=int8)
         >>> memory.n_queries
         2
+
+        A pair answered "not sure" is asked once more, then no longer:
+
+        >>> def unsure(pairs):
+        ...     return [-1] * len(pairs)
+        >>> [memory.ask([[3, 4]], unsure).tolist() for _ in range(3)]
+        [[-1], [-1], [-1]]
+        >>> memory.n_queries, memory.n_unsure_
+        (4, 1)
         """
         return self._ask(pairs, oracle, context=context).answers
 
@@ -532,9 +647,10 @@ class LabelMemory:
         Returns
         -------
         pairs : ndarray of shape (k, 2), dtype int64
-            Answered pairs, ``i < j``, sorted.
+            Pairs with a definite answer, ``i < j``, sorted ("not sure"
+            answers are not included).
         same : ndarray of shape (k,), dtype bool
-            Their latest answers.
+            Their latest definite answers.
 
         Examples
         --------
@@ -550,14 +666,128 @@ class LabelMemory:
             pairs = np.stack([self._keys >> _SHIFT, self._keys & 0xFFFFFFFF], axis=1)
             return pairs, self._values.astype(bool)
 
+    def conflicts(self):
+        """The answers that contradict each other now, for a person to settle.
+
+        Two kinds are listed, ``"changed"`` ones first, each kind sorted by
+        pair:
+
+        - ``"changed"``: an exact pair whose definite answers since its
+          last retraction disagree ("same" once, "different" another time).
+          The latest one is used (see the class's rule 1). A pair whose
+          latest answer is a correction from the review page
+          (``source="correction"``) is settled and no longer listed.
+        - ``"transitive"``: a current "different" answer between two
+          samples that current "same" answers join into one component (rule
+          2: it separates nothing). ``chain`` is a shortest path of "same"
+          answers joining them: one of these answers, or the "different"
+          one, is wrong. There are ``n_conflicts_`` of them.
+
+        A "not sure" answer contradicts nothing.
+
+        Returns
+        -------
+        conflicts : list of dict
+            One dict per conflict, with the keys:
+
+            - ``"kind"``: ``"changed"`` or ``"transitive"``;
+            - ``"i"``, ``"j"``: the pair (``i < j``): the changed pair, or
+              the pair answered "different";
+            - ``"answers"``: list of :class:`AnswerRecord`, oldest first:
+              for ``"changed"``, the pair's definite answers since its last
+              retraction (with their sources and times); for
+              ``"transitive"``, the current "different" answer;
+            - ``"chain"``: list of :class:`AnswerRecord`: for
+              ``"transitive"``, the current "same" answers of the path from
+              ``i`` to ``j``, in path order (each record's own pair has its
+              smaller index first); empty for ``"changed"``.
+
+        Examples
+        --------
+        >>> from ucal.oracles import LabelMemory
+        >>> memory = LabelMemory()
+        >>> memory.record([[0, 1], [1, 2], [2, 0]], [True, True, False], source="web")
+        3
+        >>> memory.record([[3, 4]], [True], source="web")
+        1
+        >>> memory.record([[3, 4]], [False], source="snps")
+        1
+        >>> for c in memory.conflicts():
+        ...     answers = [(r.same, r.source) for r in c["answers"]]
+        ...     chain = [(r.i, r.j) for r in c["chain"]]
+        ...     print(c["kind"], (c["i"], c["j"]), answers, chain)
+        changed (3, 4) [(True, 'web'), (False, 'snps')] []
+        transitive (0, 2) [(False, 'web')] [(0, 1), (1, 2)]
+        >>> memory.n_conflicts_
+        1
+        """
+        with self._lock:
+            self._rebuild()
+            records = list(self._records)
+            comp = self._comp
+        # the definite answers of each pair since its last retraction, oldest first
+        history = {}
+        for r in records:
+            if r.unsure:
+                continue
+            if r.same is None:
+                history.pop((r.i, r.j), None)
+            else:
+                history.setdefault((r.i, r.j), []).append(r)
+        changed = []
+        for key in sorted(history):
+            answers = history[key]
+            if len({r.same for r in answers}) > 1 and answers[-1].source != _CORRECTION:
+                changed.append(
+                    {"kind": "changed", "i": key[0], "j": key[1], "answers": answers, "chain": []}
+                )
+        current = {key: answers[-1] for key, answers in history.items()}
+        inside = sorted(
+            key for key, r in current.items() if not r.same and comp[key[0]] == comp[key[1]]
+        )
+        transitive = []
+        if inside:
+            same = np.array([key for key, r in current.items() if r.same], dtype=np.int64)
+            n = len(comp)
+            graph = sparse.coo_matrix(
+                (np.ones(len(same), dtype=np.int8), (same[:, 0], same[:, 1])), shape=(n, n)
+            ).tocsr()
+            predecessors = {}
+            for i, j in inside:
+                if i not in predecessors:
+                    _, predecessors[i] = breadth_first_order(
+                        graph, i, directed=False, return_predecessors=True
+                    )
+                path = [j]
+                while path[-1] != i:
+                    path.append(int(predecessors[i][path[-1]]))
+                path.reverse()
+                chain = [current[(min(a, b), max(a, b))] for a, b in pairwise(path)]
+                transitive.append(
+                    {"kind": "transitive", "i": i, "j": j, "answers": [current[(i, j)]],
+                     "chain": chain}
+                )
+        return changed + transitive
+
     @property
     def n_conflicts_(self):
+        """int: Current transitive conflicts (see :meth:`conflicts`)."""
         with self._lock:
             self._rebuild()
             return self._n_conflicts
 
+    @property
+    def n_unsure_(self):
+        """int: Pairs whose only current answers are "not sure"."""
+        with self._lock:
+            return len(self._unsure)
+
     def __len__(self):
-        """Number of records (answers, and retractions if any)."""
+        """Number of records: answers ("not sure" ones included) and retractions.
+
+        Every "not sure" answer is a question a person was asked, so this
+        counts the questions answered so far (plus any retractions).
+        """
         return len(self._records)
 
     def __iter__(self):
@@ -573,5 +803,6 @@ class LabelMemory:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_unsure", {})  # pickled before "not sure" answers were kept
         self.__dict__.update(state)
         self._lock = threading.RLock()

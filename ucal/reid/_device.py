@@ -92,6 +92,15 @@ class Precision:
     def grad_scaler(self):
         return torch.amp.GradScaler(self.device.type, enabled=self.scale_grads)
 
+    def describe(self):
+        """How the network runs, in words (for logs and reports)."""
+        if self.dtype is None:
+            return f"float32 on {self.device.type}"
+        return (
+            f"{ {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}[self.dtype]} autocast"
+            f"{' + channels_last' if self.channels_last else ''} on {self.device.type}"
+        )
+
     def __repr__(self):
         return (
             f"Precision(device={self.device}, dtype={self.name}, "

@@ -134,12 +134,27 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         None); its own parameters are never changed. A base clusterer at
         the bottom of its chain is not used (``clusterer`` is; a
         ``UserWarning`` says so). In a chain, an outer refiner's
-        ``max_queries`` caps the whole chain. None = ``MPPSMerger(clusterer=SNPSSplitter())``: SNPS
-        then MPPS, as in the paper. ``"passthrough"``: no refinement, the
-        unsupervised Baseline.
+        ``max_queries`` caps the whole chain. None =
+        ``MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()))``:
+        the answers already given are applied to the new clustering, then
+        SNPS, then MPPS (see :doc:`/user_guide`; ``UCALReID.from_preset("paper")``
+        runs the paper's SNPS then MPPS literally). ``"passthrough"``: no
+        refinement, the unsupervised Baseline.
     max_queries : int or None, default=None
         Total budget of pairs sent to the oracle during the fit; None =
-        unlimited. What is left is passed to the refiner each epoch.
+        unlimited. See ``query_pacing`` for how it is spread over epochs.
+    query_pacing : {"even", "greedy"}, default="even"
+        With ``max_queries``: ``"even"`` gives each refinement epoch at
+        most what is left divided by the epochs still to come (features
+        improve, so later epochs get questions too); ``"greedy"`` lets each
+        epoch spend all that is left. Within an epoch the refiner spends it
+        where it buys most: SNPS on the clusters with the best split
+        criterion first, MPPS on the most similar centroid pairs first, and
+        neither on what the answers already settle.
+    memory_inference : bool, default=True
+        Whether the label memory the fit opens infers answers transitively
+        (``LabelMemory(infer=...)``); False is the paper's exact-pair
+        memory. A ``label_memory`` given to :meth:`fit` keeps its own.
     supervised : bool, default=False
         Train on the true identities ``y`` instead of pseudo labels (the
         paper's Supervised upper bound: same loss, labeling cost 100 %).
@@ -200,6 +215,11 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         sees ``y`` except through the oracle).
     n_samples_fit_ : int
         Number of training images.
+    device_ : str
+        The device the network trained on.
+    precision_ : str
+        How it ran, e.g. ``"bfloat16 autocast + channels_last on cpu"`` or
+        ``"float32 on cpu"`` (see ``mixed_precision``).
     feature_dim_ : int
         Embedding size ``d``.
 
@@ -255,6 +275,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "clusterer": [HasMethods(["fit"]), None],
         "refiner": [HasMethods(["fit"]), StrOptions({"passthrough"}), None],
         "max_queries": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "query_pacing": [StrOptions({"even", "greedy"})],
+        "memory_inference": ["boolean"],
         "supervised": ["boolean"],
         "device": [str, torch.device],
         "mixed_precision": [StrOptions({"auto"}), "boolean"],
@@ -292,6 +314,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         clusterer=None,
         refiner=None,
         max_queries=None,
+        query_pacing="even",
+        memory_inference=True,
         supervised=False,
         device="auto",
         mixed_precision="auto",
@@ -326,6 +350,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.clusterer = clusterer
         self.refiner = refiner
         self.max_queries = max_queries
+        self.query_pacing = query_pacing
+        self.memory_inference = memory_inference
         self.supervised = supervised
         self.device = device
         self.mixed_precision = mixed_precision
@@ -423,6 +449,43 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         )
         loop.run()
         return self
+
+    @classmethod
+    def from_preset(cls, name, **params):
+        """An estimator with the parameters of a named preset.
+
+        ``"paper"`` reproduces the paper literally, for honest Table 2
+        comparisons: SNPS with ``k_max = floor(sqrt(|C| / 2) / 2)``, both
+        modules asking their medoid pairs once (no cluster-level use of
+        earlier answers, no confirmation, the merge cap applied after
+        asking), the exact-pair label memory, answers not carried into later
+        clusterings, and SpCL's schedule (50 epochs, 15 of warm-up, 400
+        iterations each, learning rate times 0.1 every 20 epochs).
+        ``"default"`` is the constructor's defaults. :doc:`/reproducing`
+        lists every departure of the defaults from the paper and SpCL.
+
+        Parameters
+        ----------
+        name : {"paper", "default"}
+            The preset.
+        **params : dict
+            Parameters that override the preset's.
+
+        Returns
+        -------
+        estimator : UCALReID
+            A new, unfitted estimator.
+
+        Examples
+        --------
+        >>> from ucal.reid import UCALReID
+        >>> paper = UCALReID.from_preset("paper", backbone="small")
+        >>> paper.iters_per_epoch, paper.memory_inference, paper.refiner.cluster_inference
+        (400, False, False)
+        """
+        from ._presets import preset_params
+
+        return cls(**{**preset_params(name), **params})
 
     # ----------------------------------------------------------- inference
     def transform(self, X):

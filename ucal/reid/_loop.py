@@ -137,7 +137,9 @@ class TrainingLoop:
             from ucal.oracles import as_label_memory
 
             own = None if self.run_dir is None else self.run_dir.memory_path
-            self.label_memory = as_label_memory(self.given_memory, path=own)
+            self.label_memory = as_label_memory(
+                self.given_memory, path=own, infer=est.memory_inference
+            )
         self.pseudo_labeler = None
         if not est.supervised:
             refiner = default_refiner() if est.refiner is None else est.refiner
@@ -160,7 +162,7 @@ class TrainingLoop:
             self.pseudo_labeler = PseudoLabeler(
                 clusterer, refiner, self.oracle, self.label_memory,
                 warmup_epochs=est.warmup_epochs, max_queries=est.max_queries,
-                seed=int(seeds[3]),
+                seed=int(seeds[3]), epochs=est.epochs, pacing=est.query_pacing,
             )
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
@@ -413,3 +415,4 @@ class TrainingLoop:
         est.label_memory_ = self.label_memory
         est.history_ = self.history
         est.device_ = str(self.device)
+        est.precision_ = self.precision.describe()

@@ -20,10 +20,10 @@ _CHANGE_KEYS = {"snps": "n_splits", "mpps": "n_merges"}
 
 
 def default_refiner():
-    """The paper's refinement: SNPS, then MPPS, sharing one oracle and memory."""
-    from ucal.active import MPPSMerger, SNPSSplitter
+    """The answers applied, then SNPS, then MPPS, sharing one oracle and memory."""
+    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
 
-    return MPPSMerger(clusterer=SNPSSplitter())
+    return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()))
 
 
 def innermost_clusterer(refiner):
@@ -47,7 +47,7 @@ class PseudoLabeler:
     """
 
     def __init__(self, clusterer, refiner, oracle, label_memory, *, warmup_epochs,
-                 max_queries, seed):
+                 max_queries, seed, epochs=None, pacing="greedy"):
         self.clusterer = clusterer
         self.refiner = refiner
         self.oracle = oracle
@@ -55,6 +55,8 @@ class PseudoLabeler:
         self.warmup_epochs = warmup_epochs
         self.max_queries = max_queries
         self.seed = seed
+        self.epochs = epochs
+        self.pacing = pacing
         self.n_queries = 0
         self._budget_warned = False
 
@@ -77,6 +79,9 @@ class PseudoLabeler:
         query_limit = None
         if self.max_queries is not None:
             query_limit = max(0, self.max_queries - self.n_queries)
+            if self.pacing == "even" and self.epochs is not None:
+                # what is left, shared by the refinement epochs still to come
+                query_limit = int(np.ceil(query_limit / max(1, self.epochs - epoch)))
         n_records = len(self.label_memory)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -273,10 +273,49 @@
   function filteredRecords() {
     const filter = $("filter").value;
     return state.records.filter((r) => {
-      if (filter === "same" || filter === "different") return r.answer === filter;
+      if (filter === "same" || filter === "different" || filter === "unsure") return r.answer === filter;
       if (filter === "changed") return new Set(r.history.map((h) => h.answer)).size > 1;
+      if (filter === "conflict") return r.conflict;
       return true;
     });
+  }
+
+  function recordOf(i, j) {
+    return state.records.find((r) => r.i === i && r.j === j);
+  }
+
+  function describeConflict(conflict) {
+    if (conflict.kind === "transitive") {
+      return "#" + conflict.i + " and #" + conflict.j + " were answered \u201cdifferent\u201d, " +
+        "but \u201csame\u201d answers join them: " +
+        conflict.path.map((k) => "#" + k).join(" = ") + ". One of these answers is wrong.";
+    }
+    const record = recordOf(conflict.i, conflict.j);
+    const given = record ? record.history.filter((h) => h.answer === "same" || h.answer === "different") : [];
+    return "#" + conflict.i + " and #" + conflict.j + " were answered both ways: " +
+      given.map((h) => LABELS[h.answer] + " (" + h.source + ")").join(" \u2192 ") + ".";
+  }
+
+  function renderConflicts() {
+    const conflicts = state.conflicts || [];
+    $("conflicts-section").hidden = conflicts.length === 0;
+    $("conflicts-title").textContent = "Contradictions (" + conflicts.length + ")";
+    $("conflicts").replaceChildren(...conflicts.map((conflict) => {
+      const item = document.createElement("li");
+      item.className = "conflict " + conflict.kind;
+      item.dataset.pair = conflict.i + "-" + conflict.j;
+      const text = document.createElement("p");
+      text.className = "conflict-text";
+      text.textContent = describeConflict(conflict);
+      const list = document.createElement("ol");
+      list.className = "records";
+      for (const [i, j] of conflict.pairs) {
+        const record = recordOf(i, j);
+        if (record) list.appendChild(recordItem(record));
+      }
+      item.append(text, list);
+      return item;
+    }));
   }
 
   function recordItem(record) {
@@ -302,6 +341,13 @@
     const verdict = document.createElement("p");
     verdict.className = "verdict " + (record.answer || "open");
     verdict.textContent = record.answer ? LABELS[record.answer] : "No answer";
+    if (record.conflict) {
+      const flag = document.createElement("span");
+      flag.className = "flag";
+      flag.textContent = "contradiction";
+      flag.title = "This answer contradicts others: see Contradictions at the top.";
+      verdict.append(" ", flag);
+    }
     const meta = document.createElement("p");
     meta.className = "muted";
     const when = record.time ? new Date(record.time * 1000).toLocaleString() : "";
@@ -330,6 +376,7 @@
     $("help-review").hidden = false;
     $("bar").hidden = true;
     $("mode-title").textContent = "review";
+    renderConflicts();
     const records = filteredRecords();
     const pages = Math.max(1, Math.ceil(records.length / PAGE_SIZE));
     reviewPage = Math.min(reviewPage, pages - 1);
@@ -339,7 +386,9 @@
     $("page-info").textContent = "page " + (reviewPage + 1) + " of " + pages;
     $("page-prev").disabled = reviewPage === 0;
     $("page-next").disabled = reviewPage >= pages - 1;
+    const n_conflicts = (state.conflicts || []).length;
     $("progress-text").textContent = state.records.length + " answered pairs \u00b7 " +
+      (n_conflicts ? n_conflicts + (n_conflicts === 1 ? " contradiction" : " contradictions") + " \u00b7 " : "") +
       state.n_corrections + " corrected in this session";
     $("memory-text").textContent = state.memory.path ? "Memory file: " + state.memory.path : "";
     if (state.finished) {
@@ -356,7 +405,10 @@
       const k = state.records.findIndex((r) => r.i === record.i && r.j === record.j);
       if (k >= 0) state.records[k] = reply.record;
       state.n_corrections = reply.n_corrections;
+      state.conflicts = reply.conflicts;
       showError("");
+      // A correction may settle (or create) contradictions of other pairs too.
+      await refresh();
     } catch (err) {
       showError(err.message);
     }
