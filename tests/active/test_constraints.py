@@ -295,3 +295,54 @@ def test_snps_asks_nothing_about_groups_the_answers_settle():
     assert first.n_queries_ > 0 and oracle.sent == []
     assert second.n_inferred_ > 0
     np.testing.assert_array_equal(first.labels_, second.labels_)
+
+
+def test_every_sample_an_outlier_with_answers_on_file():
+    X, y = _blobs()
+    memory = LabelMemory()
+    memory.record([[0, 12]], [False])
+    step = AnswerConstraints().fit(X, labels=np.full(len(y), -1), label_memory=memory)
+    assert (step.labels_ == -1).all() and step.n_clusters_ == 0
+
+
+def test_a_not_sure_pair_is_not_asked_twice_in_a_row():
+    X, y = identities(n_ids=2, per_id=10)
+    labels = y.copy()
+    probe = MPPSMerger(confirm_size=None).fit(X, y, labels=labels)
+    medoid_pair = tuple(probe.queries_["pairs"][0])
+    oracle = Recorder(y, unsure=[medoid_pair])
+    model = MPPSMerger(confirm_size=None).fit(X, labels=labels, oracle=oracle)
+    # the unsure medoid pair is followed by a fresh pair, never by itself again
+    assert oracle.sent[0] == tuple(sorted(medoid_pair))
+    assert len(oracle.sent) == len(set(oracle.sent)) >= 2
+    assert model.n_clusters_ == 2
+
+
+def test_a_confirmation_the_memory_can_infer_settles_the_split():
+    X, y = identities(n_ids=2, per_id=6, noise=0.2)
+    labels = np.zeros_like(y)
+    memory = LabelMemory()
+    # 0 differs from 6, and 6 ~ 7: every pair (0, 7) is known by inference
+    memory.record([[0, 6], [6, 7], [7, 8], [8, 9], [9, 10], [10, 11]], [False] + [True] * 5)
+    memory.record([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]], [True] * 5)
+    oracle = Recorder(y)
+    step = AnswerConstraints(confirm_size=8).fit(
+        X, labels=labels, oracle=oracle, label_memory=memory
+    )
+    assert oracle.sent == []  # the memory answered the confirmation
+    assert adjusted_rand_score(y, step.labels_) == 1.0
+
+
+def test_paper_snps_keeps_a_chain_of_same_over_a_different():
+    # A ~ B and B ~ C answered "same", A - C "different": the paper's SNPS joins
+    # on "same" answers, so the three groups stay one cluster (recorded as a cycle)
+    X, y = identities(n_ids=3, per_id=12, noise=0.2)
+    labels = np.zeros_like(y)
+    probe = SNPSSplitter(k_max=3, random_state=0, cluster_inference=False).fit(X, y, labels=labels)
+    pairs = [tuple(p) for p in probe.queries_["pairs"].tolist()]
+    lies = [p for p in pairs if y[p[0]] != y[p[1]]][:2]  # two "same" lies: a chain
+    model = SNPSSplitter(k_max=3, random_state=0, cluster_inference=False).fit(
+        X, labels=labels, oracle=Recorder(y, lies=lies)
+    )
+    assert model.n_clusters_ == 1 and model.n_splits_ == 0
+    assert [c["kind"] for c in model.contradictions_] == ["cycle"]

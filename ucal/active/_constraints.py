@@ -84,6 +84,8 @@ class AnswerConstraints(BaseRefiner):
         Clusters removed by "same" answers.
     n_splits_ : int
         Clusters split by "different" answers.
+    n_changes_ : int
+        ``n_joined_ + n_merges_ + n_splits_``.
     contradictions_ : list of dict
         ``{"stage", "kind": "cycle", "pair": (i, j), "resolution": "not
         applied"}``: a "different" answer inside a chain of "same" answers;
@@ -93,7 +95,8 @@ class AnswerConstraints(BaseRefiner):
     n_queries_ : int
         Confirmation pairs sent to the oracle.
     n_inferred_ : int
-        Always 0 here (the step reads answers, it does not look pairs up).
+        Pairs the memory answered when a confirmation pair was already
+        known by inference.
     cost_ : float
         Labeling cost of Eq. 7 of those questions.
     queries_ : dict
@@ -229,6 +232,8 @@ class AnswerConstraints(BaseRefiner):
 
     def _merge(self, labels, memory):
         n_clusters = int(labels.max()) + 1
+        if n_clusters == 0:  # every sample an outlier: nothing to merge
+            return labels
         sizes = np.bincount(labels[labels >= 0], minlength=n_clusters)
         votes = Votes(memory, labels)
         a, b, n_same, n_diff = votes.pairs()
@@ -325,12 +330,12 @@ class AnswerConstraints(BaseRefiner):
         centres = cluster_centers(Xn[members], part, n_parts)
         groups = Groups(n_parts)
         together = []
+        votes = Votes(session.memory, by_part)
         for a in range(n_parts):
             for b in range(a + 1, n_parts):
                 need = self._need(sizes[a], sizes[b], split=True)
                 event = None
                 for _ in range(3):  # the answers across, then up to two more pairs
-                    votes = Votes(session.memory, by_part)
                     n_same, n_diff = votes.between(a, b)
                     relation = int(decide(n_same, n_diff, need_diff=need))
                     if n_same + n_diff == 0 or relation != OPEN or session.remaining() == 0:
@@ -344,11 +349,11 @@ class AnswerConstraints(BaseRefiner):
                         members[part == a], members[part == b], Xn, centres[a], centres[b],
                         votes.answered,
                     )
-                    if pair is None or session.ask(
-                        np.array([pair]), stage=stage, owner=owner
-                    )[0] < 0:
+                    if pair is None:
                         break
+                    answer = session.ask(np.array([pair]), stage=stage, owner=owner)
                     event["asked"].append(pair)
+                    votes.add([pair], answer)  # an answer the memory inferred counts too
                 if event is not None:
                     event["resolution"] = _NAMES[relation]
                 if relation == DIFFERENT:

@@ -142,7 +142,8 @@ class MPPSMerger(BaseRefiner):
         File in which a fresh :class:`~ucal.oracles.LabelMemory` persists
         answers, when ``fit`` gets no ``label_memory``.
     random_state : int, RandomState instance or None, default=None
-        Seeds ``selection="random"``.
+        Seeds ``selection="random"``; when None, the ``seed`` given to
+        :meth:`fit` (if any) is used.
 
     Attributes
     ----------
@@ -251,7 +252,7 @@ class MPPSMerger(BaseRefiner):
             return labels
         centers = cluster_centers(Xn, labels, n_clusters)
         medoids = cluster_medoids(Xn, labels, centers)
-        pairs = self._candidates(centers)
+        pairs = self._candidates(centers, session)
         limit = self.max_merge_ratio * n_clusters
         if self.cluster_inference:
             groups = self._merge_by_votes(Xn, labels, centers, medoids, pairs, limit, session, stage)
@@ -264,7 +265,7 @@ class MPPSMerger(BaseRefiner):
         )
         return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
 
-    def _candidates(self, centers):
+    def _candidates(self, centers, session):
         """Cluster pairs to consider, most similar first (``selection``)."""
         if self.selection == "gap":
             return candidate_pairs(centers, self.l_max, self.delta)[0]
@@ -272,7 +273,7 @@ class MPPSMerger(BaseRefiner):
             return candidate_pairs(centers, 1, self.delta)[0]
         # control: random cluster pairs, as many as the gap rule would consider
         n = len(centers)
-        rng = check_random_state(self.random_state)
+        rng = check_random_state(self._seed(session))
         m = min(n * (n - 1) // 2, n * self.l_max)
         a, b = rng.randint(0, n, size=(2, 4 * m + 16))
         keys = np.unique(np.minimum(a, b)[a != b] * n + np.maximum(a, b)[a != b])
@@ -341,7 +342,7 @@ class MPPSMerger(BaseRefiner):
                 if rel == DIFFERENT:
                     groups.keep_apart(a, b)
                     continue
-                if tries[c] >= 3:  # unsure three times: leave it
+                if tries[c] >= 3:  # asked three times and still open: leave it
                     continue
                 still.append(c)
                 if len(batch) < max(1, int(np.ceil(limit - self.n_merges_))):

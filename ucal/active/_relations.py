@@ -55,14 +55,20 @@ class Votes:
         self.add(pairs, same.astype(np.int8))
 
     def add(self, pairs, codes):
-        """Count new answers (codes 1 same, 0 different; -1 not sure is skipped)."""
+        """Count new answers (codes 1 same, 0 different).
+
+        A pair answered -1 (not sure, or not sent) counts for nothing but
+        is marked tried, so that :func:`fresh_pair` moves on to another.
+        """
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         codes = np.asarray(codes)
         for (i, j), code in zip(pairs.tolist(), codes.tolist()):
             key = (min(i, j), max(i, j))
-            if key in self.answered or code < 0:
+            if key in self.answered:
                 continue
             self.answered.add(key)
+            if code < 0:
+                continue
             if max(key) >= len(self.labels):
                 continue
             a, b = self.labels[key[0]], self.labels[key[1]]

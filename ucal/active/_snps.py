@@ -281,12 +281,19 @@ class SNPSSplitter(BaseRefiner):
             position += n_pairs
             offset += k
             parts = Groups(k)
-            for (a, b), r in zip(local.tolist(), rel.tolist()):
-                if r == DIFFERENT:
-                    parts.keep_apart(a, b)
+            # "same" joins groups (a chain of them wins over a "different", as
+            # in the paper), then "different" keeps the parts it separates apart
             for (a, b), r in zip(local.tolist(), rel.tolist()):
                 if r == SAME:
                     parts.union(a, b)
+            for (a, b), r in zip(local.tolist(), rel.tolist()):
+                if r == DIFFERENT:
+                    if parts.find(a) == parts.find(b):
+                        session.contradiction(
+                            stage, "cycle", pair=(int(medoids[a]), int(medoids[b])),
+                            resolution="not applied",
+                        )
+                    parts.keep_apart(a, b)
             # no answer (not sure, or beyond the budget) keeps groups together,
             # unless a "different" already separates their parts
             for (a, b), r in zip(local.tolist(), rel.tolist()):
@@ -358,7 +365,7 @@ class SNPSSplitter(BaseRefiner):
                     events[p] = session.contradiction(
                         stage, "tie" if n_same == n_diff else "confirm",
                         groups=(int(group_medoids[a]), int(group_medoids[b])),
-                        votes=(int(n_same), int(n_diff)),
+                        votes=(int(n_same), int(n_diff)), asked=[],
                     )
                 pair = (int(group_medoids[a]), int(group_medoids[b]))
                 if (min(pair), max(pair)) in votes.answered:
@@ -371,6 +378,8 @@ class SNPSSplitter(BaseRefiner):
                 if pair is None:
                     tries[p] = 3
                     continue
+                if p in events:
+                    events[p]["asked"].append(pair)
                 ask.append(pair)
             tries[open_] += 1
             if not ask:
