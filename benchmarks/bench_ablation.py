@@ -62,11 +62,13 @@ def _control(selection):
     )
 
 
-# name -> (UCALReID parameters, annotator error rate, branch whose questions are the budget)
+# name -> (UCALReID parameters, annotator error rate, budget): the budget is None, the
+# name of the branch whose questions it gets, or a labeling cost (a fraction of all pairs)
 BRANCHES = {
     "Baseline": (dict(refiner="passthrough"), 0.0, None),
     "paper (SNPS+MPPS)": (_paper(), 0.0, None),
     "default": (dict(refiner=None), 0.0, None),
+    "default, 0.092 % budget": (dict(refiner=None), 0.0, 0.00092),
     "control: random pairs": (_control("random"), 0.0, "default"),
     "control: nearest pairs": (_control("nearest"), 0.0, "default"),
     "paper, 5% noisy annotator": (_paper(), 0.05, None),
@@ -115,8 +117,11 @@ def branch(seed, name, weights, warm, root, budget=None):
             model = _demo_model(settings, None, supervised=True)
             model.fit(data.train, data.train.pids, eval_set=data)
         else:
-            params, error_rate, _ = BRANCHES[name]
-            run_dir = os.path.join(root, f"{name.replace(' ', '_')}_{seed}")
+            params, error_rate, budget_of = BRANCHES[name]
+            if isinstance(budget_of, float):  # a labeling cost: Eq. 7 turned into questions
+                n = len(data.train)
+                budget = int(budget_of * n * (n - 1) / 2)
+            run_dir = os.path.join(root, f"{name.replace(' ', '_').replace('%', 'pc')}_{seed}")
             shutil.copytree(warm, run_dir)
             model = _demo_model(settings, run_dir, max_queries=budget, **params)
             oracle = None
@@ -205,16 +210,32 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--replot", action="store_true", help="redraw the figure from the saved JSON")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="run only these branches")
+    parser.add_argument("--merge", action="store_true",
+                        help="add the runs to the saved results (same seed and branch replaced)")
+    parser.add_argument("--merge-from", default=None, metavar="STEM",
+                        help="only merge the runs saved in results/STEM.json into the results")
+    parser.add_argument("--stem", default="ablation", help="name of the results files")
     args = parser.parse_args()
+    names = [n for n in (*BRANCHES, "Supervised") if args.only is None or n in args.only]
     if args.replot:
         saved = json.loads((RESULTS / "ablation.json").read_text())
         warmups = {int(k): v for k, v in saved["warmups"].items()}
         _plot(saved["runs"], warmups, RESULTS / "ablation.png")
         return
     start = time.perf_counter()
+    if args.merge_from:  # no training: the runs of another invocation join these results
+        other = json.loads((RESULTS / f"{args.merge_from}.json").read_text())
+        args.seeds, names, args.merge = [], [], True
+        args.only = []
+        _other_runs, _other_warmups = other["runs"], other["warmups"]
+        start -= other["environment"]["wall_seconds"]
+    else:
+        _other_runs, _other_warmups = [], {}
     root = tempfile.mkdtemp(prefix="ucal_ablation_")
     context = multiprocessing.get_context("spawn")
-    runs, warmups, prepared = [], {}, {}
+    runs, warmups, prepared = list(_other_runs), {int(k): v for k, v in _other_warmups.items()}, {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         pending = {pool.submit(prepare, seed, root) for seed in args.seeds}
         while pending:
@@ -225,14 +246,14 @@ def main():
                     seed, weights, warm, history = result
                     warmups[seed] = history
                     prepared[seed] = (weights, warm)
-                    for name in (*BRANCHES, "Supervised"):
-                        if name == "Supervised" or BRANCHES[name][2] is None:
+                    for name in names:
+                        if name == "Supervised" or not isinstance(BRANCHES[name][2], str):
                             pending.add(pool.submit(branch, seed, name, weights, warm, root))
                 else:
                     runs.append(result)
                     # the controls get the questions the run they are compared with asked
                     for name, (_, _, budget_of) in BRANCHES.items():
-                        if budget_of == result["method"]:
+                        if budget_of == result["method"] and name in names:
                             pending.add(pool.submit(
                                 branch, result["seed"], name, *prepared[result["seed"]], root,
                                 result["queries"],
@@ -241,9 +262,18 @@ def main():
                           f"R1 {100 * result['R1']:.1f} cost {100 * result['cost']:.4f}% "
                           f"({result['seconds']:.0f} s)", flush=True)
     shutil.rmtree(root, ignore_errors=True)
+    if args.merge and (RESULTS / f"{args.stem}.json").exists():
+        saved = json.loads((RESULTS / f"{args.stem}.json").read_text())
+        new = {(r["seed"], r["method"]) for r in runs}
+        runs = [r for r in saved["runs"] if (r["seed"], r["method"]) not in new] + runs
+        warmups = {**{int(k): v for k, v in saved["warmups"].items()}, **warmups}
+        args.seeds = sorted({r["seed"] for r in runs})
+        start -= saved["environment"]["wall_seconds"]  # the time of both invocations
     rows = []
     for name in (*BRANCHES, "Supervised"):
         mine = [r for r in runs if r["method"] == name]
+        if not mine:
+            continue
         row = {"method": name, "n_seeds": len(mine)}
         for key in ("R1", "R5", "R10", "mAP", "cost"):
             row[key], row[key + "_sd"] = _mean_sd([100 * r[key] for r in mine])
@@ -289,11 +319,11 @@ def main():
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ablation.json").write_text(
+    (RESULTS / f"{args.stem}.json").write_text(
         json.dumps({"environment": env, "rows": rows, "runs": runs, "warmups": warmups},
                    default=_json_default, indent=1)
     )
-    _plot(runs, warmups, RESULTS / "ablation.png")
+    _plot(runs, warmups, RESULTS / f"{args.stem}.png")
     header = (
         "# Ablation (paper Table 2) on synthetic persons\n\n"
         f"Mean ± standard deviation over seeds {args.seeds}; {env['cpus']} CPUs ({env['machine']}), "
@@ -304,9 +334,9 @@ def main():
         "default asked. Gap closed: (method - Baseline) / (Supervised - Baseline). Data: "
         "`make_persons`, not Market-1501 or MSMT17: compare the pattern with the paper's Table 2, "
         "not the numbers.\n\n"
-        "![mAP against questions asked; gain over the Baseline by epoch](ablation.png)\n\n"
+        f"![mAP against questions asked; gain over the Baseline by epoch]({args.stem}.png)\n\n"
     )
-    (RESULTS / "ablation.md").write_text(header + table + "\n")
+    (RESULTS / f"{args.stem}.md").write_text(header + table + "\n")
 
 
 if __name__ == "__main__":
