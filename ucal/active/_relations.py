@@ -48,11 +48,31 @@ class Votes:
 
     def __init__(self, memory, labels):
         self.labels = np.asarray(labels)
-        self.answered = set()
-        pairs, same = memory.to_arrays()
+        pairs, same = memory.to_arrays()  # canonical (i < j), unique, definite answers
+        self.answered = set(map(tuple, pairs.tolist()))
         self._counts = {}
         self._inside = []  # (i, j, same) with both samples in one set
-        self.add(pairs, same.astype(np.int8))
+        # the bulk of the answers, vectorised; later answers go through add()
+        ok = pairs[:, 1] < len(self.labels) if len(pairs) else np.zeros(0, bool)
+        pairs, same = pairs[ok], same[ok]
+        la, lb = self.labels[pairs[:, 0]], self.labels[pairs[:, 1]]
+        keep = (la >= 0) & (lb >= 0)
+        inside = keep & (la == lb)
+        self._inside = [
+            (int(i), int(j), int(s)) for (i, j), s in zip(pairs[inside], same[inside])
+        ]
+        across = keep & (la != lb)
+        if across.any():
+            a = np.minimum(la[across], lb[across]).astype(np.int64)
+            b = np.maximum(la[across], lb[across]).astype(np.int64)
+            n = int(max(a.max(), b.max())) + 1
+            keys, inverse = np.unique(a * n + b, return_inverse=True)
+            n_same = np.bincount(inverse, weights=same[across], minlength=len(keys))
+            n_diff = np.bincount(inverse, minlength=len(keys)) - n_same
+            self._counts = {
+                (int(k // n), int(k % n)): (int(s), int(d))
+                for k, s, d in zip(keys, n_same, n_diff)
+            }
 
     def add(self, pairs, codes):
         """Count new answers (codes 1 same, 0 different).
