@@ -325,7 +325,8 @@ def main():
     )
     _plot(runs, warmups, RESULTS / f"{args.stem}.png")
     header = (
-        "# Ablation (paper Table 2) on synthetic persons\n\n"
+        "# Ablation on synthetic persons: the paper's method, ucal's default, controls, "
+        "a fallible annotator\n\n"
         f"Mean ± standard deviation over seeds {args.seeds}; {env['cpus']} CPUs ({env['machine']}), "
         f"torch {env['torch']}, {env['date']}, {env['wall_seconds'] / 60:.0f} min in all. "
         "Settings of `ucal demo` (small CNN, 64x32, pretrained on other synthetic people, k1 = 20, "
