@@ -345,6 +345,7 @@ class SNPSSplitter(BaseRefiner):
         events = {}  # group pair -> its contradiction record
         first_pass = True
         names = {SAME: "same", DIFFERENT: "different", OPEN: "open"}
+        spent = False  # no oracle, or the budget is spent
         while True:
             counts = np.array([votes.between(a, b) for a, b in group_pairs.tolist()])
             counts = counts.reshape(-1, 2)
@@ -355,7 +356,7 @@ class SNPSSplitter(BaseRefiner):
             open_ = np.flatnonzero((relation == OPEN) & (tries < 3))
             for p, event in events.items():
                 event["resolution"] = names[int(relation[p])]
-            if not len(open_):
+            if spent or not len(open_):
                 return relation
             ask = []
             for p in open_.tolist():
@@ -387,10 +388,4 @@ class SNPSSplitter(BaseRefiner):
             ask = np.array(ask, dtype=np.int64)
             answers = session.ask(ask, stage=stage, owner=owner, context=context)
             votes.add(ask, answers)
-            if session.remaining() == 0:
-                counts = np.array([votes.between(a, b) for a, b in group_pairs.tolist()])
-                counts = counts.reshape(-1, 2)
-                relation = decide(counts[:, 0], counts[:, 1], need_same=1, need_diff=need_diff)
-                for p, event in events.items():
-                    event["resolution"] = names[int(relation[p])]
-                return relation
+            spent = session.remaining() == 0

@@ -143,11 +143,12 @@ class TrainingLoop:
         self.pseudo_labeler = None
         if not est.supervised:
             refiner = default_refiner() if est.refiner is None else est.refiner
+            unused = None if refiner == "passthrough" else innermost_clusterer(refiner)
             if refiner == "passthrough":
                 refiner = None
-            elif innermost_clusterer(refiner) is not None:
+            elif unused is not None:
                 warnings.warn(
-                    f"The refiner's own base clusterer {innermost_clusterer(refiner)!r} is "
+                    f"The refiner's own base clusterer {unused!r} is "
                     "not used: UCALReID clusters with its clusterer parameter and hands "
                     "the labels to the refiner.",
                     UserWarning,

@@ -28,7 +28,7 @@ def default_refiner():
 
 def innermost_clusterer(refiner):
     """The base clusterer at the bottom of a chain of refiners (None: the default)."""
-    from ucal.active._base import BaseRefiner
+    from ucal.active import BaseRefiner
 
     while isinstance(getattr(refiner, "clusterer", None), BaseRefiner):
         refiner = refiner.clusterer
