@@ -76,10 +76,17 @@ BRANCHES = {
 }
 
 
+# The ablation measures refinement alone, as when its results were saved: no questions
+# before training (they would reach the Baseline through the shared warm-up), the last
+# network kept. bench_start.py measures validation and calibration.
+PINNED = {"validation_size": 0, "keep_best": False}
+
+
 def _settings(seed):
     from ucal.cli._demo import DEMO
 
-    return {**DEMO, "seed": seed}
+    # ablation.md was measured with the demo's earlier backbone, the "small" CNN
+    return {**DEMO, "backbone": "small", "seed": seed}
 
 
 def prepare(seed, root):
@@ -96,7 +103,7 @@ def prepare(seed, root):
     warm = os.path.join(root, f"warmup_{seed}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = _demo_model(settings, warm, epochs=settings["warmup_epochs"])
+        model = _demo_model(settings, warm, epochs=settings["warmup_epochs"], **PINNED)
         model.fit(data.train, data.train.pids, eval_set=data)
     return seed, weights, warm, model.history_
 
@@ -123,7 +130,7 @@ def branch(seed, name, weights, warm, root, budget=None):
                 budget = int(budget_of * n * (n - 1) / 2)
             run_dir = os.path.join(root, f"{name.replace(' ', '_').replace('%', 'pc')}_{seed}")
             shutil.copytree(warm, run_dir)
-            model = _demo_model(settings, run_dir, max_queries=budget, **params)
+            model = _demo_model(settings, run_dir, max_queries=budget, **{**PINNED, **params})
             oracle = None
             if error_rate:
                 oracle = NoisyOracle(LabelOracle(data.train.pids), error_rate, random_state=seed)

@@ -3,7 +3,7 @@
 from sklearn.cluster import KMeans
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from ucal import MPPSMerger, SelfPacedDBSCAN, SNPSSplitter
+from ucal import ClusteringCalibrator, MPPSMerger, SelfPacedDBSCAN, SNPSSplitter
 
 
 def _tiny_clusterer():
@@ -18,6 +18,9 @@ ESTIMATORS = [
     SNPSSplitter(clusterer=SelfPacedDBSCAN(k1=10, k2=3, min_samples=3), k_max=2, random_state=0),
     MPPSMerger(clusterer=_tiny_clusterer(), max_merge_ratio=0.5),
     MPPSMerger(clusterer=SNPSSplitter(clusterer=_tiny_clusterer(), k_max=2, random_state=0)),
+    ClusteringCalibrator(
+        _tiny_clusterer(), param_grid={"n_clusters": [2, 3]}, n_queries=20, random_state=0
+    ),
 ]
 
 

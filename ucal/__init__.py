@@ -17,6 +17,7 @@ _LAZY_ATTRS = {
     "jaccard_distance": "ucal.cluster",
     "SNPSSplitter": "ucal.active",
     "MPPSMerger": "ucal.active",
+    "ClusteringCalibrator": "ucal.active",
     "LabelMemory": "ucal.oracles",
     "LabelOracle": "ucal.oracles",
     "NoisyOracle": "ucal.oracles",

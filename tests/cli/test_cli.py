@@ -45,18 +45,19 @@ def _check_demo_output(out, stdout):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["results"]]
-    assert methods == ["Baseline", "UCAL", "Supervised"]
+    assert methods == ["Start (pretrained, no training)", "Baseline", "UCAL", "Supervised"]
     by_method = {r["method"]: r for r in results["results"]}
     assert by_method["Baseline"]["n_queries"] == 0 and by_method["Baseline"]["cost"] == 0
     assert by_method["Supervised"]["cost"] == 1.0
     assert 0 < by_method["UCAL"]["cost"] < 1
     history = json.loads((out / "history.json").read_text())
     epochs = results["settings"]["epochs"]
-    warm = results["settings"]["warmup_epochs"]
-    assert len(history["ucal"]) == len(history["baseline"]) == epochs
-    assert len(history["warmup"]) == warm
-    # Both branches start from the same warm-up epochs.
-    assert history["ucal"][:warm] == history["baseline"][:warm] == history["warmup"]
+    # UCAL validates: its epoch 0 is the pretrained start, asked about before training
+    assert [r["epoch"] for r in history["ucal"]] == list(range(epochs + 1))
+    assert [r["epoch"] for r in history["baseline"]] == list(range(1, epochs + 1))
+    start = history["ucal"][0]
+    assert start["mAP"] == by_method["Start (pretrained, no training)"]["mAP"]
+    assert start["validation_queries"] > 0
     for method in methods:
         assert f"| {method} |" in stdout
     assert "labeling cost" in stdout.lower()
@@ -98,7 +99,7 @@ def test_train_evaluate_and_resume(market, tmp_path, capsys):
     args[args.index("--epochs") + 1] = "2"
     assert main(args) == 0
     history = json.loads((out / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["epoch"] for r in history] == [0, 1, 2]  # 0: the start, validated
 
     scores = tmp_path / "scores.json"
     assert main(["evaluate", "--model", str(out / "model.joblib"), "--dataset", "market1501",
@@ -106,7 +107,10 @@ def test_train_evaluate_and_resume(market, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| model.joblib |" in printed
     result = json.loads(scores.read_text())
-    assert result["mAP"] == pytest.approx(history[-1]["mAP"], abs=1e-6)
+    # the saved model is the network of the epoch it reports (its best validated one)
+    summary = json.loads((out / "results.json").read_text())
+    held = next(r for r in history if r["epoch"] == summary["epoch"])
+    assert result["mAP"] == pytest.approx(held["mAP"], abs=1e-6) == summary["mAP"]
 
 
 @pytest.mark.parametrize("flags", [["--oracle", "none"], ["--no-snps", "--no-mpps"]])
@@ -216,7 +220,10 @@ def test_train_web_oracle_is_wired_to_the_run_memory(market, tmp_path, monkeypat
     assert seen["oracle"].closed
     results = json.loads((out / "results.json").read_text())
     assert results["n_queries"] > 0
-    assert len(LabelMemory(memory_file)) == results["n_queries"]
+    # every answer is on disk: training answers in the given file, held-out ones in the run
+    held_out = LabelMemory(out / "checkpoints" / "validation_memory.jsonl")
+    assert len(held_out) > 0
+    assert len(LabelMemory(memory_file)) + len(held_out) == results["n_queries"]
 
 
 def test_refiner_from_flags_with_the_paper_preset():

@@ -322,3 +322,37 @@ def test_pairwise_scores_match_brute_force(seed):
     assert precision == pytest.approx(tp / (tp + fp))
     assert recall == pytest.approx(tp / (tp + fn))
     assert fscore == pytest.approx(2 * tp / (2 * tp + fp + fn))
+
+
+def test_pair_verification_scores_match_a_brute_force_threshold_search():
+    from sklearn.metrics import roc_auc_score
+
+    from ucal.metrics import pair_verification_scores
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8))
+    pairs = rng.choice(40, size=(120, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sims = np.einsum("ij,ij->i", Xn[pairs[:, 0]], Xn[pairs[:, 1]])
+    same = sims + 0.3 * rng.normal(size=len(sims)) > 0.1
+    scores = pair_verification_scores(X, pairs, same)
+    assert scores["auc"] == pytest.approx(roc_auc_score(same, sims))
+    best = max(np.mean((sims >= t) == same) for t in np.concatenate([sims, [np.inf]]))
+    assert scores["accuracy"] == pytest.approx(best)
+    assert np.mean((sims >= scores["threshold"]) == same) == pytest.approx(best)
+    assert scores["n_pairs"] == len(same) and scores["n_same"] == same.sum()
+
+
+def test_pair_verification_scores_edge_cases():
+    from ucal.metrics import pair_verification_scores
+
+    X = np.eye(3)
+    one_sided = pair_verification_scores(X, [[0, 1], [1, 2]], [False, False])
+    assert np.isnan(one_sided["auc"]) and one_sided["accuracy"] == 1.0
+    zero = pair_verification_scores(np.zeros((2, 3)), [[0, 1]], [True])
+    assert zero["accuracy"] == 1.0  # an all-zero row has similarity 0, not NaN
+    with pytest.raises(ValueError, match="answers"):
+        pair_verification_scores(X, [[0, 1]], [True, False])
+    with pytest.raises(ValueError, match="outside"):
+        pair_verification_scores(X, [[0, 3]], [True])

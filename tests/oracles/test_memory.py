@@ -516,3 +516,23 @@ def test_conflicts_agree_with_n_conflicts_on_random_answers():
     for c in conflicts:
         if c["kind"] == "changed":
             assert {r.same for r in c["answers"]} == {True, False}
+
+
+def test_held_out_pairs_are_never_sent_and_stay_unknown():
+    from ucal.oracles import LabelMemory, LabelOracle
+
+    memory = LabelMemory()
+    memory.hold_out([[3, 1], [0, 2]])
+    sent = []
+    truth = LabelOracle([0, 0, 0, 0])
+
+    def oracle(pairs):
+        sent.extend(map(tuple, np.sort(pairs, axis=1).tolist()))
+        return truth(pairs)
+
+    answers = memory.ask([[1, 3], [0, 1], [2, 0]], oracle)
+    assert answers.tolist() == [-1, 1, -1] and sent == [(0, 1)]
+    assert memory.held_out().tolist() == [[0, 2], [1, 3]]
+    # an answer inferred from other answers is still given (it is not the held-out one)
+    memory.record([[1, 2]], [True])
+    assert memory.lookup([[0, 2]]).tolist() == [1]

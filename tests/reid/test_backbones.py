@@ -19,7 +19,7 @@ def _features(net, size, n=3):
         return net(torch.rand(n, 3, *size))
 
 
-@pytest.mark.parametrize("name, dim", [("small", 256), ("resnet18", 512)])
+@pytest.mark.parametrize("name, dim", [("tiny", 128), ("small", 256), ("resnet18", 512)])
 def test_named_backbones_give_unit_vectors(name, dim):
     torch.manual_seed(0)
     net = build_backbone(name, False, (32, 16))
@@ -125,9 +125,18 @@ def test_wrong_state_dict_is_rejected(tmp_path):
         build_backbone("small", tmp_path / "missing.pt", (32, 16))
 
 
-def test_small_has_no_imagenet_weights():
-    with pytest.raises(ValueError, match="no ImageNet weights"):
-        build_backbone("small", True, (32, 16))
+@pytest.mark.parametrize("name", ["small", "tiny"])
+def test_cpu_backbones_have_no_imagenet_weights(name):
+    with pytest.raises(ValueError, match=f"backbone='{name}' has no ImageNet weights"):
+        build_backbone(name, True, (32, 16))
+
+
+def test_tiny_is_a_quarter_of_small():
+    n_params = {
+        name: sum(p.numel() for p in build_backbone(name, False, (32, 16)).parameters())
+        for name in ("tiny", "small")
+    }
+    assert 0.2 < n_params["tiny"] / n_params["small"] < 0.3
 
 
 def test_pretrained_offline_without_cache_names_alternatives(tmp_path, monkeypatch):

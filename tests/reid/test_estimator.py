@@ -16,7 +16,7 @@ from sklearn.exceptions import NotFittedError  # noqa: E402
 from sklearn.utils._param_validation import InvalidParameterError  # noqa: E402
 
 from ucal.active import MPPSMerger, SNPSSplitter  # noqa: E402
-from ucal.datasets import ReIDSplit, make_persons  # noqa: E402
+from ucal.datasets import ReIDSplit  # noqa: E402
 from ucal.metrics import labeling_cost  # noqa: E402
 from ucal.oracles import BudgetExhaustedWarning, LabelOracle  # noqa: E402
 from ucal.reid import UCALReID  # noqa: E402
@@ -24,15 +24,6 @@ from ucal.reid import UCALReID  # noqa: E402
 SIZE = (32, 16)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return make_persons(
-        n_identities=8,
-        n_test_identities=3,
-        n_images_per_camera=(3, 4),
-        image_size=SIZE,
-        random_state=0,
-    )
 
 
 def _model(**params):
@@ -48,6 +39,8 @@ def _model(**params):
         inference_batch_size=64,
         clusterer=KMeans(n_clusters=5, n_init=1, random_state=0),
         refiner=MPPSMerger(clusterer=SNPSSplitter(k_max=2), delta=0.0),
+        # validation and calibration have tests of their own (test_validation.py)
+        validation_size=0,
         random_state=0,
     )
     defaults.update(params)
@@ -595,6 +588,9 @@ def test_paper_preset_is_the_paper_literally():
     assert paper.refiner.cluster_inference is False and paper.refiner.confirm_size is None
     assert snps.cluster_inference is False and snps.k_max_rule == "floor"
     assert snps.clusterer is None  # no answers applied to new clusterings
+    # no questions before training, no model selection on answers
+    assert paper.calibrator is None and paper.validation_size == 0
+    assert paper.keep_best is False
     assert UCALReID.from_preset("default").get_params() == UCALReID().get_params()
     with pytest.raises(ValueError, match="Unknown preset 'spcl'.*default.*paper"):
         UCALReID.from_preset("spcl")

@@ -1,4 +1,4 @@
-"""Oracle-driven refinement of a clustering: SNPS (split) and MPPS (merge).
+"""Oracle-driven refinement of a clustering: SNPS (split), MPPS (merge), calibration.
 
 Both are scikit-learn estimators that need no torch; they compose by
 nesting, sharing one label memory::
@@ -7,8 +7,16 @@ nesting, sharing one label memory::
 """
 
 from ._base import BaseRefiner
+from ._calibration import ClusteringCalibrator, near_neighbour_pairs
 from ._constraints import AnswerConstraints
 from ._mpps import MPPSMerger
 from ._snps import SNPSSplitter
 
-__all__ = ["AnswerConstraints", "BaseRefiner", "MPPSMerger", "SNPSSplitter"]
+__all__ = [
+    "AnswerConstraints",
+    "BaseRefiner",
+    "ClusteringCalibrator",
+    "MPPSMerger",
+    "SNPSSplitter",
+    "near_neighbour_pairs",
+]

@@ -28,7 +28,9 @@ DEMO = {
     "n_test_identities": 100,
     "generated_size": (128, 64),
     "image_size": (64, 32),
-    "backbone": "small",
+    # "tiny" trains in float32 about 2.5 times as fast as "small": the demo stays within
+    # 10 minutes on two cores without native bf16 (docs/benchmarks.rst).
+    "backbone": "tiny",
     "pretrain_epochs": 4,
     "epochs": 36,
     "warmup_epochs": 4,
@@ -37,6 +39,7 @@ DEMO = {
     "pad": 3,
     "k1": 20,
     "seed": 0,
+    "mixed_precision": "auto",
 }
 
 
@@ -87,6 +90,7 @@ def _demo_model(settings, checkpoint_dir=None, **params):
         lr_step=settings["lr_step"] or settings["epochs"],
         pad=settings["pad"],
         clusterer=SelfPacedDBSCAN(k1=settings["k1"]),
+        mixed_precision=settings.get("mixed_precision", "auto"),
         checkpoint_dir=checkpoint_dir,
         random_state=settings["seed"],
     )
@@ -122,19 +126,17 @@ def _demo_run(task):
     train = data.train
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        if kind == "warmup":
-            model = _demo_model(settings, run_dir, epochs=settings["warmup_epochs"])
-            model.fit(train, train.pids, eval_set=data)
-        elif kind == "supervised":
+        if kind == "supervised":
             model = _demo_model(settings, None, supervised=True)
-            model.fit(train, train.pids, eval_set=data)
         elif kind == "ucal":
             model = _demo_model(settings, run_dir)
-            model.fit(train, train.pids, eval_set=data, resume=True)
-        else:  # baseline: refinement off; y only feeds the pseudo-label diagnostics
+        else:  # baseline: no oracle, no refinement; y only feeds the pseudo-label diagnostics
             model = _demo_model(settings, run_dir, refiner="passthrough")
-            model.fit(train, train.pids, eval_set=data, resume=True)
-    last = model.history_[-1]
+        model.fit(train, train.pids, eval_set=data)
+    # the figures of the network the model holds (UCAL keeps its best validated epoch)
+    held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
+    last = next(r for r in model.history_ if r["epoch"] == held)
+    begin = model.history_[0] if model.history_[0]["epoch"] == 0 else None
     return {
         "kind": kind,
         "history": model.history_,
@@ -144,47 +146,29 @@ def _demo_run(task):
         "mAP": last.get("mAP"),
         "n_queries": int(model.n_queries_),
         "cost": float(model.cost_),
+        "best_epoch": model.best_epoch_,
+        "start": begin,
         "precision": model.precision_,
         "seconds": time.perf_counter() - start,
     }
 
 
-def _run_demo_tasks(tasks_first, make_second, jobs):
-    """Run the warm-up and Supervised runs, then UCAL and Baseline from the warm-up."""
-    results = {}
+def _run_demo_tasks(tasks, jobs):
+    """Run the UCAL, Baseline and Supervised runs, ``jobs`` at a time."""
     if jobs <= 1:
-        for task in tasks_first:
-            results[task[0]] = _demo_run(task)
-        for task in make_second():
-            results[task[0]] = _demo_run(task)
-        return results
+        return {task[0]: _demo_run(task) for task in tasks}
     import concurrent.futures
     import multiprocessing
 
+    results = {}
     context = multiprocessing.get_context("spawn")  # fork is unsafe after torch threads start
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        pending = {pool.submit(_demo_run, task): task[0] for task in tasks_first}
-        while pending:
-            done, _ = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                kind = pending.pop(future)
-                results[kind] = future.result()
-                logger.info("%s run finished in %.0f s.", kind, results[kind]["seconds"])
-                if kind == "warmup":
-                    for task in make_second():
-                        pending[pool.submit(_demo_run, task)] = task[0]
+        pending = {pool.submit(_demo_run, task): task[0] for task in tasks}
+        for future in concurrent.futures.as_completed(pending):
+            kind = pending[future]
+            results[kind] = future.result()
+            logger.info("%s run finished in %.0f s.", kind, results[kind]["seconds"])
     return results
-
-
-def _full_history(results, kind):
-    """A branch's history from epoch 1 (its warm-up epochs come from the shared run)."""
-    history = results[kind]["history"]
-    if kind in ("ucal", "baseline"):
-        warm = results["warmup"]["history"]
-        history = warm + history[len(warm) :]
-    return history
 
 
 def _plot(results, path, settings):
@@ -196,9 +180,9 @@ def _plot(results, path, settings):
     except ImportError:
         logger.warning("matplotlib is not installed: no plot (pip install matplotlib).")
         return None
-    ucal_hist = _full_history(results, "ucal")
-    base_hist = _full_history(results, "baseline")
-    sup_hist = _full_history(results, "supervised")
+    ucal_hist = results["ucal"]["history"]
+    base_hist = results["baseline"]["history"]
+    sup_hist = results["supervised"]["history"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.plot(
         [r["epoch"] for r in ucal_hist], [percent(r["mAP"]) for r in ucal_hist], "o-",
@@ -214,7 +198,7 @@ def _plot(results, path, settings):
     )
     ax1.axvline(settings["warmup_epochs"] + 0.5, color="0.8", lw=1)
     step = max(1, (len(ucal_hist) - settings["warmup_epochs"]) // 5)
-    for r in ucal_hist[settings["warmup_epochs"] :: step]:
+    for r in ucal_hist[settings["warmup_epochs"] + 1 :: step]:
         ax1.annotate(
             f"({percent(r['cost']):.3f}%)", (r["epoch"], percent(r["mAP"])),
             textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7, color="C3",
@@ -246,6 +230,10 @@ def cmd_demo(args):
         value = getattr(args, key)
         if value is not None:
             settings[key] = tuple(value) if key == "image_size" else value
+    if args.precision is not None:
+        settings["mixed_precision"] = {"auto": "auto", "fp32": False, "bf16": True}[
+            args.precision
+        ]
     if args.quick:
         settings.update(
             n_identities=16, n_test_identities=8, image_size=(32, 16), generated_size=(64, 32),
@@ -287,32 +275,24 @@ def cmd_demo(args):
         else "a constant learning rate (paper: x0.1 every 20 of 50 epochs)",
     )
 
-    # 2. Warm-up and Supervised in parallel; 3. UCAL and Baseline branch from the warm-up.
+    # 2. UCAL, Baseline and Supervised, in parallel processes.
     worker_verbose = None if jobs <= 1 else args.verbose
-    warm_dir = os.path.join(runs, "warmup")
-    sup_dir = os.path.join(runs, "supervised")
-    os.makedirs(warm_dir)
-    os.makedirs(sup_dir)
-    first = [
-        ("warmup", settings, data, warm_dir, threads, worker_verbose),
-        ("supervised", settings, data, sup_dir, threads, worker_verbose),
-    ]
-
-    def second():
-        # Baseline and UCAL are the same run until the warm-up ends: branch from its checkpoint.
-        tasks = []
-        for kind in ("ucal", "baseline"):
-            run_dir = os.path.join(runs, kind)
-            shutil.copytree(warm_dir, run_dir)
-            tasks.append((kind, settings, data, run_dir, threads, worker_verbose))
-        return tasks
-
+    tasks = []
+    for kind in ("ucal", "baseline", "supervised"):
+        run_dir = os.path.join(runs, kind)
+        os.makedirs(run_dir)
+        tasks.append((kind, settings, data, run_dir, threads, worker_verbose))
     if jobs <= 1:
         set_threads(threads)
-    results = _run_demo_tasks(first, second, jobs)
+    results = _run_demo_tasks(tasks, jobs)
     elapsed = time.perf_counter() - start
 
     rows = []
+    begin = results["ucal"]["start"]
+    if begin is not None and "mAP" in begin:
+        rows.append({"method": "Start (pretrained, no training)",
+                     **{k: begin[k] for k in ("R1", "R5", "R10", "mAP")},
+                     "n_queries": 0, "cost": 0.0})
     for kind, label in (("baseline", "Baseline"), ("ucal", "UCAL"), ("supervised", "Supervised")):
         r = results[kind]
         rows.append(
@@ -335,26 +315,32 @@ def cmd_demo(args):
     write_json(os.path.join(out, "results.json"), summary)
     write_json(
         os.path.join(out, "history.json"),
-        {kind: _full_history(results, kind) for kind in ("baseline", "ucal", "supervised")}
-        | {"warmup": results["warmup"]["history"]},
+        {kind: results[kind]["history"] for kind in ("baseline", "ucal", "supervised")},
     )
     plot = _plot(results, os.path.join(out, "map_vs_cost.png"), settings)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
-    gain_map = percent(rows[1]["mAP"] - rows[0]["mAP"])
-    gain_r1 = percent(rows[1]["R1"] - rows[0]["R1"])
+    base_row, ucal_row = (next(r for r in rows if r["method"] == m) for m in ("Baseline", "UCAL"))
+    gain_map = percent(ucal_row["mAP"] - base_row["mAP"])
+    gain_r1 = percent(ucal_row["R1"] - base_row["R1"])
+    best = results["ucal"]["best_epoch"]
+    kept = (
+        f"UCAL keeps the network of epoch {best}, its best on the held-out answers."
+        if best is not None and best != settings["epochs"] else None
+    )
     lines = [
         "",
         f"ucal demo: {len(data.train)} training images ({data.train.n_identities} identities, "
         f"{data.train.n_cameras} cameras), {len(data.query)} queries, {len(data.gallery)} gallery "
         f"images; {settings['backbone']} CNN at {settings['image_size'][0]}x"
         f"{settings['image_size'][1]}, pretrained on {n_source} images of other people, "
-        f"{settings['epochs']} epochs ({settings['warmup_epochs']} shared warm-up).",
+        f"{settings['epochs']} epochs ({settings['warmup_epochs']} before SNPS/MPPS).",
         "",
         table,
         "",
         f"UCAL vs Baseline: {gain_map:+.1f} mAP, {gain_r1:+.1f} Rank-1 at "
-        f"{percent(rows[1]['cost']):.4f} % labeling cost ({rows[1]['n_queries']} pairs).",
+        f"{percent(ucal_row['cost']):.4f} % labeling cost ({ucal_row['n_queries']} pairs).",
+        *([kept] if kept else []),
         f"Wall time {elapsed:.0f} s ({jobs} parallel runs x {threads} threads; the network "
         f"ran in {results['ucal']['precision']}).",
         f"Wrote {os.path.join(out, 'results.md')}, results.json, history.json"
@@ -371,7 +357,7 @@ def add_parser(commands):
     """Add ``demo`` to the sub-parsers ``commands`` of ``ucal``."""
     demo = commands.add_parser(
         "demo",
-        help="Baseline vs UCAL vs Supervised on synthetic persons (CPU, ~10 min)",
+        help="Baseline vs UCAL vs Supervised on synthetic persons (CPU, about 5 min)",
         description="Train the unsupervised Baseline, UCAL with a simulated annotator and the "
         "Supervised upper bound on embedded synthetic data; print their R1/R5/R10/mAP and "
         "labeling cost, and plot mAP against labeling cost.",
@@ -384,15 +370,18 @@ def add_parser(commands):
     demo.add_argument("--pretrain-epochs", type=int, default=None,
                       help=f"epochs of pretraining on other people (default "
                       f"{DEMO['pretrain_epochs']})")
-    demo.add_argument("--backbone", choices=("small", "resnet18", "resnet50"), default=None,
+    demo.add_argument("--backbone", choices=("tiny", "small", "resnet18", "resnet50"), default=None,
                       help=f"default {DEMO['backbone']}")
     demo.add_argument("--k1", type=int, default=None, help=f"Jaccard k1 (default {DEMO['k1']})")
     demo.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="training image size (default %d %d)" % DEMO["image_size"])
     demo.add_argument("--seed", type=int, default=None, help="data and training seed (default 0)")
     demo.add_argument("--jobs", type=int, default=3,
-                      help="runs trained in parallel processes (default 3: the warm-up, then "
-                      "UCAL and Baseline, beside Supervised)")
+                      help="runs trained in parallel processes (default 3: UCAL, Baseline and "
+                      "Supervised side by side)")
+    demo.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                      help="how the network runs: auto (bf16 where the CPU runs it natively, "
+                      "else float32; default), or force fp32 or bf16")
     demo.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     add_verbosity(demo)
     add_threads(demo)

@@ -104,6 +104,14 @@ def cmd_train(args):
     )
     if args.iters is not None:  # else the preset's (the paper's: 400)
         params["iters_per_epoch"] = args.iters
+    if args.validation_size is not None:
+        params["validation_size"] = args.validation_size
+    if args.calibrate:
+        from ucal.active import ClusteringCalibrator
+
+        params["calibrator"] = ClusteringCalibrator()
+    if args.keep_last:
+        params["keep_best"] = False
     model = UCALReID.from_preset(args.preset, **params)
     train = data.train
     y = None
@@ -131,8 +139,12 @@ def cmd_train(args):
     joblib.dump(model, os.path.join(args.output, "model.joblib"))
     write_json(os.path.join(args.output, "history.json"), model.history_)
     summary = {"n_queries": model.n_queries_, "cost": model.cost_, "n_train": len(train)}
+    if model.best_epoch_ is not None:
+        summary["epoch"] = model.best_epoch_
     if eval_set is not None:
-        last = model.history_[-1]
+        # the scores of the network the model holds (its best validated epoch by default)
+        held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
+        last = next(r for r in model.history_ if r["epoch"] == held)
         summary.update({k: last[k] for k in ("R1", "R5", "R10", "mAP", "mINP")})
         sys.stdout.write(
             results_table([{"method": "UCAL" if y is not None or oracle else "Baseline",
@@ -169,7 +181,7 @@ def add_parser(commands):
                        "images; 400 with --preset paper)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=3.5e-4)
-    train.add_argument("--backbone", choices=("resnet50", "resnet18", "small"), default="resnet50")
+    train.add_argument("--backbone", choices=("resnet50", "resnet18", "small", "tiny"), default="resnet50")
     train.add_argument("--pretrained", default="imagenet",
                        help="imagenet (torchvision weights), none, or a state-dict file")
     train.add_argument("--image-size", type=int, nargs=2, default=(256, 128),
@@ -177,6 +189,13 @@ def add_parser(commands):
     train.add_argument("--k1", type=int, default=30)
     train.add_argument("--eps", type=float, default=0.6)
     train.add_argument("--max-queries", type=int, default=None, help="total query budget")
+    train.add_argument("--validation-size", type=int, default=None, metavar="N",
+                       help="pairs held out to validate every epoch (default 100; 0: off)")
+    train.add_argument("--calibrate", action="store_true",
+                       help="choose the clustering's eps and k1 from the oracle's answers "
+                       "(ClusteringCalibrator) before the first epoch")
+    train.add_argument("--keep-last", action="store_true",
+                       help="keep the last epoch's network, not the best validated one")
     train.add_argument("--preset", choices=("default", "paper"), default="default",
                        help="paper: the paper's method literally (UCALReID.from_preset), for "
                        "Table 2 comparisons; default: ucal's defaults")

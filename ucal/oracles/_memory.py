@@ -180,6 +180,7 @@ class LabelMemory:
         self.n_transitive = 0
         self.n_abstentions = 0
         self.n_contradictions_ = 0
+        self._held_out = np.empty(0, dtype=np.int64)  # sorted keys never sent by ask()
         if self.path is not None and os.path.exists(self.path):
             self._replay()
 
@@ -537,8 +538,10 @@ class LabelMemory:
             known, exact = self._lookup(uniq)
             n_marks = len(self._records)
         unknown = np.flatnonzero(known < 0)
-        # "not sure" twice already: not asked again (the order of the rest is kept)
+        # "not sure" twice already, or held out for validation: not asked (order kept)
         given_up = self._unsure_counts(uniq[unknown]) >= _MAX_UNSURE
+        if len(self._held_out):
+            given_up |= np.isin(keys[first[order]][unknown], self._held_out)
         n_unsure_skipped = int(given_up.sum())
         unknown = unknown[~given_up]
         n_send = 0 if oracle is None else len(unknown)
@@ -640,6 +643,42 @@ class LabelMemory:
         (4, 1)
         """
         return self._ask(pairs, oracle, context=context).answers
+
+    def hold_out(self, pairs):
+        """Pairs that :meth:`ask` must never send to the oracle (they stay unknown).
+
+        ``UCALReID`` holds out its validation pairs in the training
+        memory, so that a pair answered for validation is neither asked
+        twice nor used in a training decision. Not saved in the file: the
+        caller holds the pairs out again when it reopens the memory.
+
+        Parameters
+        ----------
+        pairs : array-like of shape (m, 2)
+            Sample pairs (either order).
+
+        Examples
+        --------
+        >>> from ucal.oracles import LabelMemory, LabelOracle
+        >>> memory = LabelMemory()
+        >>> memory.hold_out([[1, 0]])
+        >>> memory.ask([[0, 1], [0, 2]], LabelOracle([0, 0, 1])).tolist()
+        [-1, 0]
+        """
+        pairs = check_pairs(pairs)
+        _, keys = _canonical(pairs)
+        with self._lock:
+            self._held_out = np.union1d(self._held_out, keys)
+
+    def held_out(self):
+        """The pairs :meth:`hold_out` was given, ``i < j``, sorted.
+
+        Returns
+        -------
+        pairs : ndarray of shape (k, 2), dtype int64
+        """
+        keys = self._held_out
+        return np.stack([keys >> _SHIFT, keys & 0xFFFFFFFF], axis=1).astype(np.int64)
 
     def to_arrays(self):
         """The current answer of every answered pair.

@@ -5,9 +5,16 @@ the clustering and refinement estimators never load torch.
 """
 
 from ._backbones import save_weights
-from ._callbacks import Callback
+from ._callbacks import BestEpoch, Callback
 from ._device import set_num_threads
 from ._estimator import UCALReID
 from ._loop import TrainingLoop
 
-__all__ = ["Callback", "TrainingLoop", "UCALReID", "save_weights", "set_num_threads"]
+__all__ = [
+    "BestEpoch",
+    "Callback",
+    "TrainingLoop",
+    "UCALReID",
+    "save_weights",
+    "set_num_threads",
+]

@@ -6,10 +6,20 @@ progress bars and checkpoints are callbacks; users pass their own with
 ``UCALReID(callbacks=[...])`` to log elsewhere or to stop early.
 """
 
+import copy
 import logging
+import math
 import time
 
-__all__ = ["Callback", "Checkpointer", "EpochLogger", "Evaluator", "ProgressBar"]
+__all__ = [
+    "BestEpoch",
+    "Callback",
+    "Checkpointer",
+    "EpochLogger",
+    "Evaluator",
+    "PairValidator",
+    "ProgressBar",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +114,28 @@ class Callback:
             The finished fit.
         """
 
+    def state_dict(self):
+        """What a resumed fit needs to continue this callback (None: nothing).
+
+        Saved in each checkpoint and handed back to :meth:`load_state_dict`
+        when the run resumes, before :meth:`on_fit_begin`.
+
+        Returns
+        -------
+        state : object or None
+            Anything ``torch.save`` can write.
+        """
+        return None
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : object
+            The saved state.
+        """
+
 
 class Evaluator(Callback):
     """Test scores (mAP, mINP, R1, R5, R10) of each epoch's network, into its record."""
@@ -119,6 +151,214 @@ class Evaluator(Callback):
             loop.embed(self.query), loop.embed(self.gallery), self.query, self.gallery
         )
         record.update({k: scores[k] for k in ("mAP", "mINP", "R1", "R5", "R10")})
+
+
+class PairValidator(Callback):
+    """Verification scores of each epoch's network on the held-out answered pairs.
+
+    Writes ``val_auc`` (ROC AUC of the cosine similarities against the
+    answers) and ``val_accuracy`` (best-threshold accuracy) into the
+    epoch's record. Only the images of the pairs are embedded.
+    """
+
+    def __init__(self, pairs, same):
+        self.pairs = pairs
+        self.same = same
+
+    def on_epoch_end(self, loop, record):
+        record.update(loop.validation_scores(self.pairs, self.same))
+
+
+class BestEpoch(Callback):
+    """Keep the network of the best epoch; optionally stop when it stops improving.
+
+    Watches a key of the epoch records (by default ``val_auc``, the
+    verification AUC on the held-out answers that ``UCALReID`` records
+    when ``validation_size > 0``), the starting network (epoch 0) included
+    when its record has the key. At the end of the fit the best network is
+    put back (``restore=True``) and the log says so; the estimator's
+    ``best_epoch_`` tells which epoch it is. Pseudo labels, memory and
+    history stay those of the last epoch.
+
+    ``UCALReID`` adds ``BestEpoch(min_delta=0.02)`` when it validates and
+    ``keep_best=True`` (an AUC on 100 pairs varies by about 0.03 between
+    equally good networks); pass your own in ``callbacks`` to change them (for
+    example ``BestEpoch(patience=5)`` to stop after five epochs without
+    improvement), and it replaces the built-in one.
+
+    Parameters
+    ----------
+    monitor : str, default="val_auc"
+        The record key to watch. Epochs whose record lacks it, or holds NaN,
+        are skipped.
+    mode : {"max", "min"}, default="max"
+        Whether larger or smaller is better.
+    min_delta : float, default=0.0
+        Smallest change that counts as an improvement. At the end, a last
+        epoch within ``min_delta`` of the best is kept (it is the most
+        trained), so that noise in the monitored value does not send the
+        model back.
+    patience : int or None, default=None
+        Stop training after this many epochs without improvement; None
+        never stops.
+    restore : bool, default=True
+        Put the best network back at the end of the fit.
+
+    Attributes
+    ----------
+    best_epoch : int or None
+        The best epoch so far (0 = the starting network).
+    best_value : float or None
+        Its monitored value.
+
+    Examples
+    --------
+    >>> from ucal.reid import BestEpoch
+    >>> cb = BestEpoch(monitor="mAP", patience=3)
+    >>> cb.best_epoch is None
+    True
+    """
+
+    def __init__(self, monitor="val_auc", mode="max", min_delta=0.0, patience=None,
+                 restore=True):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}.")
+        self.monitor = monitor
+        self.mode = mode
+        self.min_delta = float(min_delta)
+        self.patience = patience
+        self.restore = restore
+        self.best_epoch = None
+        self.best_value = None
+        self._weights = None
+        self._loaded = False
+
+    def state_dict(self):
+        """The best epoch, its value and its network's weights, for a resumed fit.
+
+        Returns
+        -------
+        state : dict
+            ``best_epoch``, ``best_value`` and ``weights`` (CPU tensors).
+        """
+        return {"best_epoch": self.best_epoch, "best_value": self.best_value,
+                "weights": self._weights}
+
+    def load_state_dict(self, state):
+        """Continue from what :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict
+            A saved state.
+        """
+        self.best_epoch = state["best_epoch"]
+        self.best_value = state["best_value"]
+        self._weights = state["weights"]
+        self._loaded = True
+
+    def _better(self, value):
+        if self.best_value is None:
+            return True
+        if self.mode == "max":
+            return value > self.best_value + self.min_delta
+        return value < self.best_value - self.min_delta
+
+    def _consider(self, loop, record):
+        value = record.get(self.monitor)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        if self._better(float(value)):
+            self.best_epoch = int(record["epoch"])
+            self.best_value = float(value)
+            if self.restore:
+                self._weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in loop.net.state_dict().items()
+                }
+
+    def on_fit_begin(self, loop):
+        """Start afresh, the starting network (epoch 0) being the first candidate.
+
+        Parameters
+        ----------
+        loop : TrainingLoop
+            The running fit.
+        """
+        if self._loaded:  # a resumed run: the state came from the checkpoint
+            self._loaded = False
+            return
+        self.best_epoch = self.best_value = self._weights = None
+        for record in loop.history:
+            if record.get("epoch") == 0:
+                self._consider(loop, record)
+
+    def on_epoch_end(self, loop, record):
+        """Keep the epoch's network if it is the best so far; stop after ``patience``.
+
+        Parameters
+        ----------
+        loop : TrainingLoop
+            The running fit.
+        record : dict
+            The epoch's record.
+        """
+        self._consider(loop, record)
+        if (
+            self.patience is not None
+            and self.best_epoch is not None
+            and loop.epoch - self.best_epoch >= self.patience
+        ):
+            logger.info(
+                "%s has not improved for %d epochs (best %.4f at epoch %d): stopping.",
+                self.monitor, loop.epoch - self.best_epoch, self.best_value, self.best_epoch,
+            )
+            loop.stop_training = True
+
+    def on_fit_end(self, loop):
+        """Put the best network back (``restore=True``) and say so in the log.
+
+        Parameters
+        ----------
+        loop : TrainingLoop
+            The finished fit.
+        """
+        if self.best_epoch is None:
+            logger.info("BestEpoch: no epoch recorded %r; the last network is kept.",
+                        self.monitor)
+            return
+        last = loop.history[-1] if loop.history else {}
+        value = last.get(self.monitor)
+        within = False
+        if value is not None and value == value and self.best_value is not None:
+            gap = self.best_value - value if self.mode == "max" else value - self.best_value
+            within = gap <= self.min_delta
+        if within and self.best_epoch != last.get("epoch"):
+            # the last network is as good as the best, within min_delta: keep the most trained
+            logger.info(
+                "%s %.4f at the last epoch is within min_delta=%g of the best (%.4f at "
+                "epoch %d): the last network is kept.",
+                self.monitor, value, self.min_delta, self.best_value, self.best_epoch,
+            )
+            self.best_epoch, self.best_value = int(last["epoch"]), float(value)
+            return
+        if not self.restore or self.best_epoch == last.get("epoch"):
+            logger.info(
+                "Best %s %.4f at epoch %d%s.", self.monitor, self.best_value, self.best_epoch,
+                "" if self.restore else " (restore=False: the last network is kept)",
+            )
+            return
+        loop.net.load_state_dict(copy.deepcopy(self._weights))
+        logger.info(
+            "Restored the network of epoch %d%s: best %s %.4f, against %s at the last "
+            "epoch (%d).",
+            self.best_epoch, " (the starting network)" if self.best_epoch == 0 else "",
+            self.monitor, self.best_value,
+            f"{last.get(self.monitor):.4f}" if last.get(self.monitor) is not None else "none",
+            last.get("epoch", 0),
+        )
+        loop.restored_epoch = self.best_epoch
 
 
 class EpochLogger(Callback):
@@ -166,6 +406,8 @@ class Checkpointer(Callback):
 
 def format_record(record, n_epochs):
     """One log line per epoch."""
+    if record["epoch"] == 0:
+        return format_start_record(record)
     parts = [
         f"epoch {record['epoch']}/{n_epochs}",
         f"loss {record['loss']:.3f}",
@@ -184,5 +426,22 @@ def format_record(record, n_epochs):
         )
     if "mAP" in record:
         parts.append(f"mAP {100 * record['mAP']:.1f} R1 {100 * record['R1']:.1f}")
+    if "val_auc" in record:
+        parts.append(f"val AUC {record['val_auc']:.3f}")
     parts.append(f"{record.get('seconds', 0.0):.1f}s")
+    return ", ".join(parts)
+
+
+def format_start_record(record):
+    """The log line of epoch 0: the starting network, validation and calibration."""
+    parts = ["epoch 0 (start)"]
+    if "calibrated" in record:
+        parts.append(f"clustering calibrated to {record['calibrated'] or 'its own parameters'}")
+    parts.append(f"cost {100 * record['cost']:.4f}%")
+    if "mAP" in record:
+        parts.append(f"mAP {100 * record['mAP']:.1f} R1 {100 * record['R1']:.1f}")
+    if "val_auc" in record:
+        parts.append(
+            f"val AUC {record['val_auc']:.3f} on {record['val_pairs']} held-out pairs"
+        )
     return ", ".join(parts)

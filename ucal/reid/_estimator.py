@@ -155,6 +155,32 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         Whether the label memory the fit opens infers answers transitively
         (``LabelMemory(infer=...)``); False is the paper's exact-pair
         memory. A ``label_memory`` given to :meth:`fit` keeps its own.
+    calibrator : ClusteringCalibrator or None, default=None
+        Chooses the base clustering's scale from the oracle's answers before
+        the first epoch, and again when the validation AUC falls by more
+        than 0.02 below its best (see
+        :class:`~ucal.active.ClusteringCalibrator`). It is cloned and
+        calibrates ``clusterer`` (its own ``clusterer`` is not used); with
+        ``param_grid=None`` it tries ``eps`` in 0.35, 0.4, ..., 0.7 and, for
+        a ``SelfPacedDBSCAN`` on up to 20,000 images, ``k1`` or half of it.
+        Its questions count in the cost and in ``max_queries``. None: no
+        calibration. Off by default: on the demo's data it chose a tighter
+        scale than SpCL's, which SNPS and MPPS did better without
+        (``benchmarks/results/start.md``); turn it on for new data whose
+        clustering is degenerate (a warning says so).
+    validation_size : int, default=100
+        Pairs asked before training, at random among near neighbours of
+        the starting network's features, and held out from every training
+        decision: each epoch's record gets ``val_auc`` and
+        ``val_accuracy`` on them, the starting network's as epoch 0. Their
+        answers are kept apart from the training answers (in
+        ``checkpoint_dir/validation_memory.jsonl``, or beside a
+        ``label_memory`` file as ``<name>.validation.jsonl``) and count in
+        the cost. 0 turns validation off. Only with an oracle.
+    keep_best : bool, default=True
+        With validation: at the end of the fit, put back the network of
+        the epoch with the best ``val_auc`` (the starting network
+        included) and say so in the log (see :class:`~ucal.reid.BestEpoch`).
     supervised : bool, default=False
         Train on the true identities ``y`` instead of pseudo labels (the
         paper's Supervised upper bound: same loss, labeling cost 100 %).
@@ -209,7 +235,10 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         ``loss``, ``lr``, ``iterations``, ``seconds``, ``n_refreshed``
         (memory slots re-extracted), ``n_splits`` and ``n_merges``; with an
         ``eval_set`` ``mAP``, ``mINP``, ``R1``, ``R5``, ``R10``
-        (fractions); when ``y`` is given, ``label_precision`` and
+        (fractions); with validation ``val_auc`` and ``val_accuracy``, and
+        a first record for epoch 0 (the starting network: ``n_queries``,
+        ``cost``, ``val_*``, ``calibrated``, and the test scores with an
+        ``eval_set``); when ``y`` is given, ``label_precision`` and
         ``label_recall``: pairwise precision and recall of the epoch's
         pseudo labels against ``y`` (diagnostics only; training never
         sees ``y`` except through the oracle).
@@ -217,6 +246,14 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         Number of training images.
     device_ : str
         The device the network trained on.
+    best_epoch_ : int or None
+        With validation and ``keep_best``: the epoch whose network the model
+        holds (0 = the starting network). None without validation.
+    validation_memory_ : LabelMemory or None
+        The held-out answers (None without validation).
+    calibrated_params_ : dict or None
+        The clustering parameters chosen by the calibrator before the first
+        epoch (None without calibration).
     precision_ : str
         How it ran, e.g. ``"bfloat16 autocast + channels_last on cpu"`` or
         ``"float32 on cpu"`` (see ``mixed_precision``).
@@ -277,6 +314,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "max_queries": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "query_pacing": [StrOptions({"even", "greedy"})],
         "memory_inference": ["boolean"],
+        "calibrator": [HasMethods(["fit"]), None],
+        "validation_size": [Interval(numbers.Integral, 0, None, closed="left")],
+        "keep_best": ["boolean"],
         "supervised": ["boolean"],
         "device": [str, torch.device],
         "mixed_precision": [StrOptions({"auto"}), "boolean"],
@@ -316,6 +356,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         max_queries=None,
         query_pacing="even",
         memory_inference=True,
+        calibrator=None,
+        validation_size=100,
+        keep_best=True,
         supervised=False,
         device="auto",
         mixed_precision="auto",
@@ -352,6 +395,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.max_queries = max_queries
         self.query_pacing = query_pacing
         self.memory_inference = memory_inference
+        self.calibrator = calibrator
+        self.validation_size = validation_size
+        self.keep_best = keep_best
         self.supervised = supervised
         self.device = device
         self.mixed_precision = mixed_precision

@@ -1,6 +1,7 @@
 """The epoch loop of :class:`UCALReID`: cluster, refine, train, tell the callbacks."""
 
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -12,7 +13,15 @@ from ucal.metrics import labeling_cost, pairwise_precision_recall_fscore
 from ucal.utils import outliers_as_singletons, relabel
 
 from ._backbones import build_backbone
-from ._callbacks import Checkpointer, EpochLogger, Evaluator, ProgressBar
+from ._callbacks import (
+    BestEpoch,
+    Checkpointer,
+    EpochLogger,
+    Evaluator,
+    PairValidator,
+    ProgressBar,
+    format_record,
+)
 from ._data import (
     BatchAugmenter,
     PseudoIdentitySampler,
@@ -27,9 +36,38 @@ from ._pseudo_labels import PseudoLabeler, default_refiner, innermost_clusterer
 from ._run_dir import RunDirectory, fingerprint
 from ._schedules import build_lr_scheduler, resume_cosine
 
-__all__ = ["TrainingLoop"]
+__all__ = ["TrainingLoop", "default_calibration_grid"]
 
 logger = logging.getLogger(__name__)
+
+# A fall of the validation AUC below its best by more than this recalibrates the clustering.
+_DRIFT_AUC = 0.02
+# The built-in BestEpoch's min_delta: an AUC on ~100 pairs is that noisy between equal nets.
+_BEST_MIN_DELTA = 0.02
+# Data sizes up to which the default calibration also tries half of SelfPacedDBSCAN's k1.
+_K1_CALIBRATION_MAX_SAMPLES = 20_000
+
+
+def default_calibration_grid(clusterer, n_samples):
+    """The candidates of a calibrator without ``param_grid``, for ``clusterer`` on ``n_samples``.
+
+    ``eps`` from 0.35 to 0.7; for a SelfPacedDBSCAN on small data, also
+    half of its ``k1``: k-reciprocal neighbourhoods of ``k1`` images suit
+    identities with about ``k1 / 2`` images or more, and small, new data
+    sets often have fewer. Empty (no calibration) for a clusterer without ``eps``.
+    """
+    from ucal.active._calibration import DEFAULT_EPS_GRID
+    from ucal.cluster import SelfPacedDBSCAN
+
+    params = clusterer.get_params() if hasattr(clusterer, "get_params") else {}
+    if "eps" not in params:
+        return {}  # not a density clusterer: nothing this grid knows how to scale
+    grid = {"eps": list(DEFAULT_EPS_GRID)}
+    if isinstance(clusterer, SelfPacedDBSCAN) and n_samples <= _K1_CALIBRATION_MAX_SAMPLES:
+        k1 = int(clusterer.k1)
+        half = max(int(clusterer.k2) + 1, k1 // 2)
+        grid["k1"] = sorted({k1, half})
+    return grid
 
 
 def build_net(est, pretrained_override=False):
@@ -105,13 +143,14 @@ class TrainingLoop:
         self.epoch = 0
         self.n_batches = 0
         self.labels = None
+        self.restored_epoch = None
 
     # -------------------------------------------------------------- setup
     def _setup(self):
         est = self.estimator
         self.device = resolve_device(est.device)
         self.precision = resolve_precision(est.mixed_precision, self.device)
-        seeds = check_random_state(est.random_state).randint(np.iinfo(np.int32).max, size=4)
+        seeds = check_random_state(est.random_state).randint(np.iinfo(np.int32).max, size=5)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seeds[0]))
             net = build_net(est)
@@ -165,30 +204,220 @@ class TrainingLoop:
                 warmup_epochs=est.warmup_epochs, max_queries=est.max_queries,
                 seed=int(seeds[3]), epochs=est.epochs, pacing=est.query_pacing,
             )
+        self.validation_memory = self._open_validation_memory()
+        self.calibrated_params = None
+        self._seed = int(seeds[4])
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         elif self.resume and self.run_dir is not None and self.run_dir.owns_memory:
-            if self.label_memory is not None and len(self.label_memory):
-                # Answers given before the first checkpoint of this run: human work, counted.
-                self.pseudo_labeler.n_queries = len(self.label_memory)
+            # Answers given before the first checkpoint of this run: human work, counted.
+            self.pseudo_labeler.n_queries = sum(
+                len(m) for m in (self.label_memory, self.validation_memory) if m is not None
+            )
         if self.memory is None:
             features = self._extract(self.source, "Initialising the memory")
             self.memory = FeatureMemory(
                 features, est.memory_momentum, centroid_momentum=est.centroid_momentum
             )
+        start = None
+        if checkpoint is None and self.oracle is not None:
+            start = self._ask_before_training()
+        self.validation = self._validation_set()
         self.callbacks = self._callbacks()
+        if checkpoint is not None:
+            self._load_callback_states(checkpoint.get("callbacks") or [])
+        elif start:
+            self._start_record(start)
 
+    # ------------------------------------------ answers before training
+    def _open_validation_memory(self):
+        """The held-out answers' memory (None when the fit does not validate)."""
+        est = self.estimator
+        if self.oracle is None or est.validation_size == 0:
+            return None
+        from ucal.oracles import LabelMemory
+
+        path = None
+        if self.run_dir is not None:
+            path = self.run_dir.validation_path
+        elif getattr(self.label_memory, "path", None):
+            # beside the user's answers file, so that no answer is lost with the process
+            stem = os.path.splitext(self.label_memory.path)[0]
+            path = stem + ".validation.jsonl"
+        return LabelMemory(path, infer=False)
+
+    def _budget_left(self):
+        max_queries = self.estimator.max_queries
+        return None if max_queries is None else max(0, max_queries - self.n_queries)
+
+    def _ask_before_training(self):
+        """Validation pairs, then calibration: the questions asked before epoch 1."""
+        est = self.estimator
+        features = self.memory.features.cpu().numpy()
+        start = {}
+        if self.validation_memory is not None:
+            from ucal.active import near_neighbour_pairs
+
+            held, _ = self.validation_memory.to_arrays()
+            want = est.validation_size - len(held)
+            if self._budget_left() is not None:
+                want = min(want, self._budget_left())
+            if want > 0:
+                trained, _ = self.label_memory.to_arrays()
+                exclude = [tuple(p) for p in held.tolist()] + [tuple(p) for p in trained.tolist()]
+                pairs = near_neighbour_pairs(
+                    features, want, n_neighbors=10, exclude=exclude,
+                    random_state=self._seed,
+                )
+                sent = self.validation_memory.n_queries
+                # An oracle that records answers itself (the web page) records these in
+                # the validation memory, never in the training one.
+                records = getattr(self.oracle, "label_memory", None) is self.label_memory
+                if records:
+                    self.oracle.label_memory = self.validation_memory
+                try:
+                    self.validation_memory.ask(pairs, self.oracle)
+                finally:
+                    if records:
+                        self.oracle.label_memory = self.label_memory
+                    self.pseudo_labeler.n_queries += self.validation_memory.n_queries - sent
+            # never asked again, never used to train: held out of the training memory
+            self.label_memory.hold_out(self.validation_memory.to_arrays()[0])
+            start["validation_queries"] = int(self.validation_memory.n_queries)
+        if est.calibrator is not None:
+            start.update(self._calibrate(features))
+        return start
+
+    def _calibrate(self, features):
+        """Choose the base clusterer's scale by agreement with the answered pairs."""
+        from ucal.cluster import SelfPacedDBSCAN
+
+        est = self.estimator
+        labeler = self.pseudo_labeler
+        # Always from the user's clusterer: a recalibration does not compound the last one.
+        original = SelfPacedDBSCAN() if est.clusterer is None else clone(est.clusterer)
+        calibrator = clone(est.calibrator)
+        if calibrator.clusterer is not None:
+            warnings.warn(
+                "The calibrator's own clusterer is not used: UCALReID calibrates "
+                "its clusterer parameter.", UserWarning, stacklevel=5,
+            )
+        if calibrator.param_grid is None:
+            grid = default_calibration_grid(original, self.n_samples)
+            if not grid:
+                logger.warning(
+                    "%s has no eps: give the calibrator a param_grid; no calibration.",
+                    type(original).__name__,
+                )
+                return {}
+            calibrator.set_params(param_grid=grid)
+        params = {"clusterer": original}
+        if calibrator.random_state is None:
+            params["random_state"] = self._seed
+        calibrator.set_params(**params)
+        try:
+            calibrator.fit(
+                features, oracle=self.oracle, label_memory=self.label_memory,
+                query_limit=self._budget_left(),
+            )
+        finally:
+            labeler.n_queries += int(getattr(calibrator, "n_queries_", 0))
+        labeler.clusterer = calibrator.best_estimator_
+        self.calibrated_params = dict(calibrator.best_params_)
+        return {"calibrated": dict(calibrator.best_params_),
+                "calibration_queries": int(calibrator.n_queries_)}
+
+    def _validation_set(self):
+        """The held-out (pairs, answers) inside this data, or None."""
+        if self.validation_memory is None:
+            return None
+        pairs, same = self.validation_memory.to_arrays()
+        inside = (pairs < self.n_samples).all(axis=1) if len(pairs) else np.zeros(0, bool)
+        pairs, same = pairs[inside], same[inside]
+        if len(pairs) == 0:
+            return None
+        if self.label_memory is not None:
+            self.label_memory.hold_out(pairs)
+        if same.all() or not same.any():
+            logger.warning(
+                "The %d held-out validation answers are all %r: the validation AUC is "
+                "undefined (NaN) and no best epoch can be chosen.",
+                len(same), "same" if same.all() else "different",
+            )
+        return pairs, same
+
+    def _start_record(self, start):
+        """Epoch 0 in the history: the starting network, before any training."""
+        record = {"epoch": 0, **start, "n_queries": self.n_queries, "cost": self._cost()}
+        if self.validation is not None:
+            record.update(self.validation_scores(*self.validation))
+            record["val_pairs"] = int(len(self.validation[1]))
+        if self.eval_splits is not None:
+            Evaluator(*self.eval_splits).on_epoch_end(self, record)
+        self.history.append(record)
+        logger.info(format_record(record, self.estimator.epochs))
+
+    def validation_scores(self, pairs, same):
+        """``val_auc`` and ``val_accuracy`` of the current network on answered pairs.
+
+        Parameters
+        ----------
+        pairs : ndarray of shape (m, 2)
+            Indices of training images.
+        same : ndarray of shape (m,), dtype bool
+            Their answers.
+
+        Returns
+        -------
+        scores : dict
+            ``val_auc`` and ``val_accuracy`` (see
+            :func:`ucal.metrics.pair_verification_scores`).
+        """
+        from ucal.metrics import pair_verification_scores
+
+        images, inverse = np.unique(pairs, return_inverse=True)
+        features = self._extract(self.source.subset(images), "Validating").cpu().numpy()
+        scores = pair_verification_scores(features, inverse.reshape(-1, 2), same)
+        return {"val_auc": scores["auc"], "val_accuracy": scores["accuracy"]}
+
+    # ------------------------------------------------------------ callbacks
     def _callbacks(self):
         est = self.estimator
         # the training bar closes before evaluation starts its own bars
         callbacks = [ProgressBar()] if est.verbose else []
         if self.eval_splits is not None:
             callbacks.append(Evaluator(*self.eval_splits))
-        callbacks.extend(est.callbacks or ())
+        if self.validation is not None:
+            callbacks.append(PairValidator(*self.validation))
+        user = list(est.callbacks or ())
+        callbacks.extend(user)
+        if (
+            self.validation is not None
+            and est.keep_best
+            and not any(isinstance(c, BestEpoch) for c in user)
+        ):
+            callbacks.append(BestEpoch(min_delta=_BEST_MIN_DELTA))
         callbacks.append(EpochLogger())
         if self.run_dir is not None:
             callbacks.append(Checkpointer(self.run_dir))
         return callbacks
+
+    def _load_callback_states(self, states):
+        """Give each callback its saved state, matched by class name and rank among its kind."""
+
+        def keyed(names):
+            seen = {}
+            keys = []
+            for name in names:
+                seen[name] = seen.get(name, 0) + 1
+                keys.append((name, seen[name]))
+            return keys
+
+        saved = dict(zip(keyed(name for name, _ in states), (state for _, state in states)))
+        for key, callback in zip(keyed(type(c).__name__ for c in self.callbacks), self.callbacks):
+            state = saved.get(key)
+            if state is not None:
+                callback.load_state_dict(state)
 
     def _notify(self, hook, *args):
         for callback in self.callbacks:
@@ -224,7 +453,11 @@ class TrainingLoop:
             "torch_rng": torch.get_rng_state(),
             "clusterer": None if self.pseudo_labeler is None else self.pseudo_labeler.clusterer,
             "n_queries": self.n_queries,
-            "n_memory_records": 0 if self.label_memory is None else len(self.label_memory),
+            "n_memory_records": sum(
+                len(m) for m in (self.label_memory, self.validation_memory) if m is not None
+            ),
+            "callbacks": [(type(c).__name__, c.state_dict()) for c in self.callbacks],
+            "calibrated_params": self.calibrated_params,
         }
 
     def load_state_dict(self, ckpt):
@@ -264,8 +497,13 @@ class TrainingLoop:
             if self.label_memory is not None:
                 # Answers recorded after the checkpoint (the interrupted epoch) were
                 # real questions to the oracle: count them once.
-                n_queries += max(0, len(self.label_memory) - int(ckpt["n_memory_records"]))
+                n_records = sum(
+                    len(m) for m in (self.label_memory, self.validation_memory)
+                    if m is not None
+                )
+                n_queries += max(0, n_records - int(ckpt["n_memory_records"]))
             self.pseudo_labeler.n_queries = n_queries
+        self.calibrated_params = ckpt.get("calibrated_params")
         logger.info(
             "Resuming from %s after epoch %d (%d oracle queries so far).",
             self.run_dir.path, self.start_epoch, self.n_queries,
@@ -290,6 +528,11 @@ class TrainingLoop:
             else:
                 record["n_refreshed"] = self._refresh_memory(epoch)
                 features = self.memory.features.cpu().numpy()
+                if self._drifted():
+                    record["recalibrated"] = self._calibrate(features)["calibrated"]
+                    logger.info(
+                        "Validation fell: clustering recalibrated to %s.", record["recalibrated"]
+                    )
                 labels = self.pseudo_labeler(features, epoch, record)
             labels = relabel(labels)
             self.labels = labels
@@ -314,6 +557,26 @@ class TrainingLoop:
                 break
         self._finish()
         self._notify("on_fit_end")
+        keeper = next(
+            (c for c in self.callbacks if isinstance(c, BestEpoch) and c.restore), None
+        )
+        if keeper is not None:
+            # the epoch whose network the model now holds
+            est.best_epoch_ = keeper.best_epoch
+
+    def _drifted(self):
+        """Whether the last epoch's validation AUC fell, to below its best minus 0.02.
+
+        Read from the history, so that a resumed run decides the same way.
+        """
+        est = self.estimator
+        if self.validation is None or self.oracle is None or est.calibrator is None:
+            return False
+        aucs = [r["val_auc"] for r in self.history if r.get("val_auc") == r.get("val_auc")
+                and "val_auc" in r]
+        if len(aucs) < 2:
+            return False
+        return aucs[-1] < aucs[-2] and aucs[-1] < max(aucs) - _DRIFT_AUC
 
     def _cost(self):
         if self.estimator.supervised:
@@ -417,3 +680,6 @@ class TrainingLoop:
         est.history_ = self.history
         est.device_ = str(self.device)
         est.precision_ = self.precision.describe()
+        est.best_epoch_ = None
+        est.validation_memory_ = self.validation_memory
+        est.calibrated_params_ = self.calibrated_params

@@ -16,6 +16,10 @@ def _paper():
         ),
         "memory_inference": False,
         "query_pacing": "greedy",
+        # no questions before training: no calibration, no held-out validation
+        "calibrator": None,
+        "validation_size": 0,
+        "keep_best": False,
         # SpCL's schedule, which the paper follows (Sec. 4.2)
         "iters_per_epoch": 400,
         "epochs": 50,

@@ -15,6 +15,11 @@ __all__ = ["PseudoLabeler", "default_refiner", "innermost_clusterer"]
 
 logger = logging.getLogger(__name__)
 
+# A base clustering is degenerate when more than this share of the images is un-clustered...
+_MAX_OUTLIER_SHARE = 0.8
+# ...or when, among at least 10 clusters, the three largest hold more than half the images.
+_MAX_TOP3_SHARE = 0.5
+_MIN_CLUSTERS_FOR_TOP3 = 10
 # Stages whose cluster changes the history reports as ``n_splits`` / ``n_merges``.
 _CHANGE_KEYS = {"snps": "n_splits", "mpps": "n_merges"}
 
@@ -59,6 +64,7 @@ class PseudoLabeler:
         self.pacing = pacing
         self.n_queries = 0
         self._budget_warned = False
+        self._degenerate_warned = False
 
     @property
     def refines(self):
@@ -69,6 +75,7 @@ class PseudoLabeler:
         self.clusterer.fit(features)
         labels = np.asarray(self.clusterer.labels_)
         record["n_clusters_base"] = int(np.unique(labels[labels >= 0]).size)
+        self._check_degenerate(labels, epoch)
         for stage in ("snps", "mpps"):
             record[f"{stage}_queries"] = 0
             record[f"{stage}_inferred"] = 0
@@ -106,6 +113,36 @@ class PseudoLabeler:
             key = _CHANGE_KEYS.get(stage, f"{stage}_changes")
             record[key] = int(refiner.stage_changes_.get(stage, 0))
         return np.asarray(refiner.labels_)
+
+    def _check_degenerate(self, labels, epoch):
+        """Warn once per fit when the base clustering is degenerate (documented rule)."""
+        if self._degenerate_warned or len(labels) < 50:
+            return
+        n = len(labels)
+        outliers = float((labels < 0).mean())
+        sizes = np.sort(np.bincount(labels[labels >= 0]))[::-1] if (labels >= 0).any() else []
+        top3 = float(np.sum(sizes[:3]) / n)
+        problem = None
+        if outliers > _MAX_OUTLIER_SHARE:
+            problem = f"{100 * outliers:.0f} % of the images are un-clustered"
+        elif top3 > _MAX_TOP3_SHARE and len(sizes) >= _MIN_CLUSTERS_FOR_TOP3:
+            problem = (
+                f"its 3 largest clusters of {len(sizes)} hold {100 * top3:.0f} % of the "
+                "images (likely several people merged)"
+            )
+        if problem is None:
+            return
+        self._degenerate_warned = True
+        params = getattr(self.clusterer, "get_params", dict)()
+        scale = ", ".join(f"{k}={params[k]}" for k in ("eps", "k1") if k in params)
+        warnings.warn(
+            f"Epoch {epoch + 1}: the base clustering is degenerate: {problem}. Its scale "
+            f"({scale or 'its parameters'}) may not suit these features: let the oracle "
+            "calibrate it (UCALReID(calibrator=ucal.active.ClusteringCalibrator()), with "
+            "an oracle) or set the clusterer's eps / k1.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _rewarn(self, caught):
         """Re-issue the refiner's warnings; the spent-budget one only once per fit."""

@@ -1,8 +1,8 @@
 """The run directory of a fit: guard, fingerprint, atomic checkpoints, resume.
 
 ``checkpoint_dir`` holds ``checkpoint.pt`` (rewritten atomically after every
-epoch) and ``label_memory.jsonl`` (the oracle's answers, appended as they
-arrive). A directory that already holds a run is never overwritten: it is
+epoch), ``label_memory.jsonl`` (the oracle's answers, appended as they
+arrive) and ``validation_memory.jsonl`` (the held-out answers). A directory that already holds a run is never overwritten: it is
 resumed (``resume=True``) or refused.
 """
 
@@ -15,13 +15,20 @@ from ucal.utils import atomic_write
 
 from ._data import check_image_size
 
-__all__ = ["CHECKPOINT_NAME", "LABEL_MEMORY_NAME", "RunDirectory", "fingerprint"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "LABEL_MEMORY_NAME",
+    "VALIDATION_MEMORY_NAME",
+    "RunDirectory",
+    "fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
 # File names inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
 LABEL_MEMORY_NAME = "label_memory.jsonl"
+VALIDATION_MEMORY_NAME = "validation_memory.jsonl"  # held-out answers, never trained on
 
 # Parameters that define the training run: a resumed fit must use the same values.
 RESUME_PARAMS = (
@@ -75,6 +82,7 @@ class RunDirectory:
         self.path = os.fspath(path)
         self.resume = resume
         self.memory_path = os.path.join(self.path, LABEL_MEMORY_NAME)
+        self.validation_path = os.path.join(self.path, VALIDATION_MEMORY_NAME)
         given = getattr(given_memory, "path", given_memory)
         # A memory given on the run's own memory file counts as the run's memory.
         self.owns_memory = given_memory is None or (
@@ -101,6 +109,10 @@ class RunDirectory:
                 self.owns_memory
                 and os.path.isfile(self.memory_path)
                 and os.path.getsize(self.memory_path) > 0
+            )
+            or (
+                os.path.isfile(self.validation_path)
+                and os.path.getsize(self.validation_path) > 0
             )
         ):
             raise FileExistsError(

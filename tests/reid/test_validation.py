@@ -1,0 +1,248 @@
+"""Answers held out to validate every epoch, the best-epoch restore, and calibration."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ucal import SelfPacedDBSCAN  # noqa: E402
+from ucal.active import ClusteringCalibrator, MPPSMerger, SNPSSplitter  # noqa: E402
+from ucal.reid import BestEpoch, Callback, UCALReID  # noqa: E402
+
+from .test_estimator import SIZE, RecordingOracle  # noqa: E402
+
+
+def _model(**params):
+    defaults = dict(
+        backbone="tiny",
+        pretrained=False,
+        image_size=SIZE,
+        epochs=2,
+        warmup_epochs=0,
+        batch_size=16,
+        iters_per_epoch=2,
+        inference_batch_size=64,
+        clusterer=SelfPacedDBSCAN(k1=6, k2=2, min_samples=2),
+        refiner=MPPSMerger(clusterer=SNPSSplitter(k_max=2), delta=0.0),
+        validation_size=30,
+        random_state=0,
+    )
+    defaults.update(params)
+    return UCALReID(**defaults)
+
+
+def _pairs(memory):
+    pairs, _ = memory.to_arrays()
+    return {tuple(p) for p in pairs.tolist()}
+
+
+def test_validation_answers_are_held_out_and_scored_every_epoch(data, tmp_path):
+    y = data.train.pids
+    oracle = RecordingOracle(y, len(y))
+    model = _model(
+        epochs=2, checkpoint_dir=str(tmp_path / "run"),
+        calibrator=ClusteringCalibrator(param_grid={"eps": [0.4, 0.6]}, n_queries=20),
+    ).fit(data.train, oracle=oracle, eval_set=data)
+    held = _pairs(model.validation_memory_)
+    assert len(held) == 30
+    # never among the answers the clustering and refiners are given
+    assert not held & _pairs(model.label_memory_)
+    assert (tmp_path / "run" / "validation_memory.jsonl").stat().st_size > 0
+    # epoch 0 is the starting network; every epoch has its validation figure
+    assert [r["epoch"] for r in model.history_] == [0, 1, 2]
+    start = model.history_[0]
+    assert start["val_pairs"] == 30 and start["validation_queries"] == 30
+    assert "mAP" in start and "calibrated" in start
+    for record in model.history_:
+        assert 0 <= record["val_auc"] <= 1 and 0 <= record["val_accuracy"] <= 1
+    # the questions count in the cost, each asked once
+    assert model.n_queries_ == oracle.n_asked == len(oracle.pairs)
+    assert start["n_queries"] == 30 + start["calibration_queries"]
+
+
+def test_validation_scores_use_the_held_out_pairs_only(data, monkeypatch):
+    import ucal.metrics
+
+    seen = []
+    original = ucal.metrics.pair_verification_scores
+
+    def spy(X, pairs, same):
+        seen.append(len(same))
+        return original(X, pairs, same)
+
+    monkeypatch.setattr(ucal.metrics, "pair_verification_scores", spy)
+    model = _model(epochs=1, validation_size=12).fit(data.train, data.train.pids)
+    assert seen == [12, 12]  # epoch 0 and epoch 1, on the 12 held-out answers
+    assert len(model.validation_memory_) == 12
+
+
+def test_the_best_network_is_restored_and_said(data, caplog):
+    class Planted(Callback):
+        """Plants a score that peaks at epoch 1 and keeps each epoch's weights."""
+
+        def __init__(self):
+            self.weights = {}
+
+        def on_epoch_end(self, loop, record):
+            record["score"] = {1: 0.9, 2: 0.4, 3: 0.5}[loop.epoch]
+            self.weights[loop.epoch] = {
+                k: v.clone() for k, v in loop.net.state_dict().items()
+            }
+
+    planted = Planted()
+    model = _model(epochs=3, validation_size=0,
+                   callbacks=[planted, BestEpoch(monitor="score")])
+    with caplog.at_level("INFO"):
+        model.fit(data.train, data.train.pids)
+    assert model.best_epoch_ == 1
+    for key, value in model.backbone_.state_dict().items():
+        torch.testing.assert_close(value.cpu(), planted.weights[1][key].cpu())
+    assert "Restored the network of epoch 1" in caplog.text
+    # restore=False keeps the last network, the best is still reported in the log
+    last = Planted()
+    kept = _model(epochs=3, validation_size=0,
+                  callbacks=[last, BestEpoch(monitor="score", restore=False)])
+    kept.fit(data.train, data.train.pids)
+    assert kept.best_epoch_ is None
+    for key, value in kept.backbone_.state_dict().items():
+        torch.testing.assert_close(value.cpu(), last.weights[3][key].cpu())
+
+
+def test_best_epoch_min_delta_keeps_a_last_epoch_within_it_and_patience_stops(data):
+    class Planted(Callback):
+        def __init__(self, values):
+            self.values = values
+
+        def on_epoch_end(self, loop, record):
+            record["score"] = self.values[loop.epoch]
+
+    close = _model(epochs=2, validation_size=0, callbacks=[
+        Planted({1: 0.80, 2: 0.79}), BestEpoch(monitor="score", min_delta=0.02)])
+    close.fit(data.train, data.train.pids)
+    assert close.best_epoch_ == 2  # within min_delta of the best: the most trained is kept
+    stop = _model(epochs=4, validation_size=0, callbacks=[
+        Planted({1: 0.8, 2: 0.7, 3: 0.6, 4: 0.9}), BestEpoch(monitor="score", patience=2)])
+    stop.fit(data.train, data.train.pids)
+    assert [r["epoch"] for r in stop.history_] == [1, 2, 3]
+    assert stop.best_epoch_ == 1
+    with pytest.raises(ValueError, match="mode"):
+        BestEpoch(mode="up")
+
+
+def test_the_starting_network_can_be_the_best(data):
+    class Sabotage(Callback):
+        """Makes training destroy the network: validation must send it back to epoch 0."""
+
+        def on_epoch_end(self, loop, record):
+            with torch.no_grad():
+                for p in loop.net.parameters():
+                    p.normal_()
+            record["val_auc"] = 0.0  # what the wrecked network scores
+
+    start_weights = {}
+
+    class Keep(Callback):
+        def on_fit_begin(self, loop):
+            start_weights.update({k: v.clone() for k, v in loop.net.state_dict().items()})
+
+    model = _model(epochs=2, callbacks=[Keep(), Sabotage()])
+    model.fit(data.train, data.train.pids)
+    if np.isnan(model.history_[0]["val_auc"]):
+        pytest.skip("one-sided validation answers on this draw")  # pragma: no cover
+    assert model.best_epoch_ == 0
+    for key, value in model.backbone_.state_dict().items():
+        torch.testing.assert_close(value.cpu(), start_weights[key].cpu())
+
+
+def test_resume_keeps_the_validation_set_and_the_best_epoch(data, tmp_path):
+    y = data.train.pids
+    run = str(tmp_path / "run")
+    first = RecordingOracle(y, len(y))
+    _model(epochs=2, checkpoint_dir=run).fit(data.train, oracle=first)
+    again = RecordingOracle(y, len(y))
+    model = _model(epochs=3, checkpoint_dir=run).fit(data.train, oracle=again, resume=True)
+    assert not again.pairs & first.pairs  # nothing asked twice, validation included
+    assert [r["epoch"] for r in model.history_] == [0, 1, 2, 3]
+    assert len(model.validation_memory_) == 30
+    assert model.best_epoch_ is not None
+
+
+def test_calibration_sets_the_clusterer_and_counts_its_questions(data):
+    y = data.train.pids
+    oracle = RecordingOracle(y, len(y))
+    calibrator = ClusteringCalibrator(param_grid={"eps": [0.3, 0.5, 0.7]}, n_queries=25)
+    model = _model(epochs=1, validation_size=0, calibrator=calibrator).fit(
+        data.train, oracle=oracle
+    )
+    assert model.calibrated_params_["eps"] in (0.3, 0.5, 0.7)
+    # pairs drawn within the candidates' clusters: 25 at most, duplicates asked once
+    assert 0 < model.history_[0]["calibration_queries"] <= 25
+    assert model.n_queries_ == oracle.n_asked
+    assert calibrator.get_params()["clusterer"] is None  # the user's object is untouched
+    off = _model(epochs=1, validation_size=0).fit(data.train, y)  # off by default
+    assert off.calibrated_params_ is None and off.history_[0]["epoch"] == 1
+
+
+def test_questions_before_training_respect_max_queries(data):
+    y = data.train.pids
+    oracle = RecordingOracle(y, len(y))
+    with pytest.warns(UserWarning):
+        model = _model(epochs=1, max_queries=20, calibrator=ClusteringCalibrator()).fit(
+            data.train, oracle=oracle
+        )
+    assert oracle.n_asked <= 20 and model.n_queries_ == oracle.n_asked
+    assert len(model.validation_memory_) == 20
+    assert model.history_[0]["calibration_queries"] == 0
+
+
+def test_a_degenerate_clustering_is_reported_once(data):
+    class Nothing:
+        """A clusterer that clusters nothing."""
+
+        def fit(self, X, y=None):
+            self.labels_ = np.full(len(X), -1)
+            return self
+
+        def get_params(self, deep=True):
+            return {}
+
+        def set_params(self, **params):
+            return self
+
+    with pytest.warns(UserWarning, match="degenerate: 100 % of the images") as caught:
+        _model(epochs=2, clusterer=Nothing(), refiner="passthrough").fit(data.train)
+    assert sum("degenerate" in str(w.message) for w in caught) == 1
+
+
+def test_an_oracle_that_records_itself_keeps_validation_answers_apart(data):
+    # Like the web page: the oracle writes each answer into its own label_memory.
+    from ucal.oracles import LabelMemory, LabelOracle
+
+    class SelfRecording:
+        def __init__(self, y, memory):
+            self.truth = LabelOracle(y)
+            self.label_memory = memory
+
+        def __call__(self, pairs):
+            answers = self.truth(pairs)
+            self.label_memory.record(pairs, answers)
+            return answers
+
+    memory = LabelMemory()
+    oracle = SelfRecording(data.train.pids, memory)
+    model = _model(epochs=1).fit(
+        data.train, oracle=oracle, label_memory=memory
+    )
+    held = _pairs(model.validation_memory_)
+    assert len(held) == 30 and not held & _pairs(memory)
+    assert oracle.label_memory is memory  # put back after the validation questions
+
+
+def test_held_out_answers_are_saved_beside_a_given_answers_file(data, tmp_path):
+    from ucal.oracles import LabelMemory
+
+    answers = tmp_path / "answers.jsonl"
+    model = _model(epochs=1).fit(data.train, data.train.pids, label_memory=str(answers))
+    beside = tmp_path / "answers.validation.jsonl"
+    assert len(LabelMemory(beside)) == len(model.validation_memory_) == 30
+    assert len(LabelMemory(answers)) + 30 == model.n_queries_
