@@ -65,9 +65,14 @@ def _check_demo_output(out, stdout):
 
 def test_demo_quick_in_process(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--quick", "--jobs", "1", "--threads", "1", "--output", str(out), "-q"]
+    args = ["demo", "--quick", "--jobs", "1", "--threads", "1", "--output", str(out), "-q",
+            "--calibrate", "--precision", "fp32"]
     assert main(args) == 0
     _check_demo_output(out, capsys.readouterr().out)
+    results = json.loads((out / "results.json").read_text())
+    assert results["precision"] == "float32 on cpu"
+    start = json.loads((out / "history.json").read_text())["ucal"][0]
+    assert start["calibration_queries"] > 0 and "calibrated" in start
 
 
 def test_demo_quick_parallel_runs(tmp_path):

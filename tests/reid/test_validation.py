@@ -246,3 +246,22 @@ def test_held_out_answers_are_saved_beside_a_given_answers_file(data, tmp_path):
     beside = tmp_path / "answers.validation.jsonl"
     assert len(LabelMemory(beside)) == len(model.validation_memory_) == 30
     assert len(LabelMemory(answers)) + 30 == model.n_queries_
+
+
+def test_validation_images_are_never_trained_on(data, monkeypatch):
+    from ucal.reid import _loop
+
+    trained = []
+    original = _loop.PseudoIdentitySampler
+
+    def spy(labels, camids, *args):
+        trained.append(np.asarray(labels).copy())
+        return original(labels, camids, *args)
+
+    monkeypatch.setattr(_loop, "PseudoIdentitySampler", spy)
+    model = _model(epochs=2).fit(data.train, data.train.pids)
+    held_out = np.unique(model.validation_memory_.to_arrays()[0])
+    assert len(trained) == 2 and len(held_out) > 0
+    for labels in trained:
+        assert (labels[held_out] == -1).all()  # -1: in no batch, no class
+        assert (np.delete(labels, held_out) >= 0).all()  # every other image is trained on

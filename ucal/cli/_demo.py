@@ -40,6 +40,7 @@ DEMO = {
     "k1": 20,
     "seed": 0,
     "mixed_precision": "auto",
+    "calibrate": False,
 }
 
 
@@ -94,6 +95,10 @@ def _demo_model(settings, checkpoint_dir=None, **params):
         checkpoint_dir=checkpoint_dir,
         random_state=settings["seed"],
     )
+    if settings.get("calibrate"):
+        from ucal.active import ClusteringCalibrator
+
+        values["calibrator"] = ClusteringCalibrator()
     values.update(params)
     return UCALReID(**values)
 
@@ -234,6 +239,8 @@ def cmd_demo(args):
         settings["mixed_precision"] = {"auto": "auto", "fp32": False, "bf16": True}[
             args.precision
         ]
+    if args.calibrate:
+        settings["calibrate"] = True
     if args.quick:
         settings.update(
             n_identities=16, n_test_identities=8, image_size=(32, 16), generated_size=(64, 32),
@@ -382,6 +389,9 @@ def add_parser(commands):
     demo.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                       help="how the network runs: auto (bf16 where the CPU runs it natively, "
                       "else float32; default), or force fp32 or bf16")
+    demo.add_argument("--calibrate", action="store_true",
+                      help="UCAL chooses the clustering's eps and k1 from its answers "
+                      "(ClusteringCalibrator) before the first epoch")
     demo.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     add_verbosity(demo)
     add_threads(demo)

@@ -202,7 +202,9 @@ class BestEpoch(Callback):
         Stop training after this many epochs without improvement; None
         never stops.
     restore : bool, default=True
-        Put the best network back at the end of the fit.
+        Put the best network back at the end of the fit. The best weights
+        are kept on the CPU and in each checkpoint (one more copy of the
+        network).
 
     Attributes
     ----------

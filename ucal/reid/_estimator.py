@@ -171,8 +171,11 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     validation_size : int, default=100
         Pairs asked before training, at random among near neighbours of
         the starting network's features, and held out from every training
-        decision: each epoch's record gets ``val_auc`` and
-        ``val_accuracy`` on them, the starting network's as epoch 0. Their
+        decision, and their images are never trained on (so that the
+        figure measures how the network generalises, not how it fits its
+        own clusters; at most ``2 * validation_size`` images): each epoch's
+        record gets ``val_auc`` and ``val_accuracy`` on them, the starting
+        network's as epoch 0. Their
         answers are kept apart from the training answers (in
         ``checkpoint_dir/validation_memory.jsonl``, or beside a
         ``label_memory`` file as ``<name>.validation.jsonl``) and count in

@@ -628,6 +628,12 @@ class TrainingLoop:
             # SpCL: every un-clustered image is a class of its own, its memory
             # feature its centroid; it is trained on and its slot stays current.
             labels = outliers_as_singletons(labels)
+        if self.validation is not None:
+            # The validation images are never trained on: their pairs measure how the
+            # network generalises, not how well it fits its own clusters.
+            labels = labels.copy()
+            labels[np.unique(self.validation[0])] = -1
+            labels = relabel(labels)
         self.memory.set_labels(labels)
         if not (labels >= 0).any():
             logger.warning("Epoch %d: every image is an outlier; nothing to train on.", self.epoch)
