@@ -338,11 +338,15 @@ class BestEpoch(Callback):
             within = gap <= self.min_delta
         if within and self.best_epoch != last.get("epoch"):
             # the last network is as good as the best, within min_delta: keep the most trained
-            logger.info(
-                "%s %.4f at the last epoch is within min_delta=%g of the best (%.4f at "
-                "epoch %d): the last network is kept.",
-                self.monitor, value, self.min_delta, self.best_value, self.best_epoch,
-            )
+            if (value >= self.best_value) == (self.mode == "max"):
+                logger.info("Best %s %.4f at the last epoch (%d).", self.monitor, value,
+                            last["epoch"])
+            else:
+                logger.info(
+                    "%s %.4f at the last epoch is within min_delta=%g of the best (%.4f at "
+                    "epoch %d): the last network is kept.",
+                    self.monitor, value, self.min_delta, self.best_value, self.best_epoch,
+                )
             self.best_epoch, self.best_value = int(last["epoch"]), float(value)
             return
         if not self.restore or self.best_epoch == last.get("epoch"):

@@ -165,9 +165,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         a ``SelfPacedDBSCAN`` on up to 20,000 images, ``k1`` or half of it.
         Its questions count in the cost and in ``max_queries``. None: no
         calibration. Off by default: on the demo's data it chose a tighter
-        scale than SpCL's, which SNPS and MPPS did better without
-        (``benchmarks/results/start.md``); turn it on for new data whose
-        clustering is degenerate (a warning says so).
+        scale than SpCL's and UCAL ended 4 mAP lower, while on new data that
+        SpCL's scale over-merges it helped (``benchmarks/results/start.md``);
+        turn it on when the clustering is degenerate (a warning says so).
     validation_size : int, default=100
         Pairs asked before training, at random among near neighbours of
         the starting network's features, and held out from every training
