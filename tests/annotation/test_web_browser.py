@@ -7,6 +7,7 @@ skipped with the reason otherwise.
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,22 @@ def _text(page, selector):
     return page.locator(selector).inner_text()
 
 
+
+def wait_until(page, expression, timeout=10.0):
+    """Poll ``expression`` from Python until it is truthy.
+
+    ``page.wait_for_function`` polls inside the page with ``new Function``,
+    which the page's Content Security Policy (``script-src 'self'``)
+    forbids whenever the first check fails; ``page.evaluate`` runs through
+    the DevTools protocol and is not subject to it.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {expression}")
+        time.sleep(0.05)
+
+
 def test_answer_a_batch_with_clicks_keys_undo_and_a_reload(page, persons, tmp_path):
     from playwright.sync_api import expect
 
@@ -116,7 +133,7 @@ def test_answer_a_batch_with_clicks_keys_undo_and_a_reload(page, persons, tmp_pa
         expect(position).to_have_text("(pair 1 of 5)")
         expect(progress).to_contain_text("0 / 5 answered in this batch")
         expect(progress).to_contain_text("total asked so far: 5 (cost")
-        page.wait_for_function("document.getElementById('img-left').naturalWidth > 0")
+        wait_until(page, "document.getElementById('img-left').naturalWidth > 0")
         assert page.get_attribute("#img-left", "src").startswith(f"/img/{pairs[0, 0]}?token=")
         assert page.get_attribute("#img-right", "src").startswith(f"/img/{pairs[0, 1]}?token=")
         assert page.locator("#ctx-left img").count() == oracle.n_context  # group context
@@ -145,7 +162,7 @@ def test_answer_a_batch_with_clicks_keys_undo_and_a_reload(page, persons, tmp_pa
         expected = [{1: "same", 0: "different"}[truth[0]], {1: "same", 0: "different"}[truth[1]],
                     "unsure", "open", "open"]
         assert [chips.nth(k).get_attribute("class").split()[1] for k in range(5)] == expected
-        page.wait_for_function("document.getElementById('img-right').naturalWidth > 0")
+        wait_until(page, "document.getElementById('img-right').naturalWidth > 0")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_oracle.png"), full_page=True)
 
@@ -183,7 +200,7 @@ def test_context_and_pixel_art_scaling_are_visible(page, persons):
         call = Call(oracle, [[0, 1]])
         page.goto(oracle.url)
         expect(page.locator("#ctx-left img")).to_have_count(2)
-        page.wait_for_function("document.getElementById('img-left').naturalWidth > 0")
+        wait_until(page, "document.getElementById('img-left').naturalWidth > 0")
         # a 128x64 crop is shown much larger than itself, without smoothing
         box = page.locator("#img-left").bounding_box()
         assert box["height"] >= 2 * persons.images.shape[1]
@@ -255,8 +272,8 @@ def test_review_page_corrects_a_recorded_answer(page, persons, tmp_path):
         assert (last["source"], last["same"]) == ("correction", bool(truth[0]))
         page.select_option("#filter", "changed")
         expect(records).to_have_count(1)
-        page.wait_for_function(
-            "[...document.querySelectorAll('#records img')].every(i => i.naturalWidth > 0)"
+        wait_until(
+            page, "[...document.querySelectorAll('#records img')].every(i => i.naturalWidth > 0)"
         )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_review.png"), full_page=True)
@@ -296,8 +313,8 @@ def test_review_page_shows_contradictions_first_and_settles_them(page, persons, 
         expect(page.locator("#records .record .flag")).to_have_count(3)
         unsure = page.locator("#records .record").last
         expect(unsure.locator(".verdict")).to_have_text("Not sure")
-        page.wait_for_function(
-            "[...document.querySelectorAll('#conflicts img')].every(i => i.naturalWidth > 0)"
+        wait_until(
+            page, "[...document.querySelectorAll('#conflicts img')].every(i => i.naturalWidth > 0)"
         )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_review_conflicts.png"), full_page=True)
