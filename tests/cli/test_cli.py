@@ -114,7 +114,8 @@ def test_train_evaluate_and_resume(market, tmp_path, capsys):
     result = json.loads(scores.read_text())
     # the saved model is the network of the epoch it reports (its best validated one)
     summary = json.loads((out / "results.json").read_text())
-    held = next(r for r in history if r["epoch"] == summary["epoch"])
+    # without a best validated epoch (one-sided answers on tiny data) the last one is held
+    held = next(r for r in history if r["epoch"] == summary.get("epoch", history[-1]["epoch"]))
     assert result["mAP"] == pytest.approx(held["mAP"], abs=1e-6) == summary["mAP"]
 
 

@@ -12,6 +12,15 @@ from ucal.reid import BestEpoch, Callback, UCALReID  # noqa: E402
 from .test_estimator import SIZE, RecordingOracle  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def data():
+    """More images than the trainer tests' data: a tenth of them may sit out as validation."""
+    from ucal.datasets import make_persons
+
+    return make_persons(n_identities=24, n_test_identities=3, n_images_per_camera=(3, 4),
+                        image_size=SIZE, random_state=0)
+
+
 def _model(**params):
     defaults = dict(
         backbone="tiny",
@@ -24,7 +33,7 @@ def _model(**params):
         inference_batch_size=64,
         clusterer=SelfPacedDBSCAN(k1=6, k2=2, min_samples=2),
         refiner=MPPSMerger(clusterer=SNPSSplitter(k_max=2), delta=0.0),
-        validation_size=30,
+        validation_size=15,  # a tenth of this data's images at most
         random_state=0,
     )
     defaults.update(params)
@@ -44,20 +53,20 @@ def test_validation_answers_are_held_out_and_scored_every_epoch(data, tmp_path):
         calibrator=ClusteringCalibrator(param_grid={"eps": [0.4, 0.6]}, n_queries=20),
     ).fit(data.train, oracle=oracle, eval_set=data)
     held = _pairs(model.validation_memory_)
-    assert len(held) == 30
+    assert len(held) == 15
     # never among the answers the clustering and refiners are given
     assert not held & _pairs(model.label_memory_)
     assert (tmp_path / "run" / "validation_memory.jsonl").stat().st_size > 0
     # epoch 0 is the starting network; every epoch has its validation figure
     assert [r["epoch"] for r in model.history_] == [0, 1, 2]
     start = model.history_[0]
-    assert start["val_pairs"] == 30 and start["validation_queries"] == 30
+    assert start["val_pairs"] == 15 and start["validation_queries"] == 15
     assert "mAP" in start and "calibrated" in start
     for record in model.history_:
         assert 0 <= record["val_auc"] <= 1 and 0 <= record["val_accuracy"] <= 1
     # the questions count in the cost, each asked once
     assert model.n_queries_ == oracle.n_asked == len(oracle.pairs)
-    assert start["n_queries"] == 30 + start["calibration_queries"]
+    assert start["n_queries"] == 15 + start["calibration_queries"]
 
 
 def test_validation_scores_use_the_held_out_pairs_only(data, monkeypatch):
@@ -71,9 +80,9 @@ def test_validation_scores_use_the_held_out_pairs_only(data, monkeypatch):
         return original(X, pairs, same)
 
     monkeypatch.setattr(ucal.metrics, "pair_verification_scores", spy)
-    model = _model(epochs=1, validation_size=12).fit(data.train, data.train.pids)
-    assert seen == [12, 12]  # epoch 0 and epoch 1, on the 12 held-out answers
-    assert len(model.validation_memory_) == 12
+    model = _model(epochs=1, validation_size=4).fit(data.train, data.train.pids)
+    assert seen == [4, 4]  # epoch 0 and epoch 1, on the 4 held-out answers
+    assert len(model.validation_memory_) == 4
 
 
 def test_the_best_network_is_restored_and_said(data, caplog):
@@ -163,7 +172,7 @@ def test_resume_keeps_the_validation_set_and_the_best_epoch(data, tmp_path):
     model = _model(epochs=3, checkpoint_dir=run).fit(data.train, oracle=again, resume=True)
     assert not again.pairs & first.pairs  # nothing asked twice, validation included
     assert [r["epoch"] for r in model.history_] == [0, 1, 2, 3]
-    assert len(model.validation_memory_) == 30
+    assert len(model.validation_memory_) == 15
     assert model.best_epoch_ is not None
 
 
@@ -187,11 +196,11 @@ def test_questions_before_training_respect_max_queries(data):
     y = data.train.pids
     oracle = RecordingOracle(y, len(y))
     with pytest.warns(UserWarning):
-        model = _model(epochs=1, max_queries=20, calibrator=ClusteringCalibrator()).fit(
+        model = _model(epochs=1, max_queries=3, calibrator=ClusteringCalibrator()).fit(
             data.train, oracle=oracle
         )
-    assert oracle.n_asked <= 20 and model.n_queries_ == oracle.n_asked
-    assert len(model.validation_memory_) == 20
+    assert oracle.n_asked <= 3 and model.n_queries_ == oracle.n_asked
+    assert len(model.validation_memory_) == 3  # the budget ran out first
     assert model.history_[0]["calibration_queries"] == 0
 
 
@@ -234,7 +243,7 @@ def test_an_oracle_that_records_itself_keeps_validation_answers_apart(data):
         data.train, oracle=oracle, label_memory=memory
     )
     held = _pairs(model.validation_memory_)
-    assert len(held) == 30 and not held & _pairs(memory)
+    assert len(held) == 15 and not held & _pairs(memory)
     assert oracle.label_memory is memory  # put back after the validation questions
 
 
@@ -244,8 +253,8 @@ def test_held_out_answers_are_saved_beside_a_given_answers_file(data, tmp_path):
     answers = tmp_path / "answers.jsonl"
     model = _model(epochs=1).fit(data.train, data.train.pids, label_memory=str(answers))
     beside = tmp_path / "answers.validation.jsonl"
-    assert len(LabelMemory(beside)) == len(model.validation_memory_) == 30
-    assert len(LabelMemory(answers)) + 30 == model.n_queries_
+    assert len(LabelMemory(beside)) == len(model.validation_memory_) == 15
+    assert len(LabelMemory(answers)) + 15 == model.n_queries_
 
 
 def test_validation_images_are_never_trained_on(data, monkeypatch):
@@ -265,3 +274,56 @@ def test_validation_images_are_never_trained_on(data, monkeypatch):
     for labels in trained:
         assert (labels[held_out] == -1).all()  # -1: in no batch, no class
         assert (np.delete(labels, held_out) >= 0).all()  # every other image is trained on
+
+
+def test_supervised_resume_before_any_checkpoint(data, tmp_path):
+    # No pseudo labels, no oracle: resuming an empty run directory just trains.
+    model = _model(epochs=1, supervised=True, checkpoint_dir=str(tmp_path / "run"))
+    model.fit(data.train, data.train.pids, resume=True)
+    assert model.n_queries_ == len(data.train) * (len(data.train) - 1) // 2
+
+
+def test_validation_keeps_at_most_a_tenth_of_the_images_out_of_training(data):
+    n = len(data.train)
+    model = _model(epochs=1, validation_size=500).fit(data.train, data.train.pids)
+    pairs = model.validation_memory_.to_arrays()[0]
+    assert len(model.validation_memory_) == n // 20
+    assert len(np.unique(pairs)) <= n // 10
+
+
+def test_not_sure_validation_answers_are_held_out_too_and_released_after(data):
+    from ucal.oracles import LabelMemory, LabelOracle
+
+    truth = LabelOracle(data.train.pids)
+    batches = []
+
+    def unsure_first(pairs):
+        batches.append(set(map(tuple, np.sort(pairs, axis=1).tolist())))
+        if len(batches) == 1:  # the validation batch: "not sure" to everything
+            return np.full(len(pairs), -1)
+        return truth(pairs)
+
+    memory = LabelMemory()
+    _model(epochs=2).fit(data.train, oracle=unsure_first, label_memory=memory)
+    assert len(batches) > 1 and len(batches[0]) == 15
+    assert not batches[0] & set().union(*batches[1:])  # never asked again
+    assert len(memory.held_out()) == 0  # released at the end of the fit
+
+
+def test_resume_with_another_validation_size_is_refused(data, tmp_path):
+    run = str(tmp_path / "run")
+    _model(epochs=1, checkpoint_dir=run).fit(data.train, data.train.pids)
+    with pytest.raises(ValueError, match="validation_size"):
+        _model(epochs=2, checkpoint_dir=run, validation_size=0).fit(
+            data.train, data.train.pids, resume=True
+        )
+
+
+def test_best_epoch_state_of_another_monitor_is_not_used():
+    cb = BestEpoch(monitor="mAP")
+    cb.load_state_dict({"monitor": "val_auc", "mode": "max", "best_epoch": 3,
+                        "best_value": 0.9, "weights": {}})
+    assert cb.best_epoch is None
+    cb.load_state_dict({"monitor": "mAP", "mode": "max", "best_epoch": 3,
+                        "best_value": 0.4, "weights": {}})
+    assert cb.best_epoch == 3

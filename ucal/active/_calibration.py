@@ -202,7 +202,7 @@ class ClusteringCalibrator(ClusterMixin, BaseEstimator):
     beta : float, default=1.0
         The score is the pairwise F-beta: ``beta > 1`` weighs recall more
         (a scale that keeps a person together matters more when a refiner
-        splits what is impure afterwards, as in ``UCALReID``, which uses 2).
+        splits what is impure afterwards).
     memory_path : str or path-like, default=None
         File of the label memory made when ``fit`` is given none.
     random_state : int, RandomState instance or None, default=None
@@ -237,7 +237,7 @@ class ClusteringCalibrator(ClusterMixin, BaseEstimator):
     See Also
     --------
     ucal.SelfPacedDBSCAN : The default clusterer.
-    ucal.reid.UCALReID : Calibrates its clusterer with this step by default.
+    ucal.reid.UCALReID : Calibrates its clusterer with this step (``calibrator=``).
 
     Examples
     --------

@@ -540,9 +540,9 @@ class LabelMemory:
         unknown = np.flatnonzero(known < 0)
         # "not sure" twice already, or held out for validation: not asked (order kept)
         given_up = self._unsure_counts(uniq[unknown]) >= _MAX_UNSURE
+        n_unsure_skipped = int(given_up.sum())
         if len(self._held_out):
             given_up |= np.isin(keys[first[order]][unknown], self._held_out)
-        n_unsure_skipped = int(given_up.sum())
         unknown = unknown[~given_up]
         n_send = 0 if oracle is None else len(unknown)
         if max_queries is not None:
@@ -645,17 +645,19 @@ class LabelMemory:
         return self._ask(pairs, oracle, context=context).answers
 
     def hold_out(self, pairs):
-        """Pairs that :meth:`ask` must never send to the oracle (they stay unknown).
+        """Pairs that :meth:`ask` must never send to the oracle.
 
         ``UCALReID`` holds out its validation pairs in the training
-        memory, so that a pair answered for validation is neither asked
-        twice nor used in a training decision. Not saved in the file: the
-        caller holds the pairs out again when it reopens the memory.
+        memory during a fit, so that a pair answered for validation is
+        neither asked twice nor answered from that memory's own records; a
+        pair :meth:`lookup` can infer from other answers is still answered.
+        Not saved in the file, and released at the end of the fit.
 
         Parameters
         ----------
-        pairs : array-like of shape (m, 2)
-            Sample pairs (either order).
+        pairs : array-like of shape (m, 2) or None
+            Sample pairs (either order) to add; None releases every pair
+            held out so far.
 
         Examples
         --------
@@ -665,7 +667,11 @@ class LabelMemory:
         >>> memory.ask([[0, 1], [0, 2]], LabelOracle([0, 0, 1])).tolist()
         [-1, 0]
         """
-        pairs = check_pairs(pairs)
+        if pairs is None:
+            with self._lock:
+                self._held_out = np.empty(0, dtype=np.int64)
+            return
+        pairs = check_pairs(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
         _, keys = _canonical(pairs)
         with self._lock:
             self._held_out = np.union1d(self._held_out, keys)
@@ -843,5 +849,6 @@ class LabelMemory:
 
     def __setstate__(self, state):
         state.setdefault("_unsure", {})  # pickled before "not sure" answers were kept
+        state.setdefault("_held_out", np.empty(0, dtype=np.int64))  # ... before hold_out
         self.__dict__.update(state)
         self._lock = threading.RLock()

@@ -245,8 +245,8 @@ class BestEpoch(Callback):
         state : dict
             ``best_epoch``, ``best_value`` and ``weights`` (CPU tensors).
         """
-        return {"best_epoch": self.best_epoch, "best_value": self.best_value,
-                "weights": self._weights}
+        return {"monitor": self.monitor, "mode": self.mode, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "weights": self._weights}
 
     def load_state_dict(self, state):
         """Continue from what :meth:`state_dict` returned.
@@ -256,6 +256,15 @@ class BestEpoch(Callback):
         state : dict
             A saved state.
         """
+        if (state.get("monitor"), state.get("mode")) != (self.monitor, self.mode) or (
+            self.restore and state.get("weights") is None and state.get("best_epoch") is not None
+        ):
+            logger.warning(
+                "BestEpoch: the saved state watched %r (%s) without the weights needed now; "
+                "it is not used, and the best epoch is tracked from here on.",
+                state.get("monitor"), state.get("mode"),
+            )
+            return
         self.best_epoch = state["best_epoch"]
         self.best_value = state["best_value"]
         self._weights = state["weights"]
@@ -270,7 +279,7 @@ class BestEpoch(Callback):
 
     def _consider(self, loop, record):
         value = record.get(self.monitor)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or math.isnan(float(value)):
             return
         if self._better(float(value)):
             self.best_epoch = int(record["epoch"])
@@ -292,9 +301,11 @@ class BestEpoch(Callback):
             self._loaded = False
             return
         self.best_epoch = self.best_value = self._weights = None
-        for record in loop.history:
-            if record.get("epoch") == 0:
-                self._consider(loop, record)
+        if getattr(loop, "start_epoch", 0) == 0:
+            # a fresh fit: the network now is the starting one, a candidate itself
+            for record in loop.history:
+                if record.get("epoch") == 0:
+                    self._consider(loop, record)
 
     def on_epoch_end(self, loop, record):
         """Keep the epoch's network if it is the best so far; stop after ``patience``.
@@ -354,6 +365,10 @@ class BestEpoch(Callback):
                 "Best %s %.4f at epoch %d%s.", self.monitor, self.best_value, self.best_epoch,
                 "" if self.restore else " (restore=False: the last network is kept)",
             )
+            return
+        if self._weights is None:
+            logger.info("BestEpoch: no saved weights for epoch %d; the last network is kept.",
+                        self.best_epoch)
             return
         loop.net.load_state_dict(copy.deepcopy(self._weights))
         logger.info(

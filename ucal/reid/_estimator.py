@@ -173,7 +173,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         the starting network's features, and held out from every training
         decision, and their images are never trained on (so that the
         figure measures how the network generalises, not how it fits its
-        own clusters; at most ``2 * validation_size`` images): each epoch's
+        own clusters; at most a tenth of the images: ``validation_size`` is
+        lowered to ``N // 20`` pairs on small data, with a warning): each epoch's
         record gets ``val_auc`` and ``val_accuracy`` on them, the starting
         network's as epoch 0. Their
         answers are kept apart from the training answers (in

@@ -48,6 +48,13 @@ _BEST_MIN_DELTA = 0.02
 _K1_CALIBRATION_MAX_SAMPLES = 20_000
 
 
+def _recorded_pairs(memory, n_samples):
+    """Every pair ``memory`` holds a record of ("not sure" included), inside the data."""
+    pairs = {(min(r.i, r.j), max(r.i, r.j)) for r in memory}
+    pairs = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    return pairs[(pairs < n_samples).all(axis=1)]
+
+
 def default_calibration_grid(clusterer, n_samples):
     """The candidates of a calibrator without ``param_grid``, for ``clusterer`` on ``n_samples``.
 
@@ -209,11 +216,14 @@ class TrainingLoop:
         self._seed = int(seeds[4])
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
-        elif self.resume and self.run_dir is not None and self.run_dir.owns_memory:
+        elif self.resume and self.run_dir is not None and self.pseudo_labeler is not None:
             # Answers given before the first checkpoint of this run: human work, counted.
-            self.pseudo_labeler.n_queries = sum(
-                len(m) for m in (self.label_memory, self.validation_memory) if m is not None
-            )
+            # The held-out answers are always the run's own; the training ones when the
+            # run owns its memory file.
+            n_answers = 0 if self.validation_memory is None else len(self.validation_memory)
+            if self.run_dir.owns_memory and self.label_memory is not None:
+                n_answers += len(self.label_memory)
+            self.pseudo_labeler.n_queries = n_answers
         if self.memory is None:
             features = self._extract(self.source, "Initialising the memory")
             self.memory = FeatureMemory(
@@ -258,8 +268,16 @@ class TrainingLoop:
         if self.validation_memory is not None:
             from ucal.active import near_neighbour_pairs
 
-            held, _ = self.validation_memory.to_arrays()
-            want = est.validation_size - len(held)
+            held = _recorded_pairs(self.validation_memory, self.n_samples)
+            # At most a tenth of the images sit out training (two per pair at most).
+            size = min(est.validation_size, self.n_samples // 20)
+            if size < est.validation_size:
+                logger.warning(
+                    "validation_size=%d would keep too many of the %d images out of "
+                    "training: %d pairs are held out instead.",
+                    est.validation_size, self.n_samples, size,
+                )
+            want = size - len(held)
             if self._budget_left() is not None:
                 want = min(want, self._budget_left())
             if want > 0:
@@ -282,7 +300,8 @@ class TrainingLoop:
                         self.oracle.label_memory = self.label_memory
                     self.pseudo_labeler.n_queries += self.validation_memory.n_queries - sent
             # never asked again, never used to train: held out of the training memory
-            self.label_memory.hold_out(self.validation_memory.to_arrays()[0])
+            # ("not sure" answers included: they may not be asked there either)
+            self.label_memory.hold_out(_recorded_pairs(self.validation_memory, self.n_samples))
             start["validation_queries"] = int(self.validation_memory.n_queries)
         if est.calibrator is not None:
             start.update(self._calibrate(features))
@@ -334,10 +353,10 @@ class TrainingLoop:
         pairs, same = self.validation_memory.to_arrays()
         inside = (pairs < self.n_samples).all(axis=1) if len(pairs) else np.zeros(0, bool)
         pairs, same = pairs[inside], same[inside]
+        if self.label_memory is not None:
+            self.label_memory.hold_out(_recorded_pairs(self.validation_memory, self.n_samples))
         if len(pairs) == 0:
             return None
-        if self.label_memory is not None:
-            self.label_memory.hold_out(pairs)
         if same.all() or not same.any():
             logger.warning(
                 "The %d held-out validation answers are all %r: the validation AUC is "
@@ -529,10 +548,12 @@ class TrainingLoop:
                 record["n_refreshed"] = self._refresh_memory(epoch)
                 features = self.memory.features.cpu().numpy()
                 if self._drifted():
-                    record["recalibrated"] = self._calibrate(features)["calibrated"]
-                    logger.info(
-                        "Validation fell: clustering recalibrated to %s.", record["recalibrated"]
-                    )
+                    recalibrated = self._calibrate(features).get("calibrated")
+                    if recalibrated is not None:
+                        record["recalibrated"] = recalibrated
+                        logger.info(
+                            "Validation fell: clustering recalibrated to %s.", recalibrated
+                        )
                 labels = self.pseudo_labeler(features, epoch, record)
             labels = relabel(labels)
             self.labels = labels
@@ -687,5 +708,7 @@ class TrainingLoop:
         est.device_ = str(self.device)
         est.precision_ = self.precision.describe()
         est.best_epoch_ = None
+        if self.label_memory is not None:
+            self.label_memory.hold_out(None)  # the memory goes back to the user unrestricted
         est.validation_memory_ = self.validation_memory
         est.calibrated_params_ = self.calibrated_params

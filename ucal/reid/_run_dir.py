@@ -47,10 +47,11 @@ RESUME_PARAMS = (
     "outliers",
     "centroid_momentum",
     "supervised",
+    "validation_size",
 )
 
 # Values of fingerprint keys that checkpoints written before the key existed lack.
-_FINGERPRINT_DEFAULTS = {"lr_schedule": "step"}
+_FINGERPRINT_DEFAULTS = {"lr_schedule": "step", "validation_size": 0}
 
 
 def fingerprint(est, n_samples):
