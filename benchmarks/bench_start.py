@@ -119,6 +119,7 @@ def pretrain(seed, root):
 
 
 def run(seed, name, weights):
+    from ucal.cli._common import held_record
     from ucal.reid import set_num_threads
     from ucal.reid._presets import preset_params
 
@@ -146,8 +147,8 @@ def run(seed, name, weights):
         else:
             model = _model(seed, weights, max_queries=budget)
             model.fit(data.train, data.train.pids, eval_set=data)
-    held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
-    record = next(r for r in model.history_ if r["epoch"] == held)
+    record = held_record(model)
+    held = record["epoch"]
     degenerate = any("degenerate" in str(w.message) for w in caught)
     out = {
         "seed": seed, "method": name, "mAP": record["mAP"], "R1": record["R1"],

@@ -29,7 +29,7 @@ from ..cluster._centers import (
 from ..metrics import labeling_cost, pairwise_precision_recall_fscore
 from ..oracles import OracleError, as_label_memory, resolve_oracle
 from ..utils import check_labels, relabel
-from ._session import QuerySession
+from ._session import QuerySession, check_query_limit
 
 __all__ = []
 
@@ -148,11 +148,7 @@ class BaseRefiner(
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         oracle = resolve_oracle(oracle, y, n_samples=X.shape[0])
         memory = as_label_memory(label_memory, path=self.memory_path)
-        if query_limit is not None and (
-            isinstance(query_limit, bool) or not isinstance(query_limit, Integral)
-            or query_limit < 0
-        ):
-            raise ValueError(f"query_limit must be an int >= 0 or None, got {query_limit!r}.")
+        check_query_limit(query_limit)
         session = QuerySession(memory, oracle, query_limit=query_limit, seed=seed)
         try:
             self._fit_in_session(X, labels, session)

@@ -14,7 +14,9 @@ from sklearn.utils.validation import validate_data
 from ..cluster._centers import unit_rows
 from ..cluster._knn import exact_knn
 from ..metrics import labeling_cost
+from ..metrics._clustering import _same_pairs
 from ..oracles import OracleError, as_label_memory, resolve_oracle
+from ._session import check_query_limit
 
 __all__ = ["ClusteringCalibrator", "near_neighbour_pairs"]
 
@@ -102,13 +104,6 @@ def within_cluster_pairs(labels, n_pairs, rng):
     return np.sort(pairs, axis=1)
 
 
-def n_within_pairs(labels):
-    """Number of sample pairs that share a cluster."""
-    labels = np.asarray(labels)
-    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
-    return float(np.sum(sizes * (sizes - 1) / 2.0))
-
-
 def _wilson_lower(p, n, z=1.0):
     """Wilson score lower bound (one standard error) of a proportion ``p`` over ``n``."""
     denominator = 1 + z * z / n
@@ -134,7 +129,7 @@ def estimated_agreement(candidates, drawn, drawn_same, beta=1.0):
     ``(1 + beta^2) TP / (pairs together + beta^2 total)``.
     """
     n = len(candidates)
-    totals = np.array([n_within_pairs(labels) for labels in candidates])
+    totals = np.array([_same_pairs(labels) for labels in candidates], dtype=np.float64)
     together = np.array([
         (labels[drawn[:, 0]] == labels[drawn[:, 1]]) & (labels[drawn[:, 0]] >= 0)
         for labels in candidates
@@ -311,11 +306,7 @@ class ClusteringCalibrator(ClusterMixin, BaseEstimator):
         n_samples = X.shape[0]
         oracle = resolve_oracle(oracle, y, n_samples=n_samples)
         memory = as_label_memory(label_memory, path=self.memory_path)
-        if query_limit is not None and (
-            isinstance(query_limit, bool) or not isinstance(query_limit, Integral)
-            or query_limit < 0
-        ):
-            raise ValueError(f"query_limit must be an int >= 0 or None, got {query_limit!r}.")
+        check_query_limit(query_limit)
         from ..cluster import SelfPacedDBSCAN
 
         base = SelfPacedDBSCAN() if self.clusterer is None else self.clusterer
@@ -397,8 +388,3 @@ class ClusteringCalibrator(ClusterMixin, BaseEstimator):
             known = memory.lookup(drawn)
         valid = known >= 0
         return drawn[valid], known[valid] == 1
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags

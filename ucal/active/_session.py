@@ -2,14 +2,23 @@
 
 import logging
 import warnings
+from numbers import Integral
 
 import numpy as np
 
 from ..oracles import BudgetExhaustedWarning
 
-__all__ = ["QuerySession"]
+__all__ = ["QuerySession", "check_query_limit"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_query_limit(query_limit):
+    """Refuse a ``query_limit`` (of a refiner's or calibrator's ``fit``) that is not an int >= 0."""
+    if query_limit is not None and (
+        isinstance(query_limit, bool) or not isinstance(query_limit, Integral) or query_limit < 0
+    ):
+        raise ValueError(f"query_limit must be an int >= 0 or None, got {query_limit!r}.")
 
 
 class QuerySession:

@@ -55,6 +55,12 @@ def percent(x):
     return 100.0 * float(x)
 
 
+def held_record(model):
+    """The history record of the network a fitted UCALReID holds (its best epoch, or last)."""
+    held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
+    return next(r for r in model.history_ if r["epoch"] == held)
+
+
 def results_table(rows):
     """Markdown table of Method / R1 / R5 / R10 / mAP / queries / cost."""
     lines = [

@@ -13,6 +13,7 @@ import time
 from ._common import (
     add_threads,
     add_verbosity,
+    held_record,
     percent,
     results_table,
     set_threads,
@@ -139,8 +140,7 @@ def _demo_run(task):
             model = _demo_model(settings, run_dir, refiner="passthrough")
         model.fit(train, train.pids, eval_set=data)
     # the figures of the network the model holds (UCAL keeps its best validated epoch)
-    held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
-    last = next(r for r in model.history_ if r["epoch"] == held)
+    last = held_record(model)
     begin = model.history_[0] if model.history_[0]["epoch"] == 0 else None
     return {
         "kind": kind,

@@ -8,6 +8,7 @@ from ._common import (
     add_dataset_arguments,
     add_threads,
     add_verbosity,
+    held_record,
     load_data,
     results_table,
     set_threads,
@@ -143,8 +144,7 @@ def cmd_train(args):
         summary["epoch"] = model.best_epoch_
     if eval_set is not None:
         # the scores of the network the model holds (its best validated epoch by default)
-        held = model.best_epoch_ if model.best_epoch_ is not None else model.history_[-1]["epoch"]
-        last = next(r for r in model.history_ if r["epoch"] == held)
+        last = held_record(model)
         summary.update({k: last[k] for k in ("R1", "R5", "R10", "mAP", "mINP")})
         sys.stdout.write(
             results_table([{"method": "UCAL" if y is not None or oracle else "Baseline",

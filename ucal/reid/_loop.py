@@ -48,6 +48,13 @@ _BEST_MIN_DELTA = 0.02
 _K1_CALIBRATION_MAX_SAMPLES = 20_000
 
 
+def _fresh_clusterer(est):
+    """An unfitted copy of the estimator's base clusterer (None: SpCL's SelfPacedDBSCAN)."""
+    from ucal.cluster import SelfPacedDBSCAN
+
+    return SelfPacedDBSCAN() if est.clusterer is None else clone(est.clusterer)
+
+
 def _recorded_pairs(memory, n_samples):
     """Every pair ``memory`` holds a record of ("not sure" included), inside the data."""
     pairs = {(min(r.i, r.j), max(r.i, r.j)) for r in memory}
@@ -200,14 +207,8 @@ class TrainingLoop:
                     UserWarning,
                     stacklevel=4,
                 )
-            if est.clusterer is None:
-                from ucal.cluster import SelfPacedDBSCAN
-
-                clusterer = SelfPacedDBSCAN()
-            else:
-                clusterer = clone(est.clusterer)
             self.pseudo_labeler = PseudoLabeler(
-                clusterer, refiner, self.oracle, self.label_memory,
+                _fresh_clusterer(est), refiner, self.oracle, self.label_memory,
                 warmup_epochs=est.warmup_epochs, max_queries=est.max_queries,
                 seed=int(seeds[3]), epochs=est.epochs, pacing=est.query_pacing,
             )
@@ -309,12 +310,10 @@ class TrainingLoop:
 
     def _calibrate(self, features):
         """Choose the base clusterer's scale by agreement with the answered pairs."""
-        from ucal.cluster import SelfPacedDBSCAN
-
         est = self.estimator
         labeler = self.pseudo_labeler
         # Always from the user's clusterer: a recalibration does not compound the last one.
-        original = SelfPacedDBSCAN() if est.clusterer is None else clone(est.clusterer)
+        original = _fresh_clusterer(est)
         calibrator = clone(est.calibrator)
         if calibrator.clusterer is not None:
             warnings.warn(
