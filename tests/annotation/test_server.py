@@ -47,7 +47,9 @@ def test_a_controller_of_its_own_is_served(images):
         assert client.post("hello", {"x": 1}) == (200, {"action": "hello", "payload": {"x": 1}})
         assert client.post("nope", {}) == (409, {"error": "Not now."})
         status, reply = client.post("crash", {})
-        assert status == 500 and "RuntimeError: a bug" in reply["error"]
+        # the type only: messages may hold paths; the traceback goes to the log
+        assert status == 500 and "RuntimeError" in reply["error"]
+        assert "a bug" not in reply["error"]
         assert client.post("hello", {}, token=False)[0] == 403
         assert client.get("/img/2")[0] == 200 and client.get("/img/3")[0] == 404
     assert controller.calls == [("state",), ("hello", {"x": 1}), ("nope", {}), ("crash", {})]

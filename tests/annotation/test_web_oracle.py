@@ -531,7 +531,7 @@ def test_record_failure_is_a_5xx_and_keeps_the_pair_open(images, caplog):
 
         def record(self, pairs, answers, *, source="oracle"):
             if self.full:
-                raise OSError("No space left on device")
+                raise OSError(28, "No space left on device", "/secret/folder/answers.jsonl")
             return super().record(pairs, answers, source=source)
 
     memory = BrokenDisk()
@@ -543,6 +543,7 @@ def test_record_failure_is_a_5xx_and_keeps_the_pair_open(images, caplog):
             for answer in ("same", "unsure"):  # "not sure" is an answer to keep, too
                 status, reply = client.post("answer", {"pair_id": pair_id, "answer": answer})
                 assert status == 500 and "No space left" in reply["error"]
+                assert "/secret" not in reply["error"]  # no path reaches the page
         assert client.state()["batch"]["n_answered"] == 0
         memory.full = False  # space freed: the same answer now goes through
         client.answer(pair_id, "unsure")
@@ -734,11 +735,14 @@ def test_invalid_images(bad, error):
         WebOracle(bad, verbose=0)
 
 
-def test_the_url_is_logged_and_a_waiting_batch_warns(images, caplog):
+def test_the_url_is_shown_on_the_terminal_never_in_the_log(images, caplog, capsys):
     with caplog.at_level(logging.INFO, logger="ucal.annotation._oracle"):
         oracle = WebOracle(images, verbose=1)
     with oracle:
-        assert oracle.url in caplog.text
+        # the full address (with its token) on stderr; the log only without it
+        assert oracle.url in capsys.readouterr().err
+        assert oracle.url.split("?")[0] in caplog.text and "token=<hidden>" in caplog.text
+        assert oracle._server.token not in caplog.text
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ucal.annotation._oracle"):
             # No page has asked for the state yet: the user is told where to go.
@@ -746,7 +750,9 @@ def test_the_url_is_logged_and_a_waiting_batch_warns(images, caplog):
             deadline = time.monotonic() + 10
             while "waiting for 1 answers" not in caplog.text and time.monotonic() < deadline:
                 time.sleep(0.01)
-        assert "waiting for 1 answers" in caplog.text and oracle.url in caplog.text
+        assert "waiting for 1 answers" in caplog.text
+        assert oracle._server.token not in caplog.text
+        assert oracle.url in capsys.readouterr().err
         client = Client(oracle.url)
         pair_id = wait_for_batch(client)["batch"]["pairs"][0]["id"]
         client.answer(pair_id, "same")

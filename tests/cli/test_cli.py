@@ -132,6 +132,39 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     code = main(_train_args(str(tmp_path / "nowhere"), tmp_path / "out"))
     assert code == 1
     assert "ucal train: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # a failed train leaves no folder behind
+
+
+def test_a_failed_train_keeps_an_output_folder_with_answers_or_one_it_did_not_make(
+    tmp_path, capsys
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(_train_args(str(tmp_path / "nowhere"), out)) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    from ucal.cli._train import _remove_if_unused
+
+    made = tmp_path / "made"
+    (made / "checkpoints").mkdir(parents=True)
+    (made / "checkpoints" / "label_memory.jsonl").write_text('{"i": 0, "j": 1, "same": true}\n')
+    _remove_if_unused(str(made))
+    assert (made / "checkpoints" / "label_memory.jsonl").exists()  # answers are never removed
+
+
+@pytest.mark.parametrize("content", [b'{"a": 1}\n', b"not a pickle at all", None])
+def test_evaluate_on_a_file_that_is_not_a_model_is_a_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "model.joblib"
+    if content is None:
+        import joblib
+
+        joblib.dump({"weights": [1, 2]}, path)  # a joblib file, but not a model
+    else:
+        path.write_bytes(content)
+    code = main(["evaluate", "--model", str(path), "--dataset", "synthetic", "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ucal evaluate: error:" in err and "model.joblib" in err and "Traceback" not in err
 
 
 def test_parser_lists_commands_and_validates(capsys):

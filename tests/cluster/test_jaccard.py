@@ -60,7 +60,10 @@ def test_numpy_and_faiss_knn_agree():
     assert (i_np == i_fa).mean() > 0.999  # only exact ties may swap
     D_np = jaccard_distance(X, 20, 6, search="numpy")
     D_fa = jaccard_distance(X, 20, 6, search="faiss")
-    assert abs(D_np - D_fa).max() < 1e-5
+    # Similarities that differ by one float32 ulp between the engines may swap two
+    # neighbours, which moves the k-reciprocal sets of a few rows: a few entries only.
+    differ = (abs(D_np - D_fa).data > 1e-5).sum()
+    assert differ <= 0.001 * D_np.nnz
 
 
 @pytest.mark.parametrize("block_size", [1, 7, 64, 5000])

@@ -147,7 +147,7 @@ class BaseRefiner(
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         oracle = resolve_oracle(oracle, y, n_samples=X.shape[0])
-        memory = as_label_memory(label_memory, path=self.memory_path)
+        memory = as_label_memory(label_memory, path=self.memory_path, n_samples=X.shape[0])
         check_query_limit(query_limit)
         session = QuerySession(memory, oracle, query_limit=query_limit, seed=seed)
         try:
@@ -214,7 +214,7 @@ class BaseRefiner(
             return clusterer.labels_.copy()
         if labels is not None:
             self.clusterer_ = None
-            labels = check_labels(column_or_1d(labels), n_samples)
+            labels = check_labels(labels, n_samples)
             return relabel(labels, order="appearance")
         if clusterer is None:
             from ..cluster import SelfPacedDBSCAN

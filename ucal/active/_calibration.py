@@ -305,7 +305,7 @@ class ClusteringCalibrator(ClusterMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         n_samples = X.shape[0]
         oracle = resolve_oracle(oracle, y, n_samples=n_samples)
-        memory = as_label_memory(label_memory, path=self.memory_path)
+        memory = as_label_memory(label_memory, path=self.memory_path, n_samples=n_samples)
         check_query_limit(query_limit)
         from ..cluster import SelfPacedDBSCAN
 

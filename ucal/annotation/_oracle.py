@@ -16,7 +16,7 @@ from ._controller import (
     require_choice,
     require_int,
 )
-from ._server import AnnotationServer, ImageStore, _Closable
+from ._server import AnnotationServer, ImageStore, _Closable, _file_name, show_url
 
 __all__ = ["WebOracle"]
 
@@ -184,7 +184,7 @@ class WebOracle(_Closable, AnnotationController):
         self._server = AnnotationServer(self, self._images, host=host, port=port)
         self.url = self._server.url
         if verbose:
-            logger.info("Annotation page for %d images: open %s", self.n_samples, self.url)
+            show_url(f"Annotation page for {self.n_samples} images: open", self.url, log=logger)
         if open_browser:
             webbrowser.open(self.url)
 
@@ -294,11 +294,8 @@ class WebOracle(_Closable, AnnotationController):
             self._changed()
             seen = self._client_seen
         if not seen:
-            logger.warning(
-                "WebOracle is waiting for %d answers: open %s in a web browser.",
-                len(pairs),
-                self.url,
-            )
+            show_url(f"WebOracle is waiting for {len(pairs)} answers: open in a web browser",
+                     self.url, log=logger, level=logging.WARNING)
         elif self.verbose:
             logger.info("Batch %d: %d pairs to answer on the page.", batch.number, len(pairs))
         start = time.monotonic()
@@ -435,7 +432,7 @@ class WebOracle(_Closable, AnnotationController):
             "closed": self._closed,
             "memory": None
             if memory is None
-            else {"path": getattr(memory, "path", None), "n_answers": len(memory)},
+            else {"path": _file_name(memory), "n_answers": len(memory)},
             "batch": None,
             "last_batch": None,
         }

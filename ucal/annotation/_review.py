@@ -13,7 +13,7 @@ from ._controller import (
     require_choice,
     require_int,
 )
-from ._server import AnnotationServer, ImageStore, _Closable
+from ._server import AnnotationServer, ImageStore, _Closable, _file_name, show_url
 
 __all__ = ["ReviewSession", "serve_review"]
 
@@ -96,7 +96,7 @@ class _Review(AnnotationController):
             "n_samples": len(self.images),
             "n_corrections": self.n_corrections,
             "finished": self.finished.is_set(),
-            "memory": {"path": getattr(self.memory, "path", None), "n_answers": len(self.memory)},
+            "memory": {"path": _file_name(self.memory), "n_answers": len(self.memory)},
             "conflicts": conflicts,
             "records": rows,
         }
@@ -338,7 +338,8 @@ def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False
     0
     """
     session = ReviewSession(memory, images, host=host, port=port)
-    logger.warning("Review page: open %s (Finish on the page or Ctrl+C to stop).", session.url)
+    show_url("Review page: open", session.url, log=logger, level=logging.WARNING)
+    logger.info("Finish on the page, or Ctrl+C, to stop.")
     if open_browser:
         webbrowser.open(session.url)
     try:

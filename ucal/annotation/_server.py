@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import threading
 import warnings
 from functools import lru_cache
@@ -55,6 +56,10 @@ _STATIC_FILES = {
 _IMAGE_ROUTE = re.compile(r"/img/([0-9]{1,12})")
 _API_ROUTE = re.compile(r"/api/([a-z_]{1,32})")
 _MAX_BODY = 64 * 1024
+_IDLE_TIMEOUT = 30
+_MAX_LOGGED_PATH = 200
+# Host header names a loopback-bound server answers to.
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Everything the page needs comes from this server; nothing may be framed,
 # nothing inline runs, and the token in the URL never leaks as a referrer.
 _SECURITY_HEADERS = {
@@ -217,6 +222,30 @@ class ImageStore:
         with Image.open(self._paths[index]) as image:
             image.convert("RGB").save(buffer, format="JPEG", quality=92)
         return buffer.getvalue(), "image/jpeg"
+
+
+def redact_url(url):
+    """``url`` with its token hidden: what may go into logs and files."""
+    return re.sub(r"token=[^&#]*", "token=<hidden>", url)
+
+
+def show_url(message, url, *, log=logger, level=logging.INFO):
+    """Tell the person at the terminal to open ``url``, which holds the secret token.
+
+    The full address goes to the terminal (stderr) only; the log (``log``
+    at ``level``), which may be a file (``ucal train`` writes
+    ``train.log``), gets it without the token. This is the one place the
+    library writes to stderr itself.
+    """
+    log.log(level, "%s %s", message, redact_url(url))
+    sys.stderr.write(f"{message} {url}\n")
+    sys.stderr.flush()
+
+
+def _file_name(memory):
+    """The name of a memory's answers file for the page: no folders (they reveal the machine)."""
+    path = getattr(memory, "path", None)
+    return None if path is None else os.path.basename(path)
 
 
 def _is_loopback(host):
@@ -401,10 +430,30 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
     owner = None  # the AnnotationServer, set on a subclass
     server_version = "ucal-annotation"
     sys_version = ""
+    # An idle or slow connection is dropped after this many seconds: each one holds a thread.
+    timeout = _IDLE_TIMEOUT
 
     def log_message(self, format, *args):
-        # Never the query string: it holds the token.
-        logger.debug("%s %s -> %s", self.command, urlsplit(self.path).path, args[1:2])
+        # A malformed request line leaves command and path unset; and never log
+        # the token, wherever in the request it was put.
+        command = getattr(self, "command", None) or "-"
+        path = urlsplit(getattr(self, "path", "") or "").path[:_MAX_LOGGED_PATH]
+        if self.owner is not None:
+            path = path.replace(self.owner.token, "<token>")
+        logger.debug("%s %s -> %s", command, path, args[1:2])
+
+    def _host_allowed(self):
+        """Refuse (421) a Host header that is not this server's loopback name (DNS rebinding)."""
+        if not _is_loopback(self.owner.host):
+            return True  # listening beyond loopback: the user chose the names
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if host.startswith("[") and "]" in host:
+            name = host[1:host.index("]")]
+        if name in _LOOPBACK_NAMES:
+            return True
+        self._refuse(421, "This server answers only to localhost / 127.0.0.1 / [::1].")
+        return False
 
     # -- replies ---------------------------------------------------------
     def _send(self, status, body, content_type):
@@ -445,6 +494,8 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         return parts.path
 
     def _route(self, method):
+        if not self._host_allowed():
+            return
         path = self._authorised_path()
         if path is None:
             return
@@ -476,7 +527,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self._refuse(error.status, error.message)
         except Exception as error:  # noqa: BLE001 - reply, then keep serving
             logger.exception("Annotation server error on %s %s", method, path)
-            self._refuse(500, f"Server error: {type(error).__name__}: {error}")
+            # The kind, not the message: messages may hold file paths. An OSError's
+            # reason (say "No space left on device") has none and tells what to fix.
+            reason = getattr(error, "strerror", None) if isinstance(error, OSError) else None
+            kind = type(error).__name__ + (f": {reason}" if reason else "")
+            self._refuse(500, f"Server error ({kind}); see the server's log.")
 
     def _serve_page_file(self, path):
         name, content_type = _STATIC_FILES[path]
@@ -492,7 +547,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         except IndexError:
             raise RequestError(404, f"No image {index}.") from None
         except OSError as error:
-            raise RequestError(404, f"Image {index} cannot be read: {error}.") from None
+            # the reason (with the file's path) goes to the log, not to the page
+            logger.warning("Annotation server: image %d cannot be read: %s", index, error)
+            raise RequestError(404, f"Image {index} cannot be read.") from None
         self._send(200, body, content_type)
 
     def _read_json(self):
@@ -508,7 +565,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         try:
             payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise RequestError(400, "The body is not valid JSON.") from None
         if not isinstance(payload, dict):
             raise RequestError(400, "The body must be a JSON object.")
@@ -524,7 +581,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route_other(self):
-        if self._authorised_path() is not None:
+        if self._host_allowed() and self._authorised_path() is not None:
             self._refuse(405, f"{self.command} is not allowed.")
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _route_other  # noqa: N815

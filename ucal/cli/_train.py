@@ -71,7 +71,40 @@ def _open_memory(args):
 
 
 def cmd_train(args):
-    """``ucal train``: the paper's experiment on a real dataset."""
+    """``ucal train``: the paper's experiment on a real dataset.
+
+    An ``--output`` folder this command created is removed again when it
+    fails before anything worth keeping is there (a checkpoint, an answer,
+    a model): only its log and empty files.
+    """
+    created = not os.path.exists(args.output)
+    try:
+        return _train(args)
+    except BaseException:
+        if created:
+            _remove_if_unused(args.output)
+        raise
+
+
+def _remove_if_unused(folder):
+    """Remove ``folder`` when it holds nothing but ``train.log`` and empty files."""
+    import shutil
+
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if name != "train.log" and os.path.getsize(path) > 0:
+                logger.error("The output folder %s is kept: it holds %s.", folder, path)
+                return
+    log = os.path.abspath(os.path.join(folder, "train.log"))
+    for handler in list(logging.getLogger().handlers):
+        if getattr(handler, "baseFilename", None) == log:  # let go of the log file first
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train(args):
     import joblib
 
     from ucal.cluster import SelfPacedDBSCAN
@@ -129,7 +162,6 @@ def cmd_train(args):
         web = WebOracle(train, label_memory=memory, host=args.host, port=args.port,
                         open_browser=args.open_browser)
         oracle = web
-        logger.info("Answer the pairs at %s", web.url)
     eval_set = data if (len(data.query) and len(data.gallery) and not args.no_eval) else None
     try:
         model.fit(train, y, oracle=oracle, eval_set=eval_set, resume=args.resume,

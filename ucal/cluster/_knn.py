@@ -26,6 +26,10 @@ _MAX_BLOCK_ROWS = 2048
 _MAX_BLOCK_BYTES = 48 * 2**20
 
 
+# Rows normalised at a time in float64 (4,096 x 2,048 features: 64 MiB).
+_NORMALIZE_BLOCK = 4096
+
+
 def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
     """Return ``X`` (as ``dtype``) with rows scaled to unit Euclidean norm.
 
@@ -33,20 +37,35 @@ def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
     row, which has no direction and therefore no cosine similarity;
     ``"keep"`` leaves such rows at zero (scikit-learn's convention: a zero
     vector is at cosine distance 1 from everything).
+
+    Each row is first divided by its largest absolute value, in float64 and
+    by blocks of rows: features of any finite scale (1e-300 or 1e300) keep
+    their direction, where squaring them would underflow or overflow.
     """
-    X = np.array(X, dtype=dtype, copy=copy, order="C")
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))  # no n x d temporary
-    zero = np.flatnonzero(norms == 0)
+    X = np.asarray(X)
+    out = X if not copy and X.dtype == dtype and X.flags.c_contiguous else np.empty(
+        X.shape, dtype=dtype
+    )
+    zero = []
+    for start in range(0, X.shape[0], _NORMALIZE_BLOCK):
+        block = np.array(X[start:start + _NORMALIZE_BLOCK], dtype=np.float64)
+        scale = np.maximum(block.max(axis=1, initial=0.0), -block.min(axis=1, initial=0.0))
+        empty = scale == 0
+        scale[empty] = 1.0
+        block /= scale[:, None]
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        norms[empty] = 1.0
+        block /= norms[:, None]
+        out[start:start + _NORMALIZE_BLOCK] = block
+        zero.append(np.flatnonzero(empty) + start)
+    zero = np.concatenate(zero) if zero else np.empty(0, dtype=np.int64)
     if zero.size and zero_rows == "raise":
         raise ValueError(
             f"X has {zero.size} all-zero row(s) (first at index {zero[0]}); "
             "they have no direction, so cosine similarity and the Jaccard "
             "distance are undefined for them. Remove them or fix the features."
         )
-    norms[zero] = 1.0
-    X /= norms[:, None]
-    X[zero] = 0.0  # an underflowing norm: exactly zero, so that every caller sees a zero row
-    return X
+    return out
 
 
 def _faiss_available():

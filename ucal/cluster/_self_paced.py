@@ -80,6 +80,14 @@ class SelfPacedDBSCAN(
     indep_quantile : float, default=0.9
         Fraction of clusters (of more than one sample) whose independence
         defines the threshold, at the first fit.
+    k1_rule : {"cluster_size", "fixed"}, default="cluster_size"
+        How ``k1`` follows the data. ``"cluster_size"``: ``k1`` is an upper
+        bound. When it exceeds twice the median size of the clusters DBSCAN
+        finds with it, the distance is computed again with ``k1`` set to
+        that bound (never below ``k2 + 1``), once: a neighbourhood much
+        larger than the groups in the data reaches across identities and
+        chains them into a few giant clusters. ``"fixed"``: ``k1`` as given
+        (SpCL; the ``paper`` preset).
     search : {"auto", "numpy", "faiss"}, default="auto"
         Exact kNN engine of the Jaccard distance.
     n_jobs : int, default=None
@@ -91,6 +99,9 @@ class SelfPacedDBSCAN(
         Cluster of each sample, ``-1`` when not clustered in this fit.
     n_clusters_ : int
         Number of clusters.
+    k1_ : int
+        The ``k1`` of the distance the labels come from (``k1`` clipped to
+        the number of samples, or lowered by ``k1_rule``).
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
         L2-normalised mean of the L2-normalised members of each cluster.
     dbscan_labels_ : ndarray of shape (n_samples,)
@@ -147,6 +158,7 @@ class SelfPacedDBSCAN(
         "k2": [Interval(Integral, 1, None, closed="left")],
         "self_paced": ["boolean"],
         "indep_quantile": [Interval(Real, 0.0, 1.0, closed="both")],
+        "k1_rule": [StrOptions({"cluster_size", "fixed"})],
         "search": [StrOptions({"auto", "numpy", "faiss"})],
         "n_jobs": [Integral, None],
     }
@@ -163,6 +175,7 @@ class SelfPacedDBSCAN(
         k2=6,
         self_paced=True,
         indep_quantile=0.9,
+        k1_rule="cluster_size",
         search="auto",
         n_jobs=None,
     ):
@@ -173,6 +186,7 @@ class SelfPacedDBSCAN(
         self.k2 = k2
         self.self_paced = self_paced
         self.indep_quantile = indep_quantile
+        self.k1_rule = k1_rule
         self.search = search
         self.n_jobs = n_jobs
 
@@ -204,6 +218,7 @@ class SelfPacedDBSCAN(
         kept = np.flatnonzero(~zero_rows(Xn, "SelfPacedDBSCAN"))
         labels = np.full(n_samples, -1, dtype=np.int64)
         self.dbscan_labels_ = labels.copy()
+        self.k1_ = int(min(self.k1, n_samples))
         if self.self_paced:
             self.compactness_ = np.zeros(n_samples)
             self.independence_ = np.zeros(n_samples)
@@ -211,11 +226,19 @@ class SelfPacedDBSCAN(
             # Only distances up to the loosest eps matter to DBSCAN: the rest is
             # never stored, which keeps memory proportional to the near pairs.
             max_distance = self.eps + self.eps_gap if self.self_paced else self.eps
-            distance = _jaccard_normalized(
-                Xn[kept], self.k1, self.k2, max_distance=max_distance, search=self.search,
-                n_jobs=self.n_jobs,
-            )
+            k1 = min(self.k1, kept.size)
+            distance = self._distance(Xn[kept], k1, max_distance)
             found = sparse_dbscan(distance, self.eps, self.min_samples)
+            bound = self._k1_bound(found)
+            if bound < k1:
+                logger.info(
+                    "SelfPacedDBSCAN: k1=%d is more than twice the median cluster size; "
+                    "clustering again with k1=%d (k1_rule='cluster_size')", k1, bound,
+                )
+                k1 = bound
+                distance = self._distance(Xn[kept], k1, max_distance)
+                found = sparse_dbscan(distance, self.eps, self.min_samples)
+            self.k1_ = int(k1)
             self.dbscan_labels_[kept] = found
             if self.self_paced:
                 found = self._reliable(distance, found, kept)
@@ -231,6 +254,18 @@ class SelfPacedDBSCAN(
             n_samples,
         )
         return self
+
+    def _distance(self, Xn, k1, max_distance):
+        return _jaccard_normalized(
+            Xn, k1, self.k2, max_distance=max_distance, search=self.search, n_jobs=self.n_jobs
+        )
+
+    def _k1_bound(self, labels):
+        """The largest k1 the clusters of ``labels`` support (``k1_rule``)."""
+        if self.k1_rule == "fixed" or not (labels >= 0).any():
+            return np.inf
+        median = float(np.median(np.bincount(labels[labels >= 0])))
+        return max(self.k2 + 1, int(np.ceil(2 * median)))
 
     def _reliable(self, distance, labels, kept):
         """SpCL's reliability criterion on the ``kept`` rows; returns their filtered labels."""

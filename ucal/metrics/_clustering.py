@@ -79,6 +79,8 @@ def pairwise_precision_recall_fscore(labels_true, labels_pred):
     _, true_codes = np.unique(labels_true, return_inverse=True)
     pred = np.asarray(labels_pred)
     clustered = pred != -1
+    if not clustered.any():  # nothing clustered: no predicted pair
+        return 0.0, 0.0, 0.0
     _, pred_codes = np.unique(pred[clustered], return_inverse=True)
     # Contingency table of clustered samples: n_ij pairs are true positives.
     table = sparse.coo_matrix(

@@ -53,8 +53,9 @@ def pair_verification_scores(X, pairs, same):
         )
     if pairs.size and (pairs.min() < 0 or pairs.max() >= X.shape[0]):
         raise ValueError(f"pairs index rows outside X's {X.shape[0]} samples.")
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    Xn = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0)
+    from ..cluster._knn import l2_normalize
+
+    Xn = l2_normalize(X, dtype=np.float64, zero_rows="keep")  # any scale, zero rows stay 0
     sims = np.einsum("ij,ij->i", Xn[pairs[:, 0]], Xn[pairs[:, 1]])
     n_same = int(same.sum())
     scores = {"n_pairs": int(len(same)), "n_same": n_same}

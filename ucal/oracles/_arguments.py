@@ -34,7 +34,8 @@ def check_identities(y, n_samples):
     Raises
     ------
     ValueError
-        If ``y`` is not 1D or has another length than ``n_samples``.
+        If ``y`` is not 1D, has another length than ``n_samples``, or holds
+        NaN (an unknown identity is no identity).
 
     Examples
     --------
@@ -48,6 +49,13 @@ def check_identities(y, n_samples):
             f"y has {y.shape[0]} labels but X has {n_samples} samples "
             "(inconsistent numbers of samples)."
         )
+    if y.dtype.kind in "fc" and np.isnan(y).any():
+        raise ValueError(
+            f"y holds NaN (first at index {int(np.flatnonzero(np.isnan(y))[0])}): every "
+            "sample needs a known identity; drop the unlabelled samples from y and X."
+        )
+    if y.dtype == object and any(v != v for v in y):  # NaN among Python objects
+        raise ValueError("y holds NaN: every sample needs a known identity.")
     return y
 
 
@@ -99,7 +107,7 @@ def resolve_oracle(oracle=None, y=None, *, n_samples):
     return LabelOracle(check_identities(y, n_samples))
 
 
-def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True):
+def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True, n_samples=None):
     """The :class:`LabelMemory` a ``fit`` records into.
 
     Parameters
@@ -117,6 +125,9 @@ def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True)
     infer : bool, default=True
         ``LabelMemory(infer=...)`` of a memory opened here (a given
         :class:`LabelMemory` keeps its own).
+    n_samples : int, default=None
+        The number of samples of the data the memory answers about: a
+        memory with an answer about a larger index is refused.
 
     Returns
     -------
@@ -127,6 +138,8 @@ def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True)
     ------
     TypeError
         If ``label_memory`` is anything else.
+    ValueError
+        If the memory answers about a sample index of ``n_samples`` or more.
 
     Examples
     --------
@@ -138,12 +151,24 @@ def as_label_memory(label_memory=None, *, path=None, optional=False, infer=True)
     0
     """
     if isinstance(label_memory, LabelMemory):
-        return label_memory
-    if isinstance(label_memory, (str, os.PathLike)):
-        return LabelMemory(label_memory, infer=infer)
-    if label_memory is None:
-        return None if optional else LabelMemory(path, infer=infer)
-    raise TypeError(
-        "label_memory must be a ucal.oracles.LabelMemory or the path of its file, got "
-        f"{type(label_memory).__name__}."
-    )
+        memory = label_memory
+    elif isinstance(label_memory, (str, os.PathLike)):
+        memory = LabelMemory(label_memory, infer=infer)
+    elif label_memory is None:
+        if optional:
+            return None
+        memory = LabelMemory(path, infer=infer)
+    else:
+        raise TypeError(
+            "label_memory must be a ucal.oracles.LabelMemory or the path of its file, got "
+            f"{type(label_memory).__name__}."
+        )
+    if n_samples is not None:
+        largest = max((r.j for r in memory), default=-1)
+        if largest >= n_samples:
+            where = f" ({memory.path!r})" if memory.path else ""
+            raise ValueError(
+                f"The label memory{where} holds an answer about sample {largest}, but the "
+                f"data has {n_samples} samples: it answers about other data."
+            )
+    return memory

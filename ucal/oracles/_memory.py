@@ -1,5 +1,7 @@
 """The label memory: every answer given, and what the answers imply."""
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,7 +16,13 @@ from scipy import sparse
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from ..utils import fsync_dir
-from ._protocol import OracleError, _coerce_answers, check_pairs, query_oracle
+from ._protocol import (
+    MAX_INDEX,
+    OracleError,
+    _coerce_answers,
+    check_pairs,
+    query_oracle,
+)
 
 __all__ = ["AnswerRecord", "LabelMemory"]
 
@@ -27,6 +35,70 @@ _MAX_UNSURE = 2
 
 # The source of the review page's corrections: such an answer settles a changed pair.
 _CORRECTION = "correction"
+
+
+# Writing is refused below this much free space: a person's answers must fit.
+_MIN_FREE_BYTES = 64 * 1024
+# The end of the file read to find its last line (records are about 100 bytes).
+_MAX_TAIL = 64 * 1024
+_EXAMPLE_LINE = '{"i": 3, "j": 17, "same": true, "source": "web", "time": 1700000000.0}'
+_RECORD_START = b'{"i": '
+
+
+def _encode(record):
+    line = {"i": record.i, "j": record.j, "same": record.same}
+    if record.unsure:
+        line["unsure"] = True
+    line.update(source=record.source, time=record.time)
+    return json.dumps(line).encode("utf-8") + b"\n"
+
+
+def _is_torn_record(line):
+    """Whether ``line`` is the start of a record this module wrote, cut short."""
+    n = min(len(line), len(_RECORD_START))
+    if line[:n] != _RECORD_START[:n]:
+        return False
+    try:
+        json.loads(line.decode("utf-8", errors="replace"))
+    except (json.JSONDecodeError, RecursionError):
+        return True  # not complete JSON: cut short
+    return False  # complete JSON that is not a valid record: not torn
+
+
+def _has_record_keys(line):
+    """Whether ``line`` is a JSON object with the keys of a record (maybe bad values)."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(obj, dict) and "i" in obj and "j" in obj
+
+
+def _show(line, limit=60):
+    text = line[:limit].decode("utf-8", errors="replace")
+    return repr(text + ("..." if len(line) > limit else ""))
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@contextlib.contextmanager
+def _file_lock(fd):
+    """An exclusive lock on an open file, between processes and between objects (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one writer per file
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class AnswerRecord(NamedTuple):
@@ -174,7 +246,6 @@ class LabelMemory:
         self._exact = {}  # (i, j) with i < j -> bool, latest definite answer
         self._unsure = {}  # (i, j) without a definite answer -> its "not sure" answers (> 0)
         self._dirty = True
-        self._tail = None  # None, "newline" or a byte offset to truncate to
         self.n_queries = 0
         self.n_inferred = 0
         self.n_transitive = 0
@@ -190,17 +261,15 @@ class LabelMemory:
         with open(self.path, "rb") as f:
             data = f.read()
         lines = data.split(b"\n")
-        offset = 0
         records = []
         for number, line in enumerate(lines, start=1):
-            start, offset = offset, offset + len(line) + 1
             if not line.strip():
                 continue
             is_last = number == len(lines)  # no newline after it
             try:
                 records.append(self._parse(line))
             except ValueError as exc:
-                if is_last:
+                if is_last and _is_torn_record(line):
                     warnings.warn(
                         f"Label memory {self.path!r}: skipped a truncated last line "
                         f"({len(line)} bytes, a write that did not finish); it "
@@ -208,16 +277,18 @@ class LabelMemory:
                         UserWarning,
                         stacklevel=3,
                     )
-                    self._tail = start
                     break
+                if not records and not _has_record_keys(line):
+                    raise ValueError(
+                        f"{self.path!r} is not a label memory (an answers file of JSON "
+                        f"lines such as {_EXAMPLE_LINE}): line {number} is {_show(line)} "
+                        f"({exc}). The file was not changed."
+                    ) from None
                 raise ValueError(
                     f"Label memory {self.path!r}: line {number} is not a valid "
                     f"answer record ({exc}); only a truncated last line is "
                     "skipped. Fix or remove that line."
                 ) from None
-            else:
-                if is_last:
-                    self._tail = "newline"  # complete record, newline lost
         for record in records:
             self._apply(record)
         logger.info("Label memory %r: replayed %d answers.", self.path, len(records))
@@ -226,7 +297,7 @@ class LabelMemory:
     def _parse(line):
         try:
             obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(str(exc)) from None
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")
@@ -235,6 +306,8 @@ class LabelMemory:
         for name, value in (("i", i), ("j", j)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name!r} must be a non-negative int, got {value!r}")
+            if value >= MAX_INDEX:
+                raise ValueError(f"{name!r} must be below 2**31, got {value}")
         if same is not None and not isinstance(same, bool):
             raise ValueError(f"'same' must be true, false or null, got {same!r}")
         if not isinstance(unsure, bool):
@@ -251,22 +324,112 @@ class LabelMemory:
             unsure,
         )
 
-    def _append(self, records):
+    def check_writable(self):
+        """Raise ``OSError`` (naming the file) when the answers file cannot take answers.
+
+        Called before any question is asked, so that no one answers into a
+        file that cannot keep the answers: a missing folder, a read-only
+        file or file system, an immutable file, a full disk (less than
+        64 KiB free), or a file that is not an answers file. Nothing is
+        written; a file that did not exist is not left behind. A memory
+        without ``path`` is always writable.
+
+        Raises
+        ------
+        OSError
+            The answers file cannot be appended to; the message names it
+            and the reason.
+        ValueError
+            The file's last line is neither an answer record nor a torn
+            one: it is not an answers file.
+        """
+        if self.path is None:
+            return
         created = not os.path.exists(self.path)
-        with open(self.path, "ab") as f:
-            if isinstance(self._tail, int):  # drop the partial last line
-                f.truncate(self._tail)
-            elif self._tail == "newline":
-                f.write(b"\n")
-            self._tail = None
-            for r in records:
-                line = {"i": r.i, "j": r.j, "same": r.same}
-                if r.unsure:
-                    line["unsure"] = True
-                line.update(source=r.source, time=r.time)
-                f.write(json.dumps(line).encode("utf-8") + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_error(exc, "cannot be opened for appending") from exc
+        try:
+            self._tail_fix(fd, os.fstat(fd).st_size, repair=False)
+            free = os.fstatvfs(fd)
+            if free.f_bavail * free.f_frsize < _MIN_FREE_BYTES:
+                raise self._write_error(
+                    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                    f"is on a disk with less than {_MIN_FREE_BYTES // 1024} KiB free",
+                )
+        finally:
+            os.close(fd)
+            if created:
+                os.unlink(self.path)
+
+    def _write_error(self, exc, what):
+        """An OSError of ``exc``'s kind whose message names the answers file."""
+        reason = exc.strerror or str(exc)
+        return OSError(exc.errno, f"the label memory's answers file {what} ({reason})", self.path)
+
+    def _tail_fix(self, fd, size, *, repair):
+        """Bytes to write before new records so that they start on a line of their own.
+
+        A complete last record whose newline was lost needs one; a torn last
+        record (a writer died mid-line: it was never acknowledged) is cut
+        off when ``repair``. Anything else is not an answers file: refused,
+        untouched. Runs under the file lock, so the end it looks at is the
+        end as every writer left it.
+        """
+        if size == 0:
+            return b""
+        start = max(0, size - _MAX_TAIL)
+        tail = os.pread(fd, size - start, start)
+        if tail.endswith(b"\n"):
+            return b""
+        cut = tail.rfind(b"\n")
+        line = tail[cut + 1:]
+        if cut < 0 and start > 0:
+            line = b""  # a last line longer than any record: not ours
+        else:
+            try:
+                self._parse(line)
+                return b"\n"
+            except ValueError:
+                pass
+        if line and _is_torn_record(line):
+            if repair:
+                os.ftruncate(fd, size - len(line))
+            return b""
+        raise ValueError(
+            f"{self.path!r} is not a label memory: its last line is {_show(line or tail)}, "
+            f"not an answer record such as {_EXAMPLE_LINE}. The file was not changed."
+        )
+
+    def _append(self, records):
+        payload = b"".join(_encode(r) for r in records)
+        created = not os.path.exists(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_error(exc, "cannot be opened for appending") from exc
+        try:
+            with _file_lock(fd):
+                # Look at the end of the file now, under the lock: another writer
+                # may have appended since this memory was opened.
+                prefix = self._tail_fix(fd, os.fstat(fd).st_size, repair=True)
+                size = os.fstat(fd).st_size
+                try:
+                    _write_all(fd, prefix + payload)
+                    os.fsync(fd)
+                except OSError as exc:
+                    # Leave the file as it was: no torn line for the next append.
+                    try:
+                        os.ftruncate(fd, size)
+                        os.fsync(fd)
+                    except OSError:
+                        pass
+                    raise self._write_error(
+                        exc, f"could not take {len(records)} new answers; it was left as before"
+                    ) from exc
+        finally:
+            os.close(fd)
         if created:
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
@@ -326,15 +489,19 @@ class LabelMemory:
         keys = (pairs[:, 0] << _SHIFT) | pairs[:, 1]
         order = np.argsort(keys)
         self._keys, self._values = keys[order], same[order].astype(np.int8)
-        n_nodes = int(pairs.max()) + 1 if len(pairs) else 0
+        # Only the samples answered about are nodes: memory follows the answers,
+        # not the largest index.
+        self._nodes, local = np.unique(pairs, return_inverse=True)
+        local = local.reshape(pairs.shape)
+        n_nodes = len(self._nodes)
         # "same" answers first: components of the graph of same-identity edges
-        s = pairs[same]
+        s = local[same]
         graph = sparse.coo_matrix(
             (np.ones(len(s), dtype=np.int8), (s[:, 0], s[:, 1])), shape=(n_nodes, n_nodes)
         )
         _, self._comp = connected_components(graph, directed=False)
         # then "different" answers between components
-        d = self._comp[pairs[~same]]
+        d = self._comp[local[~same]]
         inside = d[:, 0] == d[:, 1]
         self._n_conflicts = int(inside.sum())
         d = np.sort(d[~inside], axis=1)
@@ -351,10 +518,12 @@ class LabelMemory:
         exact = (self._keys[pos] == keys) if len(self._keys) else np.zeros(len(keys), bool)
         codes[pairs[:, 0] == pairs[:, 1]] = 1
         if self.infer:
-            n_nodes = len(self._comp)
-            seen = pairs[:, 1] < n_nodes  # i < j: both indices were answered about
-            a = self._comp[pairs[seen, 0]]
-            b = self._comp[pairs[seen, 1]]
+            nodes = self._nodes
+            at = np.searchsorted(nodes, pairs).clip(max=max(len(nodes) - 1, 0))
+            # both samples were answered about
+            seen = (nodes[at] == pairs).all(axis=1) if len(nodes) else np.zeros(len(pairs), bool)
+            a = self._comp[at[seen, 0]]
+            b = self._comp[at[seen, 1]]
             inferred = np.where(a == b, 1, -1).astype(np.int8)
             across = (a != b) & np.isin((np.minimum(a, b) << _SHIFT) | np.maximum(a, b), self._diff_keys)
             inferred[across] = 0
@@ -555,6 +724,7 @@ class LabelMemory:
         answers = known.copy()
         sent_codes = np.empty(0, dtype=np.int8)
         if n_send:
+            self.check_writable()  # no one answers into a file that cannot keep it
             codes, problem, exc = query_oracle(oracle, send, context)
             self.n_queries += n_send
             n_kept = 0
@@ -569,7 +739,19 @@ class LabelMemory:
                         written = {(r.i, r.j) for r in self._records[n_marks:] if r.unsure}
                     if written:
                         valid &= ~(unsure & np.array([tuple(p) in written for p in send.tolist()]))
-                n_kept = self.record(send[valid], codes[valid], source=source)
+                try:
+                    n_kept = self.record(send[valid], codes[valid], source=source)
+                except OSError as error:
+                    raise OracleError(
+                        f"The oracle answered {int(valid.sum())} pairs, but they could not "
+                        f"be saved: {error}. They are in this error's unsaved_pairs and "
+                        "unsaved_answers: record them again (LabelMemory.record) once the "
+                        "file can be written. The label memory holds the "
+                        f"{len(self)} answers saved before.",
+                        memory=self,
+                        unsaved_pairs=send[valid],
+                        unsaved_answers=codes[valid],
+                    ) from error
                 self.n_abstentions += int(unsure.sum())
             if problem is not None:
                 raise OracleError(
@@ -769,7 +951,7 @@ class LabelMemory:
         with self._lock:
             self._rebuild()
             records = list(self._records)
-            comp = self._comp
+            comp, nodes = self._comp, self._nodes
         # the definite answers of each pair since its last retraction, oldest first
         history = {}
         for r in records:
@@ -787,12 +969,18 @@ class LabelMemory:
                     {"kind": "changed", "i": key[0], "j": key[1], "answers": answers, "chain": []}
                 )
         current = {key: answers[-1] for key, answers in history.items()}
+
+        def node(i):  # the memory's graph numbers only the samples answered about
+            return int(np.searchsorted(nodes, i))
+
         inside = sorted(
-            key for key, r in current.items() if not r.same and comp[key[0]] == comp[key[1]]
+            key for key, r in current.items()
+            if not r.same and comp[node(key[0])] == comp[node(key[1])]
         )
         transitive = []
         if inside:
             same = np.array([key for key, r in current.items() if r.same], dtype=np.int64)
+            same = np.searchsorted(nodes, same)
             n = len(comp)
             graph = sparse.coo_matrix(
                 (np.ones(len(same), dtype=np.int8), (same[:, 0], same[:, 1])), shape=(n, n)
@@ -801,12 +989,12 @@ class LabelMemory:
             for i, j in inside:
                 if i not in predecessors:
                     _, predecessors[i] = breadth_first_order(
-                        graph, i, directed=False, return_predecessors=True
+                        graph, node(i), directed=False, return_predecessors=True
                     )
-                path = [j]
-                while path[-1] != i:
+                path = [node(j)]
+                while path[-1] != node(i):
                     path.append(int(predecessors[i][path[-1]]))
-                path.reverse()
+                path = [int(nodes[k]) for k in reversed(path)]
                 chain = [current[(min(a, b), max(a, b))] for a, b in pairwise(path)]
                 transitive.append(
                     {"kind": "transitive", "i": i, "j": j, "answers": [current[(i, j)]],

@@ -27,6 +27,10 @@ __all__ = [
 _INVALID = -2
 
 
+# Sample indices stay below 2**31: pair keys pack two of them into one int64.
+MAX_INDEX = 2**31
+
+
 class OracleError(RuntimeError):
     """An oracle failed: it raised, or returned answers of the wrong form.
 
@@ -42,6 +46,11 @@ class OracleError(RuntimeError):
         What the oracle did wrong.
     memory : LabelMemory, default=None
         The memory holding the answers received so far.
+    unsaved_pairs, unsaved_answers : ndarray, default=None
+        Answers the oracle gave that could not be saved (the answers file
+        could not be written): pairs ``(m, 2)`` and codes ``(m,)`` (1
+        same, 0 different, -1 not sure), to record again once the file is
+        writable. Empty when every answer was saved.
 
     Examples
     --------
@@ -56,9 +65,17 @@ class OracleError(RuntimeError):
     OracleError 0
     """
 
-    def __init__(self, message, *, memory=None):
+    def __init__(self, message, *, memory=None, unsaved_pairs=None, unsaved_answers=None):
         super().__init__(message)
         self.memory = memory
+        self.unsaved_pairs = (
+            np.empty((0, 2), dtype=np.int64) if unsaved_pairs is None
+            else np.asarray(unsaved_pairs, dtype=np.int64).reshape(-1, 2)
+        )
+        self.unsaved_answers = (
+            np.empty(0, dtype=np.int8) if unsaved_answers is None
+            else np.asarray(unsaved_answers, dtype=np.int8)
+        )
 
 
 class BudgetExhaustedWarning(UserWarning):
@@ -121,6 +138,10 @@ def check_pairs(pairs, n_samples=None):
         raise ValueError(f"pairs must have shape (m, 2), got shape {array.shape}.")
     if array.min() < 0:
         raise ValueError(f"pairs hold a negative sample index ({array.min()}).")
+    if array.max() >= MAX_INDEX:
+        raise ValueError(
+            f"pairs hold the sample index {array.max()}; indices must be below 2**31."
+        )
     if n_samples is not None and array.max() >= n_samples:
         raise ValueError(
             f"pairs hold sample index {array.max()}, but there are only "

@@ -1,5 +1,6 @@
 """Image inputs, SpCL's augmentations (batched) and the pseudo-identity sampler."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -30,6 +31,15 @@ def _to_hwc_uint8(item, where):
                 f"{tuple(tensor.shape)}."
             )
         if tensor.is_floating_point():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{where}: the image tensor holds NaN or infinite values.")
+            low, high = float(tensor.min()), float(tensor.max())
+            if low < -1e-3 or high > 1 + 1e-3:
+                raise ValueError(
+                    f"{where}: a float image tensor must hold values in [0, 1], got "
+                    f"[{low:g}, {high:g}]"
+                    + ("; divide 0-255 pixels by 255." if high > 1.5 else ".")
+                )
             tensor = (tensor.clamp(0, 1) * 255).round()
         return tensor.to(torch.uint8).permute(1, 2, 0).numpy()
     if isinstance(item, np.ndarray):
@@ -89,6 +99,27 @@ class ImageSource(torch.utils.data.Dataset):
             images = torch.utils.data.Subset(self.images, indices.tolist())
         camids = None if self.camids is None else self.camids[indices]
         return ImageSource(self.kind, images, self.size, camids)
+
+    def fingerprint(self, n_images=64):
+        """A digest of the images' content, cheap at any size.
+
+        Covers the number of images, their cameras, the file names (for
+        paths) and the pixels, at the training size, of ``n_images``
+        images spread evenly over the set (first and last included): the
+        same images in another order, other images of the same count,
+        or every image flipped or re-encoded give another digest. A change
+        to a few images between the sampled ones is not seen.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        n = len(self)
+        digest.update(f"{n} {self.size}".encode())
+        if self.camids is not None:
+            digest.update(np.ascontiguousarray(self.camids, dtype=np.int64).tobytes())
+        if self.kind == "paths":
+            digest.update("\n".join(os.path.basename(p) for p in self.images).encode())
+        for index in np.unique(np.linspace(0, n - 1, min(n, n_images)).round().astype(int)):
+            digest.update(np.ascontiguousarray(self._get(int(index))).tobytes())
+        return digest.hexdigest()
 
     def load(self, indices):
         if self.kind == "array" and self.images.shape[1:3] == self.size:

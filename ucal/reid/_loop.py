@@ -191,7 +191,8 @@ class TrainingLoop:
 
             own = None if self.run_dir is None else self.run_dir.memory_path
             self.label_memory = as_label_memory(
-                self.given_memory, path=own, infer=est.memory_inference
+                self.given_memory, path=own, infer=est.memory_inference,
+                n_samples=self.n_samples,
             )
         self.pseudo_labeler = None
         if not est.supervised:
@@ -447,6 +448,12 @@ class TrainingLoop:
         """Pairs sent to the oracle so far in this run."""
         return 0 if self.pseudo_labeler is None else self.pseudo_labeler.n_queries
 
+    def _data_digest(self):
+        """The training images' content digest (computed once per fit)."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = self.source.fingerprint()
+        return self._digest
+
     def state_dict(self):
         """Everything a resumed fit needs, as saved in ``checkpoint.pt``.
 
@@ -457,7 +464,7 @@ class TrainingLoop:
             states, the base clusterer and the query count.
         """
         return {
-            "fingerprint": fingerprint(self.estimator, self.n_samples),
+            "fingerprint": fingerprint(self.estimator, self.n_samples, self._data_digest()),
             "epoch": self.epoch,
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -487,7 +494,9 @@ class TrainingLoop:
             A :meth:`state_dict` read back from ``checkpoint.pt``.
         """
         est = self.estimator
-        self.run_dir.check_fingerprint(ckpt["fingerprint"], fingerprint(est, self.n_samples))
+        self.run_dir.check_fingerprint(
+            ckpt["fingerprint"], fingerprint(est, self.n_samples, self._data_digest())
+        )
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

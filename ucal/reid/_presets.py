@@ -5,8 +5,11 @@ __all__ = ["PRESETS", "preset_params"]
 
 def _paper():
     from ucal.active import MPPSMerger, SNPSSplitter
+    from ucal.cluster import SelfPacedDBSCAN
 
     return {
+        # SpCL's clustering, k1 = 30 whatever the data (Sec. 4.2)
+        "clusterer": SelfPacedDBSCAN(k1_rule="fixed"),
         # Sec. 3.2: SNPS then MPPS, each asking its medoid pairs once; no answer
         # carried into later epochs except through the exact-pair memory (Sec. 3.3)
         "refiner": MPPSMerger(

@@ -75,6 +75,8 @@ class PseudoLabeler:
         self.clusterer.fit(features)
         labels = np.asarray(self.clusterer.labels_)
         record["n_clusters_base"] = int(np.unique(labels[labels >= 0]).size)
+        if hasattr(self.clusterer, "k1_"):
+            record["k1"] = int(self.clusterer.k1_)
         self._check_degenerate(labels, epoch)
         for stage in ("snps", "mpps"):
             record[f"{stage}_queries"] = 0
@@ -134,6 +136,8 @@ class PseudoLabeler:
             return
         self._degenerate_warned = True
         params = getattr(self.clusterer, "get_params", dict)()
+        if hasattr(self.clusterer, "k1_"):
+            params["k1"] = self.clusterer.k1_  # the k1 in use, after k1_rule
         scale = ", ".join(f"{k}={params[k]}" for k in ("eps", "k1") if k in params)
         warnings.warn(
             f"Epoch {epoch + 1}: the base clustering is degenerate: {problem}. Its scale "

@@ -1,13 +1,19 @@
 """The run directory of a fit: guard, fingerprint, atomic checkpoints, resume.
 
 ``checkpoint_dir`` holds ``checkpoint.pt`` (rewritten atomically after every
-epoch), ``label_memory.jsonl`` (the oracle's answers, appended as they
-arrive) and ``validation_memory.jsonl`` (the held-out answers). A directory that already holds a run is never overwritten: it is
-resumed (``resume=True``) or refused.
+epoch, with a SHA-256 of its content in its first line), the one before it
+as ``checkpoint.prev.pt``, ``label_memory.jsonl`` (the oracle's answers,
+appended as they arrive) and ``validation_memory.jsonl`` (the held-out
+answers). A directory that already holds a run is never overwritten: it is
+resumed (``resume=True``) or refused. A damaged checkpoint is named and the
+previous one is used instead, when it is sound.
 """
 
+import hashlib
+import io
 import logging
 import os
+import warnings
 
 import torch
 
@@ -18,15 +24,20 @@ from ._data import check_image_size
 __all__ = [
     "CHECKPOINT_NAME",
     "LABEL_MEMORY_NAME",
+    "PREVIOUS_CHECKPOINT_NAME",
     "VALIDATION_MEMORY_NAME",
+    "DamagedCheckpointError",
     "RunDirectory",
     "fingerprint",
+    "load_checkpoint",
+    "save_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
 
 # File names inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the epoch before: the fallback
 LABEL_MEMORY_NAME = "label_memory.jsonl"
 VALIDATION_MEMORY_NAME = "validation_memory.jsonl"  # held-out answers, never trained on
 
@@ -52,17 +63,80 @@ RESUME_PARAMS = (
 
 # Values of fingerprint keys that checkpoints written before the key existed lack.
 _FINGERPRINT_DEFAULTS = {"lr_schedule": "step", "validation_size": 0}
+# Keys not compared when a checkpoint written before they existed lacks them.
+_OPTIONAL_KEYS = ("data",)
+
+# First line of a checkpoint file: the magic, then the SHA-256 of the rest.
+_MAGIC = b"UCAL-CHECKPOINT-1 sha256="
 
 
-def fingerprint(est, n_samples):
-    """What must match for a run to be resumed: the run's parameters and data size."""
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file whose content does not match its checksum, or cannot be read."""
+
+
+def fingerprint(est, n_samples, data=None):
+    """What must match for a run to be resumed: the run's parameters and data.
+
+    ``data`` is the training images' content digest
+    (:meth:`ImageSource.fingerprint`).
+    """
     params = {k: getattr(est, k) for k in RESUME_PARAMS}
     params["image_size"] = list(check_image_size(est.image_size))
     if callable(est.lr_schedule):
         params["lr_schedule"] = "callable"
     params["backbone"] = est.backbone if isinstance(est.backbone, str) else "module"
     params["n_samples"] = n_samples
+    if data is not None:
+        params["data"] = data
     return params
+
+
+def save_checkpoint(state, path, *, previous=None):
+    """Write ``state`` to ``path`` atomically, with its checksum in the first line.
+
+    With ``previous``, the file at ``path`` is first renamed to it (once the
+    new state is serialised: a state that cannot be saved rotates nothing).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(f):
+        f.write(header)
+        f.write(payload)
+
+    if previous is not None and os.path.isfile(path):
+        os.replace(path, previous)
+    return atomic_write(path, write)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying its checksum.
+
+    Files without the checksum line (written by ucal before it) load as they
+    are. Raises :class:`DamagedCheckpointError`, naming ``path``, when the
+    content does not match its checksum or cannot be unpickled.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(_MAGIC):
+        end = data.find(b"\n")
+        expected = data[len(_MAGIC):end].decode("ascii", errors="replace")
+        data = data[end + 1:]
+        if end < 0 or hashlib.sha256(data).hexdigest() != expected:
+            raise DamagedCheckpointError(
+                f"The checkpoint {path!r} is damaged: its content does not match the "
+                "checksum written with it."
+            )
+    try:
+        # pickled Python objects (the clusterer, RNG states): our own files only
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError...
+        raise DamagedCheckpointError(
+            f"The checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 class RunDirectory:
@@ -99,13 +173,16 @@ class RunDirectory:
             If the directory holds a run (a checkpoint, or answers in the
             run's memory file) and ``resume`` is False.
         """
-        path = os.path.join(self.path, CHECKPOINT_NAME)
-        checkpoint = None
-        if os.path.isfile(path):
-            # pickled Python objects (the clusterer, RNG states): our own files only
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint, found = None, False
+        if self.resume:
+            checkpoint, found = self._load_sound()
+        else:
+            found = any(
+                os.path.isfile(os.path.join(self.path, name))
+                for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME)
+            )
         if not self.resume and (
-            checkpoint is not None
+            found
             or (
                 self.owns_memory
                 and os.path.isfile(self.memory_path)
@@ -126,20 +203,62 @@ class RunDirectory:
             logger.info("No checkpoint in %s yet: starting from epoch 1.", self.path)
         return checkpoint
 
+    def _load_sound(self):
+        """(checkpoint, found): the newest sound checkpoint, falling back to the previous one."""
+        errors = []
+        for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+            path = os.path.join(self.path, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                checkpoint = load_checkpoint(path)
+            except DamagedCheckpointError as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                warnings.warn(
+                    f"{errors[0]} Resuming from the previous checkpoint {path!r} "
+                    f"(epoch {checkpoint.get('epoch')}) instead; the answers given "
+                    "since are kept in the label memory and not asked again.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return checkpoint, True
+        if errors:
+            raise DamagedCheckpointError(
+                " ".join(errors) + " No sound checkpoint is left to resume from: start "
+                "a new run in another directory (its label memory can be passed as "
+                "label_memory= to keep every answer)."
+            )
+        return None, False
+
     def check_fingerprint(self, saved, current):
         """Refuse to resume a run trained with other settings or data."""
         saved = {**_FINGERPRINT_DEFAULTS, **saved}
+        current = {k: v for k, v in current.items() if k in saved or k not in _OPTIONAL_KEYS}
         diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if diff:
-            details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            def describe(key, a, b):
+                if key == "data":
+                    return ("data: the training images are not the ones the run was trained "
+                            "on (their content digest differs)")
+                return f"{key}: saved {a!r}, now {b!r}"
+
+            details = ", ".join(describe(k, a, b) for k, (a, b) in diff.items())
             raise ValueError(
                 f"Cannot resume the run in {self.path!r}: it was trained with other "
                 f"settings or data ({details})."
             )
 
     def save(self, state):
-        """Write ``state`` to ``checkpoint.pt`` atomically (old or new epoch, never a part)."""
+        """Write ``state`` to ``checkpoint.pt`` atomically (old or new epoch, never a part).
+
+        The checkpoint it replaces becomes ``checkpoint.prev.pt``, the
+        fallback of a resume that finds the newest one damaged.
+        """
         os.makedirs(self.path, exist_ok=True)
-        return atomic_write(
-            os.path.join(self.path, CHECKPOINT_NAME), lambda f: torch.save(state, f)
+        return save_checkpoint(
+            state,
+            os.path.join(self.path, CHECKPOINT_NAME),
+            previous=os.path.join(self.path, PREVIOUS_CHECKPOINT_NAME),
         )

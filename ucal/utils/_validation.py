@@ -86,6 +86,8 @@ def check_labels(labels, n_samples, name="labels"):
     labels : ndarray of shape (n_samples,), dtype int64
     """
     array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array.ravel()  # a column vector, as column_or_1d accepts
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1D of shape ({n_samples},), got shape {array.shape}.")
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
