@@ -82,6 +82,13 @@ BRANCHES = {
 PINNED = {"validation_size": 0, "keep_best": False}
 
 
+def _pinned_clusterer(settings):
+    # ablation.md was measured before k1_rule: SpCL's k1, fixed
+    from ucal.cluster import SelfPacedDBSCAN
+
+    return SelfPacedDBSCAN(k1=settings["k1"], k1_rule="fixed")
+
+
 def _settings(seed):
     from ucal.cli._demo import DEMO
 
@@ -103,7 +110,8 @@ def prepare(seed, root):
     warm = os.path.join(root, f"warmup_{seed}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = _demo_model(settings, warm, epochs=settings["warmup_epochs"], **PINNED)
+        model = _demo_model(settings, warm, epochs=settings["warmup_epochs"], **PINNED,
+                            clusterer=_pinned_clusterer(settings))
         model.fit(data.train, data.train.pids, eval_set=data)
     return seed, weights, warm, model.history_
 
@@ -130,7 +138,8 @@ def branch(seed, name, weights, warm, root, budget=None):
                 budget = int(budget_of * n * (n - 1) / 2)
             run_dir = os.path.join(root, f"{name.replace(' ', '_').replace('%', 'pc')}_{seed}")
             shutil.copytree(warm, run_dir)
-            model = _demo_model(settings, run_dir, max_queries=budget, **{**PINNED, **params})
+            model = _demo_model(settings, run_dir, max_queries=budget,
+                                clusterer=_pinned_clusterer(settings), **{**PINNED, **params})
             oracle = None
             if error_rate:
                 oracle = NoisyOracle(LabelOracle(data.train.pids), error_rate, random_state=seed)

@@ -292,7 +292,7 @@ def main():
     methods = _methods()
     if args.methods:
         methods = {k: methods[k] for k in args.methods}
-    clusterer_params = {"k1": 20, "k2": 6}
+    clusterer_params = {"k1": 20, "k2": 6, "k1_rule": "fixed"}  # as measured before k1_rule
     report = {"environment": _environment(args), "clusterer": clusterer_params, "results": {}}
     tables = []
     for error_rate in args.noise:

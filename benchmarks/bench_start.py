@@ -10,10 +10,14 @@ look-alikes, stronger camera shifts). Rows, per seed:
 - Start: the pretrained network's own test scores, no training (epoch 0 of
   the default run).
 - Baseline: the unsupervised training (no oracle).
-- UCAL, paper: ``UCALReID.from_preset("paper")``'s refinement, literally (no
-  questions before training, the last network kept), at this schedule.
-- UCAL, default: ucal's defaults (validation on 100 held-out answers, the
-  best validated network kept).
+- UCAL, paper: ``UCALReID.from_preset("paper")``'s refinement and clustering,
+  literally (k1 = 30 whatever the data, no questions before training, the
+  last network kept), at this schedule.
+- UCAL, default, k1 fixed: ucal's defaults but k1 = 30 whatever the data
+  (``k1_rule="fixed"``), as before the rule existed: the rule's control.
+- UCAL, default: ucal's defaults (k1 bounded by twice the median cluster
+  size, validation on 100 held-out answers, the best validated network kept
+  unless the last is within two standard errors).
 - UCAL, default + calibration: the same with ``calibrator=ClusteringCalibrator()``
   (eps and k1 chosen from the answers before the first epoch).
 
@@ -71,7 +75,8 @@ def _apply_hard():
 
 
 _apply_hard()
-ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default", "UCAL, default + calibration")
+ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
+        "UCAL, default + calibration")
 
 
 def _data(seed, source=False):
@@ -102,6 +107,12 @@ def _model(seed, weights, **params):
 
     settings = {**SETTINGS, "seed": seed, "weights": weights}
     return _demo_model(settings, None, **params)
+
+
+def _fixed_k1():
+    from ucal.cluster import SelfPacedDBSCAN
+
+    return SelfPacedDBSCAN(k1=SETTINGS["k1"], k1_rule="fixed")
 
 
 def pretrain(seed, root):
@@ -137,7 +148,11 @@ def run(seed, name, weights):
             paper = preset_params("paper")
             keep = ("refiner", "memory_inference", "query_pacing", "calibrator",
                     "validation_size", "keep_best")
-            model = _model(seed, weights, max_queries=budget, **{k: paper[k] for k in keep})
+            model = _model(seed, weights, max_queries=budget, **{k: paper[k] for k in keep},
+                           clusterer=_fixed_k1())
+            model.fit(data.train, data.train.pids, eval_set=data)
+        elif name == "UCAL, default, k1 fixed":
+            model = _model(seed, weights, max_queries=budget, clusterer=_fixed_k1())
             model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator
@@ -222,7 +237,8 @@ def main():
         f"`make_persons` with {SETTINGS['n_identities']} identities of about 12 images, "
         f"hard_negative_rate {SETTINGS['hard_negative_rate']}, camera_shift "
         f"{SETTINGS['camera_shift']}; tiny CNN pretrained on other people; SpCL's "
-        f"clustering (k1 = 30, eps = 0.6); {SETTINGS['epochs']} epochs, refinement from "
+        "clustering (k1 = 30, eps = 0.6), k1 bounded by the default k1_rule except where "
+        f"the row says 'k1 fixed'; {SETTINGS['epochs']} epochs, refinement from "
         f"epoch {SETTINGS['warmup_epochs']}; every UCAL row capped at "
         f"{100 * SETTINGS['budget']:.2f} % of all pairs. Scores of the network each model "
         "holds at the end (`best_epoch_` for the default).",

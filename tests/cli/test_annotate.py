@@ -118,3 +118,18 @@ def test_annotate_usage_errors(argv, message, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: ucal annotate" in err and message in err
+
+
+@pytest.mark.parametrize("problem", ["missing root", "not an answers file"])
+def test_annotate_bad_root_or_memory_file_is_one_error_line(tmp_path, capsys, problem):
+    memory = tmp_path / "answers.jsonl"
+    root = tmp_path / "no-such-root"
+    if problem == "missing root":
+        LabelMemory(memory).record([[0, 1]], [True])
+    else:
+        memory.write_text('{"epochs": 50}\n')
+        root = _footage(tmp_path)
+    code = main(["annotate", "--memory", str(memory), "--dataset", "folder", "--root", str(root)])
+    err = capsys.readouterr().err
+    assert code == 1 and "ucal annotate: error:" in err and "Traceback" not in err
+    assert ("no-such-root" in err) if problem == "missing root" else ("not a label memory" in err)

@@ -61,6 +61,39 @@ def test_disk_full_mid_append_leaves_the_file_as_it_was_and_names_it(tmp_path, m
     assert _records(path) == [(0, 1, True), (1, 2, False), (7, 8, True)]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 128 KiB tmpfs, where the machine lets this process mount one."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount_point)],
+        capture_output=True, text=True,
+    ) if os.name == "posix" and os.geteuid() == 0 else None
+    if done is None or done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the injected ENOSPC tests cover it")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_real_full_disk_loses_no_acknowledged_answer(small_disk):
+    path = small_disk / "answers.jsonl"
+    memory = LabelMemory(path)
+    acknowledged = []
+    with pytest.raises(OSError, match="answers.jsonl") as info:
+        for k in range(100_000):  # about 80 bytes a record: the disk fills
+            batch = [[3 * k, 3 * k + 1], [3 * k + 1, 3 * k + 2]]
+            memory.record(batch, [True, False])
+            acknowledged += [(3 * k, 3 * k + 1, True), (3 * k + 1, 3 * k + 2, False)]
+    assert info.value.errno == errno.ENOSPC
+    assert _records(path) == acknowledged  # every line whole, nothing lost
+    with pytest.raises(OSError, match="answers.jsonl"):  # still full: refused before asking
+        memory.ask([[0, 10**6]], LabelOracle(np.zeros(10**6 + 1, dtype=int)))
+    assert _records(path) == acknowledged
+
+
 def test_an_oracle_answering_into_a_full_disk_gets_its_answers_back(tmp_path, monkeypatch):
     path = tmp_path / "answers.jsonl"
     memory = LabelMemory(path)
@@ -97,32 +130,41 @@ def test_an_unwritable_answers_file_is_found_before_anyone_is_asked(tmp_path, mo
         code = errno.EROFS if fault == "read-only" else errno.EPERM
         real_open = os.open
 
-        def refuse(file, flags, *args):
-            if os.fspath(file) == os.fspath(path) and flags & (os.O_WRONLY | os.O_RDWR):
+        def refuse(file, flags, *args, **kwargs):
+            if os.path.dirname(os.fspath(file)) == str(tmp_path) and flags & (
+                os.O_WRONLY | os.O_RDWR
+            ):
                 raise OSError(code, os.strerror(code), os.fspath(file))
-            return real_open(file, flags, *args)
+            return real_open(file, flags, *args, **kwargs)
 
-        monkeypatch.setattr(memory_module.os, "open", refuse)
+        monkeypatch.setattr(os, "open", refuse)  # also the scratch file's
     else:
-        real = os.fstatvfs
+        real = os.statvfs
 
-        def nearly_full(fd):
-            st = real(fd)
+        def nearly_full(folder):
+            st = real(folder)
             return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 1, 1) + tuple(st)[5:])
 
-        monkeypatch.setattr(memory_module.os, "fstatvfs", nearly_full)
+        monkeypatch.setattr(memory_module.os, "statvfs", nearly_full)
     memory = LabelMemory(path)
     oracle = _CountingOracle()
     with pytest.raises(OSError, match="answers.jsonl"):
         memory.ask([[0, 1]], oracle)
+    monkeypatch.undo()
     assert oracle.calls == 0  # nobody answered into the void
     assert not path.exists()  # the check leaves nothing behind
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_check_writable_passes_on_a_good_file_and_leaves_no_file(tmp_path):
     path = tmp_path / "answers.jsonl"
     LabelMemory(path).check_writable()
-    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []  # not even a scratch file
+    memory = LabelMemory(path)
+    memory.record([[0, 1]], [True])
+    before = path.read_bytes()
+    memory.check_writable()
+    assert path.read_bytes() == before
     LabelMemory().check_writable()  # no file: always writable
 
 

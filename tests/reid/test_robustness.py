@@ -146,3 +146,25 @@ def test_float_image_tensors_with_nan_or_0_255_values_are_refused(value, match):
     images[0][0, 0, 0] = value
     with pytest.raises(ValueError, match=match):
         _model(epochs=1).fit(_Tensors(images))
+
+
+# ------------------------------------------------- unwritable answers file (3)
+def test_fit_finds_an_unwritable_answers_file_before_the_oracle_is_asked(data, tmp_path):
+    calls = []
+
+    def oracle(pairs):
+        calls.append(len(pairs))
+        return np.ones(len(pairs), dtype=bool)
+
+    path = tmp_path / "no-such-folder" / "answers.jsonl"
+    # the held-out answers' file, next to it, is the first one asked into
+    with pytest.raises(OSError, match=r"no-such-folder/answers\.validation\.jsonl"):
+        _model(validation_size=5).fit(data.train, oracle=oracle, label_memory=str(path))
+    assert calls == []
+
+
+def test_nan_in_y_is_refused_by_the_trainer(data):
+    y = data.train.pids.astype(float)
+    y[3] = np.nan
+    with pytest.raises(ValueError, match="y holds NaN"):
+        _model().fit(data.train, y)

@@ -138,6 +138,44 @@ def test_best_epoch_min_delta_keeps_a_last_epoch_within_it_and_patience_stops(da
         BestEpoch(mode="up")
 
 
+def test_best_epoch_significance_weighs_the_fall_by_its_standard_error(data):
+    class Planted(Callback):
+        def __init__(self, values, se):
+            self.values, self.se = values, se
+
+        def on_epoch_end(self, loop, record):
+            record["score"] = self.values[loop.epoch]
+            record["score_se"] = self.se
+
+    def held(se, significance):
+        model = _model(epochs=2, validation_size=0, callbacks=[
+            Planted({1: 0.80, 2: 0.72}, se),
+            BestEpoch(monitor="score", min_delta=0.02, significance=significance)])
+        return model.fit(data.train, data.train.pids).best_epoch_
+
+    assert held(0.05, 2.0) == 2  # a fall of 0.08 is within 2 standard errors of 0.05
+    assert held(0.01, 2.0) == 1  # ...not within 2 of 0.01: the best is restored
+    assert held(0.05, None) == 1  # min_delta alone
+    with pytest.raises(ValueError, match="significance"):
+        BestEpoch(significance=-1)
+
+
+def test_auc_standard_error_matches_the_spread_of_simulated_aucs():
+    from scipy.stats import norm, rankdata
+
+    from ucal.metrics._verification import auc_standard_error
+
+    rng = np.random.default_rng(0)
+    n_pos, n_neg, shift = 30, 60, norm.ppf(0.8) * np.sqrt(2)  # binormal, AUC 0.8
+    pos = rng.normal(shift, 1, size=(4000, n_pos))
+    neg = rng.normal(0, 1, size=(4000, n_neg))
+    ranks = rankdata(np.hstack([pos, neg]), axis=1)[:, :n_pos].sum(axis=1)
+    aucs = (ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    assert aucs.mean() == pytest.approx(0.8, abs=0.01)
+    assert auc_standard_error(0.8, n_pos, n_neg) == pytest.approx(aucs.std(), rel=0.1)
+    assert auc_standard_error(1.0, 10, 10) == 0.0
+
+
 def test_the_starting_network_can_be_the_best(data):
     class Sabotage(Callback):
         """Makes training destroy the network: validation must send it back to epoch 0."""
@@ -147,17 +185,19 @@ def test_the_starting_network_can_be_the_best(data):
                 for p in loop.net.parameters():
                     p.normal_()
             record["val_auc"] = 0.0  # what the wrecked network scores
+            record["val_auc_se"] = 0.0  # ...without doubt (Hanley-McNeil at AUC 0)
 
     start_weights = {}
 
     class Keep(Callback):
         def on_fit_begin(self, loop):
             start_weights.update({k: v.clone() for k, v in loop.net.state_dict().items()})
+            # 15 pairs give the start a wide standard error: plant a start clearly better
+            # than the wreck, so that the significance rule has a fall to act on
+            loop.history[0].update(val_auc=0.9, val_auc_se=0.05)
 
     model = _model(epochs=2, callbacks=[Keep(), Sabotage()])
     model.fit(data.train, data.train.pids)
-    if np.isnan(model.history_[0]["val_auc"]):
-        pytest.skip("one-sided validation answers on this draw")  # pragma: no cover
     assert model.best_epoch_ == 0
     for key, value in model.backbone_.state_dict().items():
         torch.testing.assert_close(value.cpu(), start_weights[key].cpu())

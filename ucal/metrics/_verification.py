@@ -26,7 +26,9 @@ def pair_verification_scores(X, pairs, same):
     -------
     scores : dict
         ``auc``: ROC AUC of the similarities against the answers (NaN
-        when the answers are all "same" or all "different");
+        when the answers are all "same" or all "different"); ``auc_se``:
+        its standard error by Hanley and McNeil (1982), from the AUC and
+        the numbers of "same" and "different" pairs (NaN with ``auc``);
         ``accuracy``: the share of pairs classified right by the best
         single similarity threshold (optimistic by construction: it is
         chosen on the same pairs, so compare it across epochs, not with
@@ -61,10 +63,21 @@ def pair_verification_scores(X, pairs, same):
     scores = {"n_pairs": int(len(same)), "n_same": n_same}
     if 0 < n_same < len(same):
         scores["auc"] = float(roc_auc_score(same, sims))
+        scores["auc_se"] = auc_standard_error(scores["auc"], n_same, len(same) - n_same)
     else:
-        scores["auc"] = float("nan")
+        scores["auc"] = scores["auc_se"] = float("nan")
     scores["accuracy"], scores["threshold"] = _best_threshold(sims, same)
     return scores
+
+
+def auc_standard_error(auc, n_positive, n_negative):
+    """Standard error of a ROC AUC (Hanley and McNeil, 1982, their Eq. 2)."""
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc**2 / (1 + auc)
+    variance = (
+        auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)
+    ) / (n_positive * n_negative)
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 def _best_threshold(sims, same):

@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -345,23 +346,28 @@ class LabelMemory:
         """
         if self.path is None:
             return
-        created = not os.path.exists(self.path)
+        folder = os.path.dirname(os.path.abspath(self.path))
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            if os.path.exists(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+                try:
+                    self._tail_fix(fd, os.fstat(fd).st_size, repair=False)
+                finally:
+                    os.close(fd)
+            else:
+                # Never create the answers file here (another writer may be about to):
+                # a scratch file shows whether the folder takes new files.
+                fd, scratch = tempfile.mkstemp(prefix=".ucal-check-", dir=folder)
+                os.close(fd)
+                os.unlink(scratch)
         except OSError as exc:
-            raise self._write_error(exc, "cannot be opened for appending") from exc
-        try:
-            self._tail_fix(fd, os.fstat(fd).st_size, repair=False)
-            free = os.fstatvfs(fd)
-            if free.f_bavail * free.f_frsize < _MIN_FREE_BYTES:
-                raise self._write_error(
-                    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-                    f"is on a disk with less than {_MIN_FREE_BYTES // 1024} KiB free",
-                )
-        finally:
-            os.close(fd)
-            if created:
-                os.unlink(self.path)
+            raise self._write_error(exc, "cannot be written") from exc
+        free = os.statvfs(folder)
+        if free.f_bavail * free.f_frsize < _MIN_FREE_BYTES:
+            raise self._write_error(
+                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                f"is on a disk with less than {_MIN_FREE_BYTES // 1024} KiB free",
+            )
 
     def _write_error(self, exc, what):
         """An OSError of ``exc``'s kind whose message names the answers file."""

@@ -180,9 +180,10 @@ class BestEpoch(Callback):
     ``best_epoch_`` tells which epoch it is. Pseudo labels, memory and
     history stay those of the last epoch.
 
-    ``UCALReID`` adds ``BestEpoch(min_delta=0.02)`` when it validates and
-    ``keep_best=True`` (an AUC on 100 pairs varies by about 0.03 between
-    equally good networks); pass your own in ``callbacks`` to change them (for
+    ``UCALReID`` adds ``BestEpoch(min_delta=0.02, significance=2.0)`` when
+    it validates and ``keep_best=True``: an AUC on 100 pairs has a standard
+    error of about 0.05, so the last network is given up only for one whose
+    AUC is clearly better. Pass your own in ``callbacks`` to change them (for
     example ``BestEpoch(patience=5)`` to stop after five epochs without
     improvement), and it replaces the built-in one.
 
@@ -205,6 +206,15 @@ class BestEpoch(Callback):
         Put the best network back at the end of the fit. The best weights
         are kept on the CPU and in each checkpoint (one more copy of the
         network).
+    significance : float or None, default=None
+        At the end, the last epoch is also kept when the best one beats it
+        by no more than ``significance`` standard errors of the monitored
+        value, read from the records' ``<monitor>_se`` key (``UCALReID``
+        records ``val_auc_se``), the larger of the two epochs'. AUCs of two
+        networks on the same pairs are positively correlated: at a
+        correlation of 0.5 the standard error of their difference equals
+        that of one AUC, and 2 is then a one-sided test at about 2.5 %.
+        None: ``min_delta`` alone.
 
     Attributes
     ----------
@@ -222,7 +232,7 @@ class BestEpoch(Callback):
     """
 
     def __init__(self, monitor="val_auc", mode="max", min_delta=0.0, patience=None,
-                 restore=True):
+                 restore=True, significance=None):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         if patience is not None and (not isinstance(patience, int) or patience < 1):
@@ -230,6 +240,9 @@ class BestEpoch(Callback):
         self.monitor = monitor
         self.mode = mode
         self.min_delta = float(min_delta)
+        if significance is not None and not significance >= 0:
+            raise ValueError(f"significance must be >= 0 or None, got {significance!r}.")
+        self.significance = significance
         self.patience = patience
         self.restore = restore
         self.best_epoch = None
@@ -329,6 +342,17 @@ class BestEpoch(Callback):
             )
             loop.stop_training = True
 
+    def _tolerance(self, loop, last):
+        """How far below the best the last epoch may be and still be kept."""
+        if self.significance is None:
+            return self.min_delta
+        best = next((r for r in loop.history if r.get("epoch") == self.best_epoch), {})
+        errors = [r.get(f"{self.monitor}_se") for r in (best, last)]
+        errors = [float(e) for e in errors if e is not None and e == e]
+        if not errors:
+            return self.min_delta
+        return max(self.min_delta, self.significance * max(errors))
+
     def on_fit_end(self, loop):
         """Put the best network back (``restore=True``) and say so in the log.
 
@@ -344,9 +368,10 @@ class BestEpoch(Callback):
         last = loop.history[-1] if loop.history else {}
         value = last.get(self.monitor)
         within = False
+        tolerance = self._tolerance(loop, last)
         if value is not None and value == value and self.best_value is not None:
             gap = self.best_value - value if self.mode == "max" else value - self.best_value
-            within = gap <= self.min_delta
+            within = gap <= tolerance
         if within and self.best_epoch != last.get("epoch"):
             # the last network is as good as the best, within min_delta: keep the most trained
             if (value >= self.best_value) == (self.mode == "max"):
@@ -354,9 +379,10 @@ class BestEpoch(Callback):
                             last["epoch"])
             else:
                 logger.info(
-                    "%s %.4f at the last epoch is within min_delta=%g of the best (%.4f at "
-                    "epoch %d): the last network is kept.",
-                    self.monitor, value, self.min_delta, self.best_value, self.best_epoch,
+                    "%s %.4f at the last epoch is within %.4f of the best (%.4f at "
+                    "epoch %d; min_delta=%g, significance=%s): the last network is kept.",
+                    self.monitor, value, tolerance, self.best_value, self.best_epoch,
+                    self.min_delta, self.significance,
                 )
             self.best_epoch, self.best_value = int(last["epoch"]), float(value)
             return

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 _DRIFT_AUC = 0.02
 # The built-in BestEpoch's min_delta: an AUC on ~100 pairs is that noisy between equal nets.
 _BEST_MIN_DELTA = 0.02
+# ...and the last network is given up only for a best one that many standard errors better.
+_BEST_SIGNIFICANCE = 2.0
 # Data sizes up to which the default calibration also tries half of SelfPacedDBSCAN's k1.
 _K1_CALIBRATION_MAX_SAMPLES = 20_000
 
@@ -377,7 +379,7 @@ class TrainingLoop:
         logger.info(format_record(record, self.estimator.epochs))
 
     def validation_scores(self, pairs, same):
-        """``val_auc`` and ``val_accuracy`` of the current network on answered pairs.
+        """``val_auc``, ``val_auc_se`` and ``val_accuracy`` of the current network on answered pairs.
 
         Parameters
         ----------
@@ -389,15 +391,16 @@ class TrainingLoop:
         Returns
         -------
         scores : dict
-            ``val_auc`` and ``val_accuracy`` (see
-            :func:`ucal.metrics.pair_verification_scores`).
+            ``val_auc``, its standard error ``val_auc_se`` and
+            ``val_accuracy`` (see :func:`ucal.metrics.pair_verification_scores`).
         """
         from ucal.metrics import pair_verification_scores
 
         images, inverse = np.unique(pairs, return_inverse=True)
         features = self._extract(self.source.subset(images), "Validating").cpu().numpy()
         scores = pair_verification_scores(features, inverse.reshape(-1, 2), same)
-        return {"val_auc": scores["auc"], "val_accuracy": scores["accuracy"]}
+        return {"val_auc": scores["auc"], "val_auc_se": scores["auc_se"],
+                "val_accuracy": scores["accuracy"]}
 
     # ------------------------------------------------------------ callbacks
     def _callbacks(self):
@@ -415,7 +418,7 @@ class TrainingLoop:
             and est.keep_best
             and not any(isinstance(c, BestEpoch) for c in user)
         ):
-            callbacks.append(BestEpoch(min_delta=_BEST_MIN_DELTA))
+            callbacks.append(BestEpoch(min_delta=_BEST_MIN_DELTA, significance=_BEST_SIGNIFICANCE))
         callbacks.append(EpochLogger())
         if self.run_dir is not None:
             callbacks.append(Checkpointer(self.run_dir))
