@@ -81,9 +81,21 @@ def cmd_train(args):
     try:
         return _train(args)
     except BaseException:
-        if created:
+        if created and _rank() == 0:
             _remove_if_unused(args.output)
         raise
+
+
+def _rank():
+    """This process's rank under torchrun (0 without it): rank 0 writes and asks."""
+    return int(os.environ.get("RANK", 0))
+
+
+class _AskedOnRankZero:
+    """The oracle of ranks other than 0 under torchrun: rank 0 asks (its web page)."""
+
+    def __call__(self, pairs):
+        raise RuntimeError("only rank 0 asks the oracle; this rank must never call it")
 
 
 def _remove_if_unused(folder):
@@ -110,8 +122,12 @@ def _train(args):
     from ucal.cluster import SelfPacedDBSCAN
     from ucal.reid import UCALReID
 
-    os.makedirs(args.output, exist_ok=True)
-    setup_logging(args.verbose, os.path.join(args.output, "train.log"))
+    main = _rank() == 0
+    if main:
+        os.makedirs(args.output, exist_ok=True)
+        setup_logging(args.verbose, os.path.join(args.output, "train.log"))
+    else:  # torchrun's other ranks: warnings only, and no log file of their own
+        setup_logging(-1)
     set_threads(args.threads)
     data = load_data(args)
     logger.info("Data: %s", str(data).replace("\n", "; "))
@@ -152,9 +168,13 @@ def _train(args):
     oracle = None
     web = None
     refines = model.refiner != "passthrough"
-    memory = _open_memory(args) if refines and args.oracle in ("labels", "web") else None
+    memory = None
+    if main and refines and args.oracle in ("labels", "web"):
+        memory = _open_memory(args)
     if args.oracle == "labels" and refines:
         y = train.pids
+    elif args.oracle == "web" and not main:
+        oracle = _AskedOnRankZero()  # the page runs on rank 0
     elif args.oracle == "web":
         from ucal.oracles import WebOracle
 
@@ -169,6 +189,8 @@ def _train(args):
     finally:
         if web is not None:
             web.close()
+    if not main:
+        return 0  # rank 0 writes the model and the results
     joblib.dump(model, os.path.join(args.output, "model.joblib"))
     write_json(os.path.join(args.output, "history.json"), model.history_)
     summary = {"n_queries": model.n_queries_, "cost": model.cost_, "n_train": len(train)}

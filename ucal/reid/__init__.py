@@ -7,12 +7,14 @@ the clustering and refinement estimators never load torch.
 from ._backbones import save_weights
 from ._callbacks import BestEpoch, Callback
 from ._device import set_num_threads
+from ._distributed import DistributedError
 from ._estimator import UCALReID
 from ._loop import TrainingLoop
 
 __all__ = [
     "BestEpoch",
     "Callback",
+    "DistributedError",
     "TrainingLoop",
     "UCALReID",
     "save_weights",

@@ -233,12 +233,31 @@ class BatchAugmenter:
         self.pad = pad
         self.erasing_prob = erasing_prob
         self.generator = generator
+        self._rows = self._n_total = None
 
     def _rand(self, *shape):
-        return torch.rand(*shape, generator=self.generator)
+        if self._rows is None:
+            return torch.rand(*shape, generator=self.generator)
+        # draw for the whole global batch, keep this process's rows
+        full = torch.rand(self._n_total, *shape[1:], generator=self.generator)
+        return full[self._rows]
 
-    def __call__(self, batch, train=True):
-        """Turn a uint8 batch (B, 3, H, W) into a normalised float batch."""
+    def __call__(self, batch, train=True, rows=None, n_total=None):
+        """Turn a uint8 batch (B, 3, H, W) into a normalised float batch.
+
+        With ``rows`` (positions in a global batch of ``n_total`` images),
+        the random draws are those of the whole global batch and ``batch``
+        gets the draws of its rows: several processes sharing a batch
+        augment it as one process would.
+        """
+        self._rows = None if rows is None else torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        self._n_total = n_total
+        try:
+            return self._augment(batch, train)
+        finally:
+            self._rows = self._n_total = None
+
+    def _augment(self, batch, train):
         x = batch.float().div_(255.0)
         device = x.device
         if train:
@@ -376,7 +395,11 @@ class PseudoIdentitySampler:
         Identities come in a random order; each brings ``num_instances``
         images, except single-image identities (SpCL's un-clustered
         instances), which bring their one image.
+
+        The sizes of each batch's consecutive identity groups are kept in
+        ``group_sizes`` (several processes share a batch by whole groups).
         """
+        self.group_sizes = []
         if not self.members:
             return []
         out = []
@@ -389,6 +412,9 @@ class PseudoIdentitySampler:
                 parts.append(take)
                 size += take.size
             out.append(np.concatenate(parts)[: self.batch_size])
+            sizes = [p.size for p in parts]
+            sizes[-1] -= size - out[-1].size  # the last group, cut to the batch size
+            self.group_sizes.append(sizes)
         return out
 
     def default_n_batches(self):

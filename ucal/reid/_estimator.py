@@ -190,7 +190,15 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         paper's Supervised upper bound: same loss, labeling cost 100 %).
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        Re-resolved when a pickled model is loaded.
+        Re-resolved when a pickled model is loaded. With several processes
+        (``torchrun``, see :doc:`/multi_gpu`), each uses its own GPU
+        (``LOCAL_RANK``).
+    sync_batchnorm : bool, default=True
+        With several processes, compute BatchNorm statistics over the whole
+        global batch (every rank's share), as one process would: results do
+        not depend on the number of processes. ``False`` keeps each rank's
+        statistics to its share (less communication). No effect in one
+        process.
     mixed_precision : "auto" or bool, default="auto"
         ``"auto"``: bfloat16 autocast plus channels_last on CPUs with native
         bf16, mixed precision on CUDA, float32 otherwise.
@@ -324,6 +332,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "supervised": ["boolean"],
         "device": [str, torch.device],
         "mixed_precision": [StrOptions({"auto"}), "boolean"],
+        "sync_batchnorm": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "checkpoint_dir": [str, os.PathLike, None],
@@ -365,6 +374,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         keep_best=True,
         supervised=False,
         device="auto",
+        sync_batchnorm=True,
         mixed_precision="auto",
         num_workers=0,
         inference_batch_size=256,
@@ -404,6 +414,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.keep_best = keep_best
         self.supervised = supervised
         self.device = device
+        self.sync_batchnorm = sync_batchnorm
         self.mixed_precision = mixed_precision
         self.num_workers = num_workers
         self.inference_batch_size = inference_batch_size

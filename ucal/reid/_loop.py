@@ -30,6 +30,12 @@ from ._data import (
     iter_batches,
 )
 from ._device import resolve_device, resolve_precision
+from ._distributed import (
+    DistributedContext,
+    per_sample_centroid_loss,
+    sync_batchnorm,
+    unsync_batchnorm,
+)
 from ._features import extract_features
 from ._memory import FeatureMemory, centroid_contrastive_loss
 from ._pseudo_labels import PseudoLabeler, default_refiner, innermost_clusterer
@@ -160,17 +166,33 @@ class TrainingLoop:
         self.n_batches = 0
         self.labels = None
         self.restored_epoch = None
+        self.dist = DistributedContext()  # set by run(): one process, or several
 
     # -------------------------------------------------------------- setup
     def _setup(self):
         est = self.estimator
-        self.device = resolve_device(est.device)
+        dist = self.dist
+        self.device = dist.device(resolve_device(est.device))
         self.precision = resolve_precision(est.mixed_precision, self.device)
         seeds = check_random_state(est.random_state).randint(np.iinfo(np.int32).max, size=5)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seeds[0]))
             net = build_net(est)
         self.net = net.to(self.device, memory_format=self.precision.memory_format())
+        self.train_net = self.net
+        if dist.enabled:
+            if est.batch_size // est.num_instances < dist.world_size:
+                raise ValueError(
+                    f"batch_size={est.batch_size} holds {est.batch_size // est.num_instances} "
+                    f"pseudo identities of num_instances={est.num_instances}: fewer than the "
+                    f"{dist.world_size} processes that share each batch by identities."
+                )
+            if est.sync_batchnorm:
+                sync_batchnorm(self.net)
+            self.train_net = torch.nn.parallel.DistributedDataParallel(
+                self.net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=est.lr, weight_decay=est.weight_decay)
         self.scheduler = build_lr_scheduler(est.lr_schedule, self.optimizer, est)
@@ -186,9 +208,10 @@ class TrainingLoop:
         checkpoint = None
         if est.checkpoint_dir is not None:
             self.run_dir = RunDirectory(est.checkpoint_dir, self.resume, self.given_memory)
-            checkpoint = self.run_dir.load()
+            # rank 0 reads (and guards) the run directory; the others get its checkpoint
+            checkpoint = dist.run_on_main(self.run_dir.load)
         self.label_memory = None
-        if self.oracle is not None:
+        if self.oracle is not None and dist.is_main:
             from ucal.oracles import as_label_memory
 
             own = None if self.run_dir is None else self.run_dir.memory_path
@@ -228,6 +251,8 @@ class TrainingLoop:
             if self.run_dir.owns_memory and self.label_memory is not None:
                 n_answers += len(self.label_memory)
             self.pseudo_labeler.n_queries = n_answers
+        if self.pseudo_labeler is not None:
+            self.pseudo_labeler.n_queries = dist.broadcast(self.pseudo_labeler.n_queries)
         if self.memory is None:
             features = self._extract(self.source, "Initialising the memory")
             self.memory = FeatureMemory(
@@ -235,8 +260,15 @@ class TrainingLoop:
             )
         start = None
         if checkpoint is None and self.oracle is not None:
-            start = self._ask_before_training()
-        self.validation = self._validation_set()
+            # questions are asked by rank 0 alone
+            start, n_queries = dist.run_on_main(
+                lambda: (self._ask_before_training(), self.n_queries)
+            )
+            if not dist.is_main:
+                self.calibrated_params = start.get("calibrated")
+                if self.pseudo_labeler is not None:
+                    self.pseudo_labeler.n_queries = n_queries
+        self.validation = dist.run_on_main(self._validation_set)
         self.callbacks = self._callbacks()
         if checkpoint is not None:
             self._load_callback_states(checkpoint.get("callbacks") or [])
@@ -245,9 +277,9 @@ class TrainingLoop:
 
     # ------------------------------------------ answers before training
     def _open_validation_memory(self):
-        """The held-out answers' memory (None when the fit does not validate)."""
+        """The held-out answers' memory (None when the fit does not validate, and off rank 0)."""
         est = self.estimator
-        if self.oracle is None or est.validation_size == 0:
+        if self.oracle is None or est.validation_size == 0 or not self.dist.is_main:
             return None
         from ucal.oracles import LabelMemory
 
@@ -405,8 +437,9 @@ class TrainingLoop:
     # ------------------------------------------------------------ callbacks
     def _callbacks(self):
         est = self.estimator
+        main = self.dist.is_main  # one log, one bar, one writer of checkpoints
         # the training bar closes before evaluation starts its own bars
-        callbacks = [ProgressBar()] if est.verbose else []
+        callbacks = [ProgressBar()] if est.verbose and main else []
         if self.eval_splits is not None:
             callbacks.append(Evaluator(*self.eval_splits))
         if self.validation is not None:
@@ -419,8 +452,9 @@ class TrainingLoop:
             and not any(isinstance(c, BestEpoch) for c in user)
         ):
             callbacks.append(BestEpoch(min_delta=_BEST_MIN_DELTA, significance=_BEST_SIGNIFICANCE))
-        callbacks.append(EpochLogger())
-        if self.run_dir is not None:
+        if main:
+            callbacks.append(EpochLogger())
+        if self.run_dir is not None and main:
             callbacks.append(Checkpointer(self.run_dir))
         return callbacks
 
@@ -546,6 +580,21 @@ class TrainingLoop:
         Sets the estimator's fitted attributes at the end.
         """
         est = self.estimator
+        self.dist = DistributedContext.detect(est.device)
+        quiet = None
+        if not self.dist.is_main:
+            # rank 0 logs for everyone
+            quiet = logging.getLogger("ucal")
+            level, quiet.level = quiet.level, logging.WARNING
+        try:
+            self._run()
+        finally:
+            if quiet is not None:
+                quiet.setLevel(level)
+            self.dist.close()
+
+    def _run(self):
+        est = self.estimator
         self._setup()
         y_codes = np.unique(self.y, return_inverse=True)[1] if est.supervised else None
         self._notify("on_fit_begin")
@@ -558,14 +607,7 @@ class TrainingLoop:
             else:
                 record["n_refreshed"] = self._refresh_memory(epoch)
                 features = self.memory.features.cpu().numpy()
-                if self._drifted():
-                    recalibrated = self._calibrate(features).get("calibrated")
-                    if recalibrated is not None:
-                        record["recalibrated"] = recalibrated
-                        logger.info(
-                            "Validation fell: clustering recalibrated to %s.", recalibrated
-                        )
-                labels = self.pseudo_labeler(features, epoch, record)
+                labels = self._pseudo_labels(features, epoch, record)
             labels = relabel(labels)
             self.labels = labels
             record["n_clusters"] = int(labels.max() + 1) if (labels >= 0).any() else 0
@@ -584,6 +626,8 @@ class TrainingLoop:
             record["cost"] = self._cost()
             self.history.append(record)
             self._notify("on_epoch_end", record)
+            # a callback on one rank may stop: rank 0's decision holds for all
+            self.stop_training = self.dist.broadcast(self.stop_training)
             if self.stop_training:
                 logger.info("A callback stopped training after epoch %d.", self.epoch)
                 break
@@ -595,6 +639,26 @@ class TrainingLoop:
         if keeper is not None:
             # the epoch whose network the model now holds
             est.best_epoch_ = keeper.best_epoch
+
+    def _pseudo_labels(self, features, epoch, record):
+        """The epoch's labels: recalibration, clustering and refinement, on rank 0."""
+
+        def on_main():
+            updates = {}
+            if self._drifted():
+                recalibrated = self._calibrate(features).get("calibrated")
+                if recalibrated is not None:
+                    updates["recalibrated"] = recalibrated
+                    logger.info("Validation fell: clustering recalibrated to %s.", recalibrated)
+            labels = self.pseudo_labeler(features, epoch, updates)
+            return labels, updates, self.n_queries, self.calibrated_params
+
+        labels, updates, n_queries, calibrated = self.dist.run_on_main(on_main)
+        record.update(updates)
+        if not self.dist.is_main:
+            self.pseudo_labeler.n_queries = n_queries
+            self.calibrated_params = calibrated
+        return labels
 
     def _drifted(self):
         """Whether the last epoch's validation AUC fell, to below its best minus 0.02.
@@ -616,11 +680,16 @@ class TrainingLoop:
         return labeling_cost(self.n_queries, self.n_samples)
 
     def _extract(self, source, desc):
+        """Features of ``source``; with several processes each extracts a block, all get all."""
         est = self.estimator
-        return extract_features(
+        dist = self.dist
+        if dist.enabled:
+            source = source.subset(dist.shard(len(source)))
+        features = extract_features(
             self.net, source, self.precision, est.inference_batch_size, est.num_workers,
-            est.verbose, desc,
+            est.verbose and dist.is_main, desc,
         )
+        return dist.gather_rows(features)
 
     def embed(self, split):
         """Features of a split's images with the current network (eval mode).
@@ -677,6 +746,8 @@ class TrainingLoop:
         batches = sampler.batches(est.iters_per_epoch or sampler.default_n_batches())
         self.n_batches = len(batches)
         targets = torch.as_tensor(labels, device=self.device)
+        if self.dist.enabled:
+            return self._train_epoch_shared(batches, sampler.group_sizes, targets)
         net = self.net
         net.train()
         total = torch.zeros((), device=self.device)
@@ -701,8 +772,56 @@ class TrainingLoop:
             self._notify("on_batch_end", batch, loss.detach())
         return float(total.item()) / max(1, len(batches)), len(batches)
 
+    def _train_epoch_shared(self, batches, group_sizes, targets):
+        """The epoch's steps with several processes: each trains on its identities of a batch.
+
+        Every rank draws the same global batches; rank ``r`` keeps its share
+        of the pseudo identities, augments its rows with the global batch's
+        random draws, and scales its summed loss so that the gradients
+        ``DistributedDataParallel`` averages are those of the global batch's
+        mean. The batch features of all ranks are gathered, in batch order,
+        before the memory update.
+        """
+        est, dist = self.estimator, self.dist
+        shares = [dist.batch_shares(groups) for groups in group_sizes]
+        local = [b[share[dist.rank]] for b, share in zip(batches, shares)]
+        self.train_net.train()
+        total = torch.zeros((), device=self.device)
+        memory_format = self.precision.memory_format()
+        for batch, (indices, images) in enumerate(
+            iter_batches(self.source, local, est.num_workers)
+        ):
+            rows = shares[batch][dist.rank]
+            n_global = len(batches[batch])
+            x = self.augment(images.to(self.device, non_blocking=True), train=True,
+                             rows=rows, n_total=n_global)
+            x = x.contiguous(memory_format=memory_format)
+            with self.precision.autocast():
+                features = self.train_net(x)
+            batch_targets = targets[torch.as_tensor(indices, device=self.device)]
+            per_sample = per_sample_centroid_loss(
+                features, batch_targets, self.memory.centroids(), est.temperature
+            )
+            loss = per_sample.sum() * (dist.world_size / n_global)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # every rank updates its memory with the whole batch, in batch order
+            gathered = dist.gather_rows(features.detach().float())
+            order = np.concatenate(shares[batch])
+            batch_features = torch.empty_like(gathered)
+            batch_features[torch.as_tensor(order, device=gathered.device)] = gathered
+            self.memory.update(batches[batch], batch_features)
+            mean_loss = dist.all_reduce_sum(per_sample.detach().sum()) / n_global
+            total += mean_loss
+            self._notify("on_batch_end", batch, mean_loss)
+        return float(total.item()) / max(1, len(batches)), len(batches)
+
     def _finish(self):
         est = self.estimator
+        if self.dist.enabled:
+            unsync_batchnorm(self.net)  # the fitted model runs in one process
         self.net.eval()
         est.backbone_ = self.net
         est.feature_dim_ = self.net.feature_dim
