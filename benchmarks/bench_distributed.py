@@ -71,6 +71,7 @@ def worker(config):
         backbone=config["backbone"], pretrained=False, image_size=(height, width), epochs=1,
         warmup_epochs=0, batch_size=config["batch_size"], iters_per_epoch=config["steps"],
         refiner="passthrough", validation_size=0, device=config["device"],
+        sync_batchnorm=config["sync_batchnorm"],
         callbacks=[clock], random_state=0,
     )
     import warnings
@@ -90,12 +91,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run(n_procs, threads, args, root):
-    out = os.path.join(root, f"p{n_procs}_t{threads}.json")
+def run(n_procs, threads, args, root, sync=True):
+    out = os.path.join(root, f"p{n_procs}_t{threads}_{int(sync)}.json")
     config = {
         "threads": threads, "image_size": args.image_size, "n_images": args.n_images,
         "backbone": args.backbone, "batch_size": args.batch_size, "steps": args.steps,
         "warmup_steps": args.warmup_steps, "device": args.device, "out": out,
+        "sync_batchnorm": sync,
     }
     port = _free_port()
     procs = []
@@ -116,7 +118,7 @@ def run(n_procs, threads, args, root):
         result = json.load(f)
     median = statistics.median(result["step_seconds"])
     return {
-        "processes": n_procs, "threads_per_process": threads,
+        "processes": n_procs, "threads_per_process": threads, "sync_batchnorm": sync,
         "median_step_s": median, "images_per_s": args.batch_size / median,
         "steps_timed": len(result["step_seconds"]), "precision": result["precision"],
     }
@@ -150,10 +152,12 @@ def main():
             else:
                 configs.append((n, 1))
         for n, threads in configs:
-            row = run(n, threads, args, root)
-            rows.append(row)
-            print(f"{n} process(es) x {threads} thread(s): {row['images_per_s']:.1f} images/s "
-                  f"(median step {row['median_step_s'] * 1000:.0f} ms)", flush=True)
+            for sync in ((True, False) if n > 1 else (True,)):
+                row = run(n, threads, args, root, sync)
+                rows.append(row)
+                print(f"{n} process(es) x {threads} thread(s), sync_batchnorm={sync}: "
+                      f"{row['images_per_s']:.1f} images/s "
+                      f"(median step {row['median_step_s'] * 1000:.0f} ms)", flush=True)
     import torch
 
     base = next(r for r in rows if r["processes"] == 1 and r["threads_per_process"] ==
@@ -166,14 +170,16 @@ def main():
         f"{where}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}. "
         f"Backbone {args.backbone!r} at {args.image_size[0]}x{args.image_size[1]}, global "
         f"batch {args.batch_size}, {args.steps} steps of which the first "
-        f"{args.warmup_steps} are not timed; median step of rank 0. BatchNorm synchronised "
-        "across processes (the default).",
+        f"{args.warmup_steps} are not timed; median step of rank 0.",
         "",
-        "| processes | threads each | images/s | median step (ms) | vs 1 process |",
-        "|---|---|---|---|---|",
+        "| processes | threads each | sync_batchnorm | images/s | median step (ms) "
+        "| vs 1 process |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['processes']} | {r['threads_per_process']} | "
+        sync = "yes (default)" if r["sync_batchnorm"] else "no"
+        sync = sync if r["processes"] > 1 else "-"
+        lines.append(f"| {r['processes']} | {r['threads_per_process']} | {sync} | "
                      f"{r['images_per_s']:.1f} | {1000 * r['median_step_s']:.0f} | "
                      f"{r['images_per_s'] / base['images_per_s']:.2f}x |")
     table = "\n".join(lines) + "\n"

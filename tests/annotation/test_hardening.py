@@ -129,3 +129,9 @@ def test_the_page_never_sees_absolute_paths(tmp_path):
     with AnnotationServer(Echo(), store) as server:
         status, _, body = Client(server.url).get("/img/1")
         assert status == 404 and str(tmp_path).encode() not in body
+
+
+def test_a_server_on_another_loopback_address_answers_to_its_own_url():
+    with AnnotationServer(Echo(), np.zeros((3, 8, 4, 3), dtype=np.uint8),
+                          host="127.0.0.2") as server:
+        assert Client(server.url).get("/api/state")[0] == 200

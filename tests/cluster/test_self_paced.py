@@ -69,7 +69,7 @@ def test_self_paced_matches_spcl_reference(seed):
     X, _ = clustered(400, 25, 16, 0.8, seed=seed)
     D = jaccard_distance(X, 20, 6)
     keep, thr = _spcl_reference(D, 0.6, 0.02, 4)
-    est = SelfPacedDBSCAN(k1=20, k2=6).fit(X)
+    est = SelfPacedDBSCAN(k1=20, k2=6, k1_rule="fixed").fit(X)
     np.testing.assert_array_equal(est.labels_ >= 0, keep)
     assert est.independence_threshold_ == pytest.approx(1 - thr)
     # Kept samples keep their DBSCAN grouping.
@@ -178,3 +178,33 @@ def test_zero_rows_are_noise_with_a_warning():
     np.testing.assert_array_equal(est.labels_[:2], [-1, -1])
     np.testing.assert_array_equal(est.labels_[2:], reference.labels_)
     np.testing.assert_allclose(est.transform(X0[:2]), 1.0)
+
+
+def test_k1_rule_bounds_k1_by_the_cluster_sizes_and_stops_the_chaining():
+    from ucal.metrics import pairwise_precision_recall_fscore
+
+    X, ids = clustered(360, 60, 16, 0.8, seed=0)  # 60 people of 6 images: k1 = 30 chains
+    fixed = SelfPacedDBSCAN(k1=30, k1_rule="fixed").fit(X)
+    ruled = SelfPacedDBSCAN(k1=30).fit(X)
+    assert fixed.k1_ == 30
+    # the documented rule: twice the median size of the clusters found at k1 = 30
+    sizes = np.bincount(fixed.dbscan_labels_[fixed.dbscan_labels_ >= 0])
+    assert ruled.k1_ == max(7, int(np.ceil(2 * np.median(sizes)))) < 30
+    f_fixed = pairwise_precision_recall_fscore(ids, fixed.labels_)[2]
+    f_ruled = pairwise_precision_recall_fscore(ids, ruled.labels_)[2]
+    assert f_ruled > 2 * f_fixed
+    # groups as large as SpCL expects: nothing changes
+    X, _ = clustered(400, 20, 16, 0.5, seed=1)  # 20 images each
+    assert SelfPacedDBSCAN(k1=30).fit(X).k1_ == 30
+    np.testing.assert_array_equal(
+        SelfPacedDBSCAN(k1=30).fit(X).labels_, SelfPacedDBSCAN(k1=30, k1_rule="fixed").fit(X).labels_
+    )
+
+
+def test_the_paper_preset_keeps_k1_fixed():
+    pytest.importorskip("torch")
+    from ucal.reid import UCALReID
+
+    assert UCALReID.from_preset("paper").clusterer.k1_rule == "fixed"
+    assert UCALReID().clusterer is None  # the default: SelfPacedDBSCAN(), whose rule is on
+    assert SelfPacedDBSCAN().k1_rule == "cluster_size"

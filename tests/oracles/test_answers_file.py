@@ -139,13 +139,14 @@ def test_an_unwritable_answers_file_is_found_before_anyone_is_asked(tmp_path, mo
 
         monkeypatch.setattr(os, "open", refuse)  # also the scratch file's
     else:
-        real = os.statvfs
+        import shutil
+
+        real = shutil.disk_usage
 
         def nearly_full(folder):
-            st = real(folder)
-            return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 1, 1) + tuple(st)[5:])
+            return real(folder)._replace(free=4096)
 
-        monkeypatch.setattr(memory_module.os, "statvfs", nearly_full)
+        monkeypatch.setattr(memory_module.shutil, "disk_usage", nearly_full)
     memory = LabelMemory(path)
     oracle = _CountingOracle()
     with pytest.raises(OSError, match="answers.jsonl"):

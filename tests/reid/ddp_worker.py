@@ -72,6 +72,8 @@ def main(config_path):
     )
     params.update(config.get("params", {}))
     model = UCALReID(**params)
+    if config.get("oracle_on_rank0_only") and rank != 0:
+        oracle = None  # a mistake: every rank must pass one (rank 0 calls it)
     model.fit(data.train, oracle=oracle, resume=config.get("resume", False))
     out = {
         "rank": rank,

@@ -127,6 +127,13 @@ def test_an_oracle_error_ends_every_process_within_seconds(tmp_path):
     assert elapsed < 60
 
 
+def test_ranks_called_differently_are_told_so_instead_of_mispairing(tmp_path):
+    results, outputs = _launch(tmp_path, "differ", 2, timeout=120, oracle_on_rank0_only=True)
+    assert results == {}
+    for code, stderr in outputs:
+        assert code != 0 and "oracle given: rank 0 True, rank 1 False" in stderr
+
+
 def test_torchrun_runs_ucal_train_with_two_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():  # pragma: no cover - installed with torch

@@ -102,6 +102,11 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_is_used(data, tmp_pa
     # resumed from epoch 1: epochs 2 and 3 trained again, no NaN anywhere
     assert [r["epoch"] for r in model.history_] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in model.history_)
+    # the damaged file was overwritten, never rotated over the sound fallback
+    from ucal.reid._run_dir import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoint.prev.pt")["epoch"] == 2
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 3
 
 
 @pytest.mark.parametrize("where", ["start", "end"])

@@ -438,9 +438,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         # the token, wherever in the request it was put.
         command = getattr(self, "command", None) or "-"
         path = urlsplit(getattr(self, "path", "") or "").path[:_MAX_LOGGED_PATH]
+        detail = str(args[1:2])[:_MAX_LOGGED_PATH]  # an error's text may quote the request
         if self.owner is not None:
             path = path.replace(self.owner.token, "<token>")
-        logger.debug("%s %s -> %s", command, path, args[1:2])
+            detail = detail.replace(self.owner.token, "<token>")
+        logger.debug("%s %s -> %s", command, path, detail)
 
     def _host_allowed(self):
         """Refuse (421) a Host header that is not this server's loopback name (DNS rebinding)."""
@@ -450,7 +452,8 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if host.startswith("[") and "]" in host:
             name = host[1:host.index("]")]
-        if name in _LOOPBACK_NAMES:
+        own = self.owner.host.strip("[]").lower()
+        if name in _LOOPBACK_NAMES or name == own:
             return True
         self._refuse(421, "This server answers only to localhost / 127.0.0.1 / [::1].")
         return False

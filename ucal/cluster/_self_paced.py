@@ -301,6 +301,11 @@ class SelfPacedDBSCAN(
         out[keep] = labels[keep]
         return relabel(out)
 
+    def __setstate__(self, state):
+        # A clusterer pickled before k1_rule existed (in a checkpoint) keeps its k1.
+        state.setdefault("k1_rule", "fixed")
+        super().__setstate__(state)
+
     def fit_predict(self, X, y=None):
         """Cluster ``X`` and return the labels.
 

@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -78,6 +79,17 @@ def _has_record_keys(line):
 def _show(line, limit=60):
     text = line[:limit].decode("utf-8", errors="replace")
     return repr(text + ("..." if len(line) > limit else ""))
+
+
+def _read_exactly(fd, n):
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, n)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
 
 
 def _write_all(fd, data):
@@ -362,8 +374,7 @@ class LabelMemory:
                 os.unlink(scratch)
         except OSError as exc:
             raise self._write_error(exc, "cannot be written") from exc
-        free = os.statvfs(folder)
-        if free.f_bavail * free.f_frsize < _MIN_FREE_BYTES:
+        if shutil.disk_usage(folder).free < _MIN_FREE_BYTES:
             raise self._write_error(
                 OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                 f"is on a disk with less than {_MIN_FREE_BYTES // 1024} KiB free",
@@ -386,7 +397,8 @@ class LabelMemory:
         if size == 0:
             return b""
         start = max(0, size - _MAX_TAIL)
-        tail = os.pread(fd, size - start, start)
+        os.lseek(fd, start, os.SEEK_SET)  # (appends still go to the end: O_APPEND)
+        tail = _read_exactly(fd, size - start)
         if tail.endswith(b"\n"):
             return b""
         cut = tail.rfind(b"\n")
@@ -747,7 +759,7 @@ class LabelMemory:
                         valid &= ~(unsure & np.array([tuple(p) in written for p in send.tolist()]))
                 try:
                     n_kept = self.record(send[valid], codes[valid], source=source)
-                except OSError as error:
+                except (OSError, ValueError) as error:  # no room; or a foreign line appeared
                     raise OracleError(
                         f"The oracle answered {int(valid.sum())} pairs, but they could not "
                         f"be saved: {error}. They are in this error's unsaved_pairs and "

@@ -104,11 +104,14 @@ class ImageSource(torch.utils.data.Dataset):
         """A digest of the images' content, cheap at any size.
 
         Covers the number of images, their cameras, the file names (for
-        paths) and the pixels, at the training size, of ``n_images``
-        images spread evenly over the set (first and last included): the
-        same images in another order, other images of the same count,
+        paths) and the content of ``n_images`` images spread evenly over the
+        set (first and last included): the file bytes for paths (so that
+        another image decoder does not change it), the pixels otherwise.
+        The same images in another order, other images of the same count,
         or every image flipped or re-encoded give another digest. A change
-        to a few images between the sampled ones is not seen.
+        to a few images between the sampled ones is not seen. A torch
+        Dataset whose items change from one read to the next (random
+        transforms) has its content left out.
         """
         digest = hashlib.blake2b(digest_size=16)
         n = len(self)
@@ -117,8 +120,19 @@ class ImageSource(torch.utils.data.Dataset):
             digest.update(np.ascontiguousarray(self.camids, dtype=np.int64).tobytes())
         if self.kind == "paths":
             digest.update("\n".join(os.path.basename(p) for p in self.images).encode())
-        for index in np.unique(np.linspace(0, n - 1, min(n, n_images)).round().astype(int)):
-            digest.update(np.ascontiguousarray(self._get(int(index))).tobytes())
+        sampled = np.unique(np.linspace(0, n - 1, min(n, n_images)).round().astype(int))
+        if self.kind == "dataset":
+            first = self._get(int(sampled[0]))
+            if not np.array_equal(first, self._get(int(sampled[0]))):
+                return digest.hexdigest()  # random items: only count, cameras
+        for index in sampled:
+            if self.kind == "paths":
+                with open(self.images[index], "rb") as f:
+                    digest.update(f.read())
+            elif self.kind == "array":
+                digest.update(np.ascontiguousarray(self.images[index]).tobytes())
+            else:
+                digest.update(np.ascontiguousarray(self._get(int(index))).tobytes())
         return digest.hexdigest()
 
     def load(self, indices):

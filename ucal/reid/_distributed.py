@@ -22,6 +22,7 @@ each rank applies its rows. With augmentation off, ``K`` processes compute
 the losses of one process (up to float rounding).
 """
 
+import datetime
 import logging
 import os
 
@@ -35,6 +36,10 @@ __all__ = ["DistributedContext", "DistributedError", "SyncBatchNorm", "sync_batc
            "unsync_batchnorm"]
 
 logger = logging.getLogger(__name__)
+
+# The other ranks wait in a broadcast while rank 0 asks its oracle, which may be
+# a person: the process group ucal makes waits a day, not the backend's 10-30 min.
+GROUP_TIMEOUT = datetime.timedelta(hours=24)
 
 
 class DistributedError(RuntimeError):
@@ -80,16 +85,21 @@ class DistributedContext:
     def detect(cls, device="auto"):
         """The context of this process: an initialised group, torchrun's, or none.
 
-        A process group already initialised (by the user) is used as it is.
+        A process group already initialised (by the user) is used as it is
+        (its timeout must cover the time a person takes to answer: the other
+        ranks wait while rank 0 asks).
         Otherwise torchrun's environment (``WORLD_SIZE`` above 1, ``RANK``,
         ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) initialises one:
         NCCL when the fit runs on CUDA, else gloo.
         """
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if dist.is_available() and dist.is_initialized():
             if dist.get_world_size() == 1:
                 return cls()
+            # a launcher of the user's may have chosen the GPU without setting LOCAL_RANK
+            default = torch.cuda.current_device() if torch.cuda.is_available() else 0
+            local_rank = int(os.environ.get("LOCAL_RANK", default))
             return cls(dist.get_world_size(), dist.get_rank(), local_rank)
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         world_size = int(os.environ.get("WORLD_SIZE", 1))
         if world_size <= 1 or not dist.is_available():
             return cls()
@@ -101,7 +111,7 @@ class DistributedContext:
         cuda = torch.cuda.is_available() and str(device) != "cpu"
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=GROUP_TIMEOUT)
         return cls(dist.get_world_size(), dist.get_rank(), local_rank, owned=True)
 
     @property
@@ -136,13 +146,14 @@ class DistributedContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def run_on_main(self, fn):
+    def run_on_main(self, fn, *, share=True):
         """``fn()`` on rank 0, its result broadcast; its exception ends every rank.
 
         Rank 0 re-raises its own exception (an ``OracleError``, a
         ``KeyboardInterrupt``...); the other ranks raise
         :class:`DistributedError` with its message, instead of waiting for
-        a broadcast that never comes.
+        a broadcast that never comes. ``share=False`` broadcasts only
+        whether it worked (the others get None).
         """
         if not self.enabled:
             return fn()
@@ -152,12 +163,55 @@ class DistributedContext:
             except BaseException as exc:
                 self.broadcast(("error", f"{type(exc).__name__}: {exc}"))
                 raise
-            self.broadcast(("ok", result))
+            self.broadcast(("ok", result if share else None))
             return result
         kind, value = self.broadcast(None)
         if kind == "error":
             raise DistributedError(f"Rank 0 failed, so this rank stops too: {value}")
         return value
+
+    def settle(self, error=None, flag=False):
+        """A meeting point of all ranks after work that may fail on any of them.
+
+        Every rank brings its exception (or None) and a flag; when one rank
+        failed, each raises (the failed one its own exception, the others
+        :class:`DistributedError`), else rank 0's flag is returned.
+        """
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return flag
+        mine = None if error is None else f"rank {self.rank}: {type(error).__name__}: {error}"
+        every = [None] * self.world_size
+        dist.all_gather_object(every, (mine, bool(flag)))
+        if error is not None:
+            raise error
+        failed = [message for message, _ in every if message is not None]
+        if failed:
+            raise DistributedError("Another rank failed, so this rank stops too: " + "; ".join(failed))
+        return every[0][1]
+
+    def check_same(self, facts):
+        """Raise on every rank when ``facts`` (a dict) differ between ranks.
+
+        Every rank must call ``fit`` with the same data and the same kind of
+        arguments: rank 0 decides, the others follow its broadcasts.
+        """
+        if not self.enabled:
+            return
+        every = [None] * self.world_size
+        dist.all_gather_object(every, facts)
+        differ = sorted(k for k in facts if any(f.get(k) != every[0].get(k) for f in every))
+        if differ:
+            detail = "; ".join(
+                f"{k}: " + ", ".join(f"rank {r} {f.get(k)!r}" for r, f in enumerate(every))
+                for k in differ
+            )
+            raise ValueError(
+                "Every process must call fit with the same data and the same kinds of "
+                f"arguments (rank 0 asks the oracle, but every rank passes one); they differ: "
+                f"{detail}."
+            )
 
     # ------------------------------------------------------- sharding
     def shard(self, n):
@@ -198,6 +252,19 @@ class DistributedContext:
         shares = [[] for _ in range(self.world_size)]
         for start, size, rank in zip(starts, groups, owner):
             shares[rank].append(np.arange(start, start + size))
+        # A share of one row cannot train a BatchNorm of its own (sync_batchnorm=False):
+        # it takes a group from the largest share that can give one.
+        for _ in range(len(groups)):
+            rows = [sum(g.size for g in share) for share in shares]
+            needy = [r for r in range(self.world_size) if rows[r] < 2]
+            donors = [r for r in np.argsort(rows)[::-1] if len(shares[r]) > 1]
+            if not needy or not donors:
+                break
+            donor = donors[0]
+            smallest = min(range(len(shares[donor])), key=lambda i: shares[donor][i].size)
+            if rows[donor] - shares[donor][smallest].size < 2:
+                break
+            shares[needy[0]].append(shares[donor].pop(smallest))
         return [np.concatenate(s) if s else np.empty(0, dtype=int) for s in shares]
 
     def all_reduce_sum(self, tensor):
@@ -211,9 +278,11 @@ class DistributedContext:
 class _SyncBatchNormFunction(torch.autograd.Function):
     """Batch normalisation with the statistics of the whole global batch.
 
-    The forward pass sums each channel's values and squares over every rank
-    (one ``all_reduce``), the backward pass the two sums its gradient needs
-    (another). Works with gloo on CPUs and NCCL on GPUs; computes in float32.
+    The forward pass gathers each rank's count, per-channel mean and sum of
+    squared deviations (one ``all_gather``) and combines them exactly; the
+    backward pass sums the two reductions its gradient needs (one
+    ``all_reduce``). Works with gloo on CPUs and NCCL on GPUs; computes in
+    float32.
     """
 
     @staticmethod
@@ -221,14 +290,24 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         dims = [0, *range(2, x.dim())]
         xf = x.float()
         n_channels = x.shape[1]
-        count = torch.tensor([xf.numel() / n_channels], device=x.device, dtype=torch.float32)
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        dist.all_reduce(stats)
-        total = stats[-1]
-        mean = stats[:n_channels] / total
-        var = (stats[n_channels:2 * n_channels] / total - mean * mean).clamp(min=0)
-        invstd = torch.rsqrt(var + eps)
         shape = [1, n_channels] + [1] * (x.dim() - 2)
+        # Each rank's count, mean and sum of squared deviations, combined exactly
+        # (Chan et al.): no E[x^2] - E[x]^2 cancellation when the mean is large.
+        count = torch.full((1,), xf.numel() / n_channels, device=x.device)
+        if xf.numel():
+            local_mean = xf.mean(dims)
+            local_m2 = ((xf - local_mean.view(shape)) ** 2).sum(dims)
+        else:  # an empty share weighs nothing
+            local_mean = local_m2 = xf.new_zeros(n_channels)
+        mine = torch.cat([count, local_mean, local_m2])
+        every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        every = torch.stack(every)
+        counts, means, m2s = every[:, :1], every[:, 1:n_channels + 1], every[:, n_channels + 1:]
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / total
+        invstd = torch.rsqrt(var + eps)
         xhat = (xf - mean.view(shape)) * invstd.view(shape)
         y = xhat
         if weight is not None:
@@ -310,7 +389,9 @@ def _swap_batchnorm(module, to_sync):
                 new.bias.requires_grad_(child.bias.requires_grad)
             new._plain_kind = type(child) if to_sync else None
             new.train(child.training)
-            new.to(next(child.buffers(), torch.empty(0)).device)
+            like = next(iter([*child.parameters(), *child.buffers()]), None)
+            if like is not None:
+                new.to(like.device)
             setattr(module, name, new)
         else:
             _swap_batchnorm(child, to_sync)

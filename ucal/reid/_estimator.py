@@ -30,6 +30,10 @@ __all__ = ["UCALReID"]
 _HOOKS = ("on_fit_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_fit_end")
 
 
+# Parameters newer than the first saved models, with the value that keeps their behaviour.
+_PARAMS_ADDED_SINCE_0_1 = {"distributed": "auto", "sync_batchnorm": True}
+
+
 class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Person re-id network trained by Unsupervised Clustering Active Learning.
 
@@ -193,6 +197,13 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         Re-resolved when a pickled model is loaded. With several processes
         (``torchrun``, see :doc:`/multi_gpu`), each uses its own GPU
         (``LOCAL_RANK``).
+    distributed : "auto" or bool, default="auto"
+        ``"auto"``: train with every process of an initialised process
+        group, or of torchrun's environment (``WORLD_SIZE`` above 1), as
+        one fit (see :doc:`/multi_gpu`); a process alone trains alone.
+        ``False``: this process trains alone, whatever the environment (a
+        fit on rank 0 only, inside a group made for something else).
+        ``True``: like ``"auto"``, but a process alone is an error.
     sync_batchnorm : bool, default=True
         With several processes, compute BatchNorm statistics over the whole
         global batch (every rank's share), as one process would: results do
@@ -332,6 +343,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "supervised": ["boolean"],
         "device": [str, torch.device],
         "mixed_precision": [StrOptions({"auto"}), "boolean"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
         "sync_batchnorm": ["boolean"],
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -374,6 +386,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         keep_best=True,
         supervised=False,
         device="auto",
+        distributed="auto",
         sync_batchnorm=True,
         mixed_precision="auto",
         num_workers=0,
@@ -414,6 +427,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.keep_best = keep_best
         self.supervised = supervised
         self.device = device
+        self.distributed = distributed
         self.sync_batchnorm = sync_batchnorm
         self.mixed_precision = mixed_precision
         self.num_workers = num_workers
@@ -609,6 +623,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
 
     def __setstate__(self, state):
         weights = state.pop("_backbone_state", None)
+        # parameters added since the model was saved take their defaults
+        for name, default in _PARAMS_ADDED_SINCE_0_1.items():
+            state.setdefault(name, default)
         super().__setstate__(state)
         if weights is not None:
             net = build_net(self, pretrained_override=True)

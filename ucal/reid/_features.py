@@ -11,11 +11,13 @@ __all__ = ["check_eval_set", "extract_features", "reid_scores"]
 @torch.no_grad()
 def extract_features(net, source, precision, batch_size, num_workers, verbose, desc):
     """Eval-mode L2-normalised features of every image in ``source`` (a tensor on the device)."""
+    device = precision.device
+    n = len(source)
+    if n == 0:  # a process's empty share of a small extraction
+        return torch.empty((0, net.feature_dim), device=device)
     was_training = net.training
     net.eval()
     augment = BatchAugmenter()
-    device = precision.device
-    n = len(source)
     batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     out = []
     iterator = iter_batches(source, batches, num_workers)

@@ -211,14 +211,10 @@ class TrainingLoop:
             # rank 0 reads (and guards) the run directory; the others get its checkpoint
             checkpoint = dist.run_on_main(self.run_dir.load)
         self.label_memory = None
-        if self.oracle is not None and dist.is_main:
-            from ucal.oracles import as_label_memory
-
-            own = None if self.run_dir is None else self.run_dir.memory_path
-            self.label_memory = as_label_memory(
-                self.given_memory, path=own, infer=est.memory_inference,
-                n_samples=self.n_samples,
-            )
+        self.validation_memory = None
+        if self.oracle is not None:
+            # rank 0 alone reads and writes the answers; its failure ends every rank
+            dist.run_on_main(self._open_memories, share=False)
         self.pseudo_labeler = None
         if not est.supervised:
             refiner = default_refiner() if est.refiner is None else est.refiner
@@ -238,7 +234,6 @@ class TrainingLoop:
                 warmup_epochs=est.warmup_epochs, max_queries=est.max_queries,
                 seed=int(seeds[3]), epochs=est.epochs, pacing=est.query_pacing,
             )
-        self.validation_memory = self._open_validation_memory()
         self.calibrated_params = None
         self._seed = int(seeds[4])
         if checkpoint is not None:
@@ -276,6 +271,17 @@ class TrainingLoop:
             self._start_record(start)
 
     # ------------------------------------------ answers before training
+    def _open_memories(self):
+        """The training answers' memory and the held-out answers' one (rank 0)."""
+        from ucal.oracles import as_label_memory
+
+        own = None if self.run_dir is None else self.run_dir.memory_path
+        self.label_memory = as_label_memory(
+            self.given_memory, path=own, infer=self.estimator.memory_inference,
+            n_samples=self.n_samples,
+        )
+        self.validation_memory = self._open_validation_memory()
+
     def _open_validation_memory(self):
         """The held-out answers' memory (None when the fit does not validate, and off rank 0)."""
         est = self.estimator
@@ -580,13 +586,27 @@ class TrainingLoop:
         Sets the estimator's fitted attributes at the end.
         """
         est = self.estimator
-        self.dist = DistributedContext.detect(est.device)
+        self.dist = DistributedContext()
+        if est.distributed is not False:
+            self.dist = DistributedContext.detect(est.device)
+            if est.distributed is True and not self.dist.enabled:
+                raise ValueError(
+                    "distributed=True, but this process is alone: launch with torchrun "
+                    "or initialise torch.distributed with more than one process first."
+                )
         quiet = None
         if not self.dist.is_main:
             # rank 0 logs for everyone
             quiet = logging.getLogger("ucal")
-            level, quiet.level = quiet.level, logging.WARNING
+            level = quiet.level
+            quiet.setLevel(logging.WARNING)
         try:
+            self.dist.check_same({
+                "n_samples": self.n_samples, "images": self._data_digest() if
+                self.dist.enabled else None, "oracle given": self.oracle is not None,
+                "y given": self.y is not None, "eval_set given": self.eval_splits is not None,
+                "checkpoint_dir": est.checkpoint_dir, "resume": self.resume,
+            })
             self._run()
         finally:
             if quiet is not None:
@@ -625,9 +645,13 @@ class TrainingLoop:
             record["n_queries"] = self.n_queries
             record["cost"] = self._cost()
             self.history.append(record)
-            self._notify("on_epoch_end", record)
-            # a callback on one rank may stop: rank 0's decision holds for all
-            self.stop_training = self.dist.broadcast(self.stop_training)
+            error = None
+            try:
+                self._notify("on_epoch_end", record)
+            except BaseException as exc:  # a checkpoint rank 0 cannot write...: every rank stops
+                error = exc
+            # rank 0's decision to stop holds for all
+            self.stop_training = self.dist.settle(error, self.stop_training)
             if self.stop_training:
                 logger.info("A callback stopped training after epoch %d.", self.epoch)
                 break

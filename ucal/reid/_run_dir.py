@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ucal.utils import atomic_write
+from ucal.utils import fsync_dir
 
 from ._data import check_image_size
 
@@ -94,21 +94,30 @@ def fingerprint(est, n_samples, data=None):
 def save_checkpoint(state, path, *, previous=None):
     """Write ``state`` to ``path`` atomically, with its checksum in the first line.
 
-    With ``previous``, the file at ``path`` is first renamed to it (once the
-    new state is serialised: a state that cannot be saved rotates nothing).
+    The new file is written and synced under a temporary name first; then,
+    with ``previous``, the file at ``path`` becomes ``previous``, and the new
+    one takes its place. A state that cannot be saved changes nothing.
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-
-    def write(f):
-        f.write(header)
-        f.write(payload)
-
-    if previous is not None and os.path.isfile(path):
-        os.replace(path, previous)
-    return atomic_write(path, write)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        if previous is not None and os.path.isfile(path):
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return path
 
 
 def load_checkpoint(path):
@@ -157,6 +166,7 @@ class RunDirectory:
         self.path = os.fspath(path)
         self.resume = resume
         self.memory_path = os.path.join(self.path, LABEL_MEMORY_NAME)
+        self._newest_damaged = False
         self.validation_path = os.path.join(self.path, VALIDATION_MEMORY_NAME)
         given = getattr(given_memory, "path", given_memory)
         # A memory given on the run's own memory file counts as the run's memory.
@@ -214,6 +224,8 @@ class RunDirectory:
                 checkpoint = load_checkpoint(path)
             except DamagedCheckpointError as exc:
                 errors.append(str(exc))
+                if name == CHECKPOINT_NAME:
+                    self._newest_damaged = True  # never rotated over the sound one
                 continue
             if errors:
                 warnings.warn(
@@ -257,8 +269,11 @@ class RunDirectory:
         fallback of a resume that finds the newest one damaged.
         """
         os.makedirs(self.path, exist_ok=True)
-        return save_checkpoint(
-            state,
-            os.path.join(self.path, CHECKPOINT_NAME),
-            previous=os.path.join(self.path, PREVIOUS_CHECKPOINT_NAME),
+        # A damaged newest checkpoint is overwritten, not kept as the fallback.
+        previous = None if self._newest_damaged else os.path.join(
+            self.path, PREVIOUS_CHECKPOINT_NAME
         )
+        path = save_checkpoint(state, os.path.join(self.path, CHECKPOINT_NAME),
+                               previous=previous)
+        self._newest_damaged = False
+        return path
