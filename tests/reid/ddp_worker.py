@@ -74,7 +74,25 @@ def main(config_path):
     model = UCALReID(**params)
     if config.get("oracle_on_rank0_only") and rank != 0:
         oracle = None  # a mistake: every rank must pass one (rank 0 calls it)
-    model.fit(data.train, oracle=oracle, resume=config.get("resume", False))
+    eval_set = None
+    if config.get("bad_eval_image"):
+        # query images as files, the last one unreadable: only the last rank reads it
+        from PIL import Image
+
+        from ucal.datasets import ReIDSplit
+
+        folder = os.path.join(config["out"], f"query{rank}")  # each rank its own copy
+        os.makedirs(folder, exist_ok=True)
+        paths = []
+        for i, image in enumerate(data.query.images):
+            path = os.path.join(folder, f"q{i}.png")
+            Image.fromarray(image).save(path)
+            paths.append(path)
+        with open(paths[-1], "wb") as f:
+            f.write(b"not a png")
+        query = ReIDSplit(paths, data.query.pids, data.query.camids)
+        eval_set = (query, data.gallery)
+    model.fit(data.train, oracle=oracle, resume=config.get("resume", False), eval_set=eval_set)
     out = {
         "rank": rank,
         "losses": recorder.losses,

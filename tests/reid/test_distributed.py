@@ -134,6 +134,23 @@ def test_ranks_called_differently_are_told_so_instead_of_mispairing(tmp_path):
         assert code != 0 and "oracle given: rank 0 True, rank 1 False" in stderr
 
 
+def test_random_state_none_gives_every_rank_the_same_draws(tmp_path):
+    results, outputs = _launch(tmp_path, "unseeded", 2, params={"random_state": None})
+    _ok(outputs)
+    assert results[0]["weights"] == results[1]["weights"]
+    assert results[0]["memories"] == results[1]["memories"]
+
+
+def test_an_image_only_one_rank_reads_ends_every_rank_with_its_error(tmp_path):
+    results, outputs = _launch(tmp_path, "bad_image", 2, timeout=120, bad_eval_image=True)
+    assert results == {}
+    (code0, err0), (code1, err1) = outputs
+    assert code0 != 0 and code1 != 0
+    # rank 1 reads the last query image (its block): its own error; rank 0 is told
+    assert "UnidentifiedImageError" in err1 and "Another rank failed" not in err1
+    assert "Another rank failed" in err0 and "rank 1" in err0
+
+
 def test_torchrun_runs_ucal_train_with_two_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():  # pragma: no cover - installed with torch

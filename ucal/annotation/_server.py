@@ -437,11 +437,12 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         # A malformed request line leaves command and path unset; and never log
         # the token, wherever in the request it was put.
         command = getattr(self, "command", None) or "-"
-        path = urlsplit(getattr(self, "path", "") or "").path[:_MAX_LOGGED_PATH]
-        detail = str(args[1:2])[:_MAX_LOGGED_PATH]  # an error's text may quote the request
-        if self.owner is not None:
+        path = urlsplit(getattr(self, "path", "") or "").path
+        detail = str(args[1:2])  # an error's text may quote the request
+        if self.owner is not None:  # redact, then cut: no token prefix survives
             path = path.replace(self.owner.token, "<token>")
             detail = detail.replace(self.owner.token, "<token>")
+        path, detail = path[:_MAX_LOGGED_PATH], detail[:_MAX_LOGGED_PATH]
         logger.debug("%s %s -> %s", command, path, detail)
 
     def _host_allowed(self):

@@ -39,6 +39,8 @@ _MAX_UNSURE = 2
 _CORRECTION = "correction"
 
 
+# Windows opens files in text mode unless told otherwise (CRLF line ends)
+_BINARY = getattr(os, "O_BINARY", 0)
 # Writing is refused below this much free space: a person's answers must fit.
 _MIN_FREE_BYTES = 64 * 1024
 # The end of the file read to find its last line (records are about 100 bytes).
@@ -361,7 +363,7 @@ class LabelMemory:
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             if os.path.exists(self.path):
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | _BINARY)
                 try:
                     self._tail_fix(fd, os.fstat(fd).st_size, repair=False)
                 finally:
@@ -424,7 +426,7 @@ class LabelMemory:
         payload = b"".join(_encode(r) for r in records)
         created = not os.path.exists(self.path)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _BINARY, 0o644)
         except OSError as exc:
             raise self._write_error(exc, "cannot be opened for appending") from exc
         try:

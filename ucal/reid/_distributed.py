@@ -96,7 +96,8 @@ class DistributedContext:
             if dist.get_world_size() == 1:
                 return cls()
             # a launcher of the user's may have chosen the GPU without setting LOCAL_RANK
-            default = torch.cuda.current_device() if torch.cuda.is_available() else 0
+            cuda = torch.cuda.is_available() and str(device) != "cpu"
+            default = torch.cuda.current_device() if cuda else 0
             local_rank = int(os.environ.get("LOCAL_RANK", default))
             return cls(dist.get_world_size(), dist.get_rank(), local_rank)
         local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -175,6 +175,8 @@ class TrainingLoop:
         self.device = dist.device(resolve_device(est.device))
         self.precision = resolve_precision(est.mixed_precision, self.device)
         seeds = check_random_state(est.random_state).randint(np.iinfo(np.int32).max, size=5)
+        # random_state=None draws from each process's own generator: rank 0's seeds for all
+        seeds = dist.broadcast(seeds)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seeds[0]))
             net = build_net(est)
@@ -587,9 +589,10 @@ class TrainingLoop:
         """
         est = self.estimator
         self.dist = DistributedContext()
-        if est.distributed is not False:
+        mode = est.distributed if isinstance(est.distributed, str) else bool(est.distributed)
+        if mode is not False:
             self.dist = DistributedContext.detect(est.device)
-            if est.distributed is True and not self.dist.enabled:
+            if mode is True and not self.dist.enabled:
                 raise ValueError(
                     "distributed=True, but this process is alone: launch with torchrun "
                     "or initialise torch.distributed with more than one process first."
@@ -601,17 +604,29 @@ class TrainingLoop:
             level = quiet.level
             quiet.setLevel(logging.WARNING)
         try:
-            self.dist.check_same({
-                "n_samples": self.n_samples, "images": self._data_digest() if
-                self.dist.enabled else None, "oracle given": self.oracle is not None,
-                "y given": self.y is not None, "eval_set given": self.eval_splits is not None,
-                "checkpoint_dir": est.checkpoint_dir, "resume": self.resume,
-            })
+            if self.dist.enabled:
+                self.dist.check_same(self._facts())
             self._run()
         finally:
             if quiet is not None:
                 quiet.setLevel(level)
             self.dist.close()
+
+    def _facts(self):
+        """What every rank's fit must share: data, kinds of arguments, parameters."""
+        est = self.estimator
+        try:
+            images = self._data_digest()
+        except Exception as exc:  # unreadable here: every rank hears of it
+            images = f"unreadable ({type(exc).__name__}: {exc})"
+        params = {k: repr(v) for k, v in est.get_params(deep=False).items()
+                  if k not in ("callbacks", "verbose")}
+        return {
+            "n_samples": self.n_samples, "images": images,
+            "oracle given": self.oracle is not None, "y given": self.y is not None,
+            "eval_set given": self.eval_splits is not None, "resume": self.resume,
+            **{f"parameter {k}": v for k, v in sorted(params.items())},
+        }
 
     def _run(self):
         est = self.estimator
@@ -709,10 +724,18 @@ class TrainingLoop:
         dist = self.dist
         if dist.enabled:
             source = source.subset(dist.shard(len(source)))
-        features = extract_features(
-            self.net, source, self.precision, est.inference_batch_size, est.num_workers,
-            est.verbose and dist.is_main, desc,
-        )
+        error = features = None
+        try:
+            features = extract_features(
+                self.net, source, self.precision, est.inference_batch_size, est.num_workers,
+                est.verbose and dist.is_main, desc,
+            )
+        except BaseException as exc:  # an image only this rank reads: every rank stops
+            error = exc
+        if dist.enabled:
+            dist.settle(error)
+        elif error is not None:
+            raise error
         return dist.gather_rows(features)
 
     def embed(self, split):

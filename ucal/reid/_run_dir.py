@@ -111,13 +111,28 @@ def save_checkpoint(state, path, *, previous=None):
             f.flush()
             os.fsync(f.fileno())
         if previous is not None and os.path.isfile(path):
-            os.replace(path, previous)
+            # the fallback is made beside the newest, which stays in place meanwhile
+            _replace_by_copy_of(path, previous)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
+
+
+def _replace_by_copy_of(source, target):
+    """Make ``target`` a copy of ``source`` atomically (a hard link where possible)."""
+    staging = f"{target}.tmp-{os.getpid()}"
+    if os.path.exists(staging):
+        os.remove(staging)
+    try:
+        os.link(source, staging)
+    except OSError:  # no hard links on this file system
+        import shutil
+
+        shutil.copyfile(source, staging)
+    os.replace(staging, target)
 
 
 def load_checkpoint(path):
@@ -215,6 +230,7 @@ class RunDirectory:
 
     def _load_sound(self):
         """(checkpoint, found): the newest sound checkpoint, falling back to the previous one."""
+        self._remove_stale_temporaries()
         errors = []
         for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
             path = os.path.join(self.path, name)
@@ -243,6 +259,15 @@ class RunDirectory:
                 "label_memory= to keep every answer)."
             )
         return None, False
+
+    def _remove_stale_temporaries(self):
+        """Half-written checkpoints of a process killed while saving (never read)."""
+        if not os.path.isdir(self.path):
+            return
+        for name in os.listdir(self.path):
+            if name.startswith((CHECKPOINT_NAME + ".tmp-", PREVIOUS_CHECKPOINT_NAME + ".tmp-")):
+                os.remove(os.path.join(self.path, name))
+                logger.info("Removed %s, left by a process killed while saving.", name)
 
     def check_fingerprint(self, saved, current):
         """Refuse to resume a run trained with other settings or data."""
