@@ -32,41 +32,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class _StepClock:
-    """Wall time of every training step (rank 0)."""
-
-    def __init__(self):
-        self.times = []
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_epoch_begin(self, loop, epoch):
-        self.times.append(time.perf_counter())
-
-    def on_batch_end(self, loop, batch, loss):
-        self.times.append(time.perf_counter())
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def worker(config):
     import numpy as np
     import torch
 
-    from ucal.reid import UCALReID
+    from ucal.reid import Callback, UCALReID
+
+    class StepClock(Callback):
+        """Wall time of every training step (rank 0)."""
+
+        def __init__(self):
+            self.times = []
+
+        def on_epoch_begin(self, loop, epoch):
+            self.times.append(time.perf_counter())
+
+        def on_batch_end(self, loop, batch, loss):
+            self.times.append(time.perf_counter())
 
     torch.set_num_threads(config["threads"])
     rng = np.random.default_rng(0)
     height, width = config["image_size"]
     images = rng.integers(0, 256, size=(config["n_images"], height, width, 3), dtype=np.uint8)
-    clock = _StepClock()
+    clock = StepClock()
     model = UCALReID(
         backbone=config["backbone"], pretrained=False, image_size=(height, width), epochs=1,
         warmup_epochs=0, batch_size=config["batch_size"], iters_per_epoch=config["steps"],

@@ -15,28 +15,21 @@ import numpy as np
 import torch
 
 
-class Recorder:
+def _recorder():
     """After every step: the loss, and digests of the weights and of the memory."""
+    from ucal.reid import Callback
 
-    def __init__(self):
-        self.losses, self.weights, self.memories = [], [], []
+    class Recorder(Callback):
+        def __init__(self):
+            self.losses, self.weights, self.memories = [], [], []
 
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+        def on_batch_end(self, loop, batch, loss):
+            self.losses.append(float(loss))
+            weights = torch.cat([p.detach().float().flatten() for p in loop.net.parameters()])
+            self.weights.append(_digest(weights))
+            self.memories.append(_digest(loop.memory.features))
 
-    def on_batch_end(self, loop, batch, loss):
-        self.losses.append(float(loss))
-        weights = torch.cat([p.detach().float().flatten() for p in loop.net.parameters()])
-        self.weights.append(_digest(weights))
-        self.memories.append(_digest(loop.memory.features))
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
+    return Recorder()
 
 
 def _digest(tensor):
@@ -63,7 +56,7 @@ def main(config_path):
             raise RuntimeError("the annotator walked away")
         return labels[pairs[:, 0]] == labels[pairs[:, 1]]
 
-    recorder = Recorder()
+    recorder = _recorder()
     params = dict(
         backbone="tiny", pretrained=False, image_size=(32, 16), epochs=2, warmup_epochs=0,
         batch_size=16, num_instances=4, iters_per_epoch=3, inference_batch_size=64,

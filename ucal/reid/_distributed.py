@@ -29,7 +29,6 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["DistributedContext", "DistributedError", "SyncBatchNorm", "sync_batchnorm",
@@ -219,14 +218,19 @@ class DistributedContext:
         """The contiguous block of ``range(n)`` this rank handles (rank order)."""
         return np.array_split(np.arange(n), self.world_size)[self.rank]
 
-    def gather_rows(self, local):
-        """Concatenate every rank's rows of ``local`` (a tensor), in rank order."""
+    def gather_rows(self, local, sizes=None):
+        """Concatenate every rank's rows of ``local`` (a tensor), in rank order.
+
+        ``sizes``, every rank's row count, saves exchanging them when every
+        rank already knows them (the shares of a training batch).
+        """
         if not self.enabled:
             return local
-        counts = torch.tensor([local.shape[0]], device=local.device)
-        sizes = [torch.zeros_like(counts) for _ in range(self.world_size)]
-        dist.all_gather(sizes, counts)
-        sizes = [int(s.item()) for s in sizes]
+        if sizes is None:
+            counts = torch.tensor([local.shape[0]], device=local.device)
+            every = [torch.zeros_like(counts) for _ in range(self.world_size)]
+            dist.all_gather(every, counts)
+            sizes = [int(c.item()) for c in every]
         padded = local.new_zeros((max(sizes), *local.shape[1:]))
         padded[: local.shape[0]] = local
         parts = [torch.zeros_like(padded) for _ in range(self.world_size)]
@@ -378,29 +382,26 @@ class SyncBatchNorm(_BatchNorm):
 
 def _swap_batchnorm(module, to_sync):
     """Replace every BatchNorm of ``module`` (in place) by the other kind."""
-    source = _BatchNorm if to_sync else SyncBatchNorm
     for name, child in module.named_children():
-        if isinstance(child, source) and (to_sync != isinstance(child, SyncBatchNorm)):
-            kind = SyncBatchNorm if to_sync else _plain_kind(child)
-            new = kind(child.num_features, child.eps, child.momentum, child.affine,
-                       child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            if child.affine:
-                new.weight.requires_grad_(child.weight.requires_grad)
-                new.bias.requires_grad_(child.bias.requires_grad)
-            new._plain_kind = type(child) if to_sync else None
-            new.train(child.training)
-            like = next(iter([*child.parameters(), *child.buffers()]), None)
-            if like is not None:
-                new.to(like.device)
-            setattr(module, name, new)
-        else:
+        if not (isinstance(child, _BatchNorm) and isinstance(child, SyncBatchNorm) != to_sync):
             _swap_batchnorm(child, to_sync)
+            continue
+        # a synchronised layer remembers the kind it replaced (BatchNorm1d for the neck)
+        kind = SyncBatchNorm if to_sync else getattr(child, "plain_kind", torch.nn.BatchNorm2d)
+        new = kind(child.num_features, child.eps, child.momentum, child.affine,
+                   child.track_running_stats)
+        new.load_state_dict(child.state_dict())
+        if child.affine:
+            new.weight.requires_grad_(child.weight.requires_grad)
+            new.bias.requires_grad_(child.bias.requires_grad)
+        if to_sync:
+            new.plain_kind = type(child)
+        new.train(child.training)
+        like = next(iter([*child.parameters(), *child.buffers()]), None)
+        if like is not None:
+            new.to(like.device)
+        setattr(module, name, new)
     return module
-
-
-def _plain_kind(sync):
-    return getattr(sync, "_plain_kind", None) or torch.nn.BatchNorm2d
 
 
 def sync_batchnorm(module):
@@ -411,19 +412,3 @@ def sync_batchnorm(module):
 def unsync_batchnorm(module):
     """``module`` with plain BatchNorms again (in place), for one process."""
     return _swap_batchnorm(module, False)
-
-
-def scaled_loss_sum(per_sample, n_global, context):
-    """This rank's share of the global batch's mean loss, scaled for DDP's averaging.
-
-    DistributedDataParallel averages gradients over ranks; scaling the sum
-    of this rank's losses by ``world_size / n_global`` makes that average
-    the gradient of the mean over the whole batch, whatever the shares.
-    """
-    return per_sample.sum() * (context.world_size / n_global)
-
-
-def per_sample_centroid_loss(features, targets, centroids, temperature):
-    """Eq. 1 per sample (no reduction)."""
-    logits = features.float() @ centroids.detach().float().t() / temperature
-    return F.cross_entropy(logits, targets, reduction="none")

@@ -32,7 +32,6 @@ from ._data import (
 from ._device import resolve_device, resolve_precision
 from ._distributed import (
     DistributedContext,
-    per_sample_centroid_loss,
     sync_batchnorm,
     unsync_batchnorm,
 )
@@ -846,8 +845,9 @@ class TrainingLoop:
             with self.precision.autocast():
                 features = self.train_net(x)
             batch_targets = targets[torch.as_tensor(indices, device=self.device)]
-            per_sample = per_sample_centroid_loss(
-                features, batch_targets, self.memory.centroids(), est.temperature
+            per_sample = centroid_contrastive_loss(
+                features, batch_targets, self.memory.centroids(), est.temperature,
+                reduction="none",
             )
             loss = per_sample.sum() * (dist.world_size / n_global)
             self.optimizer.zero_grad(set_to_none=True)
@@ -855,7 +855,8 @@ class TrainingLoop:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             # every rank updates its memory with the whole batch, in batch order
-            gathered = dist.gather_rows(features.detach().float())
+            gathered = dist.gather_rows(features.detach().float(),
+                                        sizes=[len(share) for share in shares[batch]])
             order = np.concatenate(shares[batch])
             batch_features = torch.empty_like(gathered)
             batch_features[torch.as_tensor(order, device=gathered.device)] = gathered

@@ -113,7 +113,7 @@ class FeatureMemory:
         return {"features": self.features.cpu(), "momentum": self.momentum}
 
 
-def centroid_contrastive_loss(features, targets, centroids, temperature=0.05):
+def centroid_contrastive_loss(features, targets, centroids, temperature=0.05, reduction="mean"):
     """Eq. 1: softmax cross-entropy of feature-centroid similarities over temperature.
 
     Parameters
@@ -126,11 +126,13 @@ def centroid_contrastive_loss(features, targets, centroids, temperature=0.05):
         Cluster centroids (constants: no gradient flows into the memory).
     temperature : float
         ``tau`` of Eq. 1.
+    reduction : {"mean", "none"}
+        The batch's mean, or one loss per sample.
 
     Returns
     -------
     loss : torch.Tensor
-        Mean over the batch.
+        Mean over the batch, or the per-sample losses.
     """
     logits = features.float() @ centroids.detach().float().t() / temperature
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction=reduction)

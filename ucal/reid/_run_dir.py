@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ucal.utils import fsync_dir
+from ucal.utils import atomic_write
 
 from ._data import check_image_size
 
@@ -103,22 +103,17 @@ def save_checkpoint(state, path, *, previous=None):
     payload = buffer.getvalue()
     header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def write(f):
+        f.write(header)
+        f.write(payload)
+
+    def keep_previous():
         if previous is not None and os.path.isfile(path):
             # the fallback is made beside the newest, which stays in place meanwhile
             _replace_by_copy_of(path, previous)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return path
+
+    return atomic_write(path, write, before_replace=keep_previous)
 
 
 def _replace_by_copy_of(source, target):

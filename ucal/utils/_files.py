@@ -26,7 +26,7 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, write, *, mode="wb"):
+def atomic_write(path, write, *, mode="wb", before_replace=None):
     """Write a file atomically: a reader sees the old content or the new, never a part.
 
     The content goes to a temporary file in the same directory, is flushed
@@ -42,6 +42,9 @@ def atomic_write(path, write, *, mode="wb"):
         ``write(f)`` writes the content to the open file object ``f``.
     mode : {"wb", "w"}, default="wb"
         Binary or text.
+    before_replace : callable, default=None
+        Called once the new content is on disk, just before it replaces
+        ``path`` (say, to keep the old file as a fallback).
 
     Returns
     -------
@@ -56,6 +59,8 @@ def atomic_write(path, write, *, mode="wb"):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
