@@ -20,6 +20,9 @@ look-alikes, stronger camera shifts). Rows, per seed:
   unless the last is within two standard errors).
 - UCAL, default + calibration: the same with ``calibrator=ClusteringCalibrator()``
   (eps and k1 chosen from the answers before the first epoch).
+- UCAL, default, 5 % noisy and UCAL, default, k1 fixed, 5 % noisy: the
+  default and its k1 control answered by an annotator who flips 5 % of the
+  answers (``NoisyOracle``), validation answers included.
 
 Every UCAL row gets the same budget, 0.09 % of all pairs (Eq. 7). The schedule
 is 12 epochs of one pass over the data, SNPS and MPPS from epoch 4, the tiny
@@ -76,7 +79,8 @@ def _apply_hard():
 
 _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
-        "UCAL, default + calibration")
+        "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
+        "UCAL, default, 5 % noisy")
 
 
 def _data(seed, source=False):
@@ -154,6 +158,14 @@ def run(seed, name, weights):
         elif name == "UCAL, default, k1 fixed":
             model = _model(seed, weights, max_queries=budget, clusterer=_fixed_k1())
             model.fit(data.train, data.train.pids, eval_set=data)
+        elif name.endswith("5 % noisy"):
+            from ucal.oracles import LabelOracle, NoisyOracle
+
+            oracle = NoisyOracle(LabelOracle(data.train.pids), 0.05, random_state=seed)
+            extra = {"clusterer": _fixed_k1()} if "k1 fixed" in name else {}
+            model = _model(seed, weights, max_queries=budget, **extra)
+            # y feeds the pseudo-label diagnostics only; the noisy oracle answers
+            model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator
 
