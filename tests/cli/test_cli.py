@@ -284,3 +284,13 @@ def test_train_with_the_paper_preset(market, tmp_path):
     model = __import__("joblib").load(out / "model.joblib")
     # --iters from the test arguments wins over the preset's 400
     assert model.memory_inference is False and model.iters_per_epoch != 400
+
+
+def test_train_with_an_approximate_search(market, tmp_path):
+    import joblib
+
+    out = tmp_path / "ivf"
+    assert main(_train_args(market, out, "--oracle", "none", "--search", "ivf")) == 0
+    model = joblib.load(out / "model.joblib")
+    assert model.clusterer.search == "ivf"
+    assert model.labels_.shape == (model.n_samples_fit_,)

@@ -109,7 +109,7 @@ def test_bad_input(X, match):
 def test_bad_k():
     with pytest.raises(ValueError, match="k1 and k2"):
         jaccard_distance(np.eye(4), 0, 2)
-    with pytest.raises(ValueError, match="'auto', 'numpy' or 'faiss'"):
+    with pytest.raises(ValueError, match="search must be one of 'auto', 'numpy', 'faiss', 'torch', 'ivf', 'hnsw'"):
         jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
 
 
@@ -142,3 +142,15 @@ def test_n_rows_computes_exactly_the_leading_rows():
     assert abs(full[:50] - part[:50]).max() == 0
     assert abs(full[:, :50] - part[:, :50]).max() == 0
     assert part[50:, 50:].nnz == 0 < full[50:, 50:].nnz
+
+
+@pytest.mark.parametrize("heavy", [1, 3, 10**9])
+def test_dense_heavy_columns_give_the_same_distances(monkeypatch, heavy):
+    import ucal.cluster._jaccard as jaccard_module
+
+    X = clustered(240, 6, 16, 0.5, seed=21)[0]  # groups of ~40: columns with many entries
+    expected, _ = dense_jaccard(X, 20, 6)
+    monkeypatch.setattr(jaccard_module, "_HEAVY_COLUMN", heavy)
+    monkeypatch.setattr(jaccard_module, "_MAX_TRIPLES", 5000)  # many chunks
+    D = jaccard_distance(X, 20, 6)
+    np.testing.assert_allclose(_dense(D), expected, atol=1e-5)

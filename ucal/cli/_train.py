@@ -140,7 +140,7 @@ def _train(args):
         warmup_epochs=args.warmup_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1),
+        clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1, search=args.search),
         refiner=refiner_from_flags(
             no_snps=args.no_snps, no_mpps=args.no_mpps, oracle=args.oracle,
             preset=args.preset,
@@ -242,6 +242,11 @@ def add_parser(commands):
                        metavar=("H", "W"))
     train.add_argument("--k1", type=int, default=30)
     train.add_argument("--eps", type=float, default=0.6)
+    train.add_argument("--search", choices=["auto", "numpy", "faiss", "torch", "ivf", "hnsw"],
+                       default="auto",
+                       help="neighbour search of the clustering: exact (numpy, faiss, torch) or "
+                       "approximate (ivf, hnsw); auto: exact on the training GPU, else exact "
+                       "up to 100,000 images and ivf above (see docs/large_scale.rst)")
     train.add_argument("--max-queries", type=int, default=None, help="total query budget")
     train.add_argument("--validation-size", type=int, default=None, metavar="N",
                        help="pairs held out to validate every epoch (default 100; 0: off)")

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._knn import l2_normalize
+from ._knn import UnitRows, l2_normalize
 
 __all__ = [
     "CenterDistancesMixin",
@@ -14,6 +14,7 @@ __all__ = [
     "cluster_centers",
     "cluster_medoids",
     "unit_rows",
+    "warn_zero_rows",
     "zero_rows",
 ]
 
@@ -32,27 +33,40 @@ def zero_rows(Xn, owner, labels=None):
     about to change, the warning is only issued when one of those rows is
     in a cluster (an inner estimator has already warned otherwise).
     """
-    zero = ~Xn.any(axis=1)
+    return warn_zero_rows(~Xn.any(axis=1), owner, labels, stacklevel=4)
+
+
+def warn_zero_rows(zero, owner, labels=None, *, stacklevel=3):
+    """:func:`zero_rows` given the mask ``zero`` of the all-zero rows."""
     if zero.any() and (labels is None or (labels[zero] >= 0).any()):
         warnings.warn(
             f"{owner}: X has {int(zero.sum())} all-zero row(s) (first at index "
             f"{int(np.flatnonzero(zero)[0])}); they have no direction, so they are "
             "made noise (label -1).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return zero
 
 
 def cluster_centers(Xn, labels, n_clusters):
-    """L2-normalised mean of each cluster's (unit) samples, float64."""
+    """L2-normalised mean of each cluster's (unit) samples, float64.
+
+    ``Xn`` is an array of unit rows or a :class:`~ucal.cluster._knn.UnitRows`
+    (read a block at a time).
+    """
     clustered = np.flatnonzero(labels >= 0)
     # sparse indicator @ X: a vectorised per-cluster sum (np.add.at is slow)
     indicator = sparse.csr_matrix(
         (np.ones(clustered.size), (labels[clustered], clustered)),
         shape=(n_clusters, Xn.shape[0]),
     )
-    sums = np.asarray(indicator @ Xn, dtype=np.float64)
+    if isinstance(Xn, UnitRows):
+        sums = np.zeros((n_clusters, Xn.n_features))
+        for start, stop, block in Xn.blocks():
+            sums += indicator[:, start:stop] @ block
+    else:
+        sums = np.asarray(indicator @ Xn, dtype=np.float64)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     # a cluster of exactly opposite samples has no direction: keep it at 0
     return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)

@@ -1,14 +1,15 @@
-"""Exact k-nearest-neighbour search by cosine similarity.
+"""Unit-norm feature rows read in blocks, and exact k-nearest-neighbour search.
 
-Two engines, both exact and both returning the same neighbours:
-
-* ``"numpy"``: blocked BLAS matrix products. The similarity matrix is
-  symmetric, so only its upper block triangle is computed: each block
-  updates the running top-k of its rows *and* of its columns, which halves
-  the dominant matrix-product cost. Only one block of ``block_size x N``
-  similarities is alive at a time, never the N x N matrix.
-* ``"faiss"``: ``faiss.IndexFlatIP`` (exact inner-product search), used
-  when faiss is installed and asked for.
+* :class:`UnitRows`: the rows of a feature matrix scaled to unit norm, read a
+  block at a time. Rows that are already unit-norm float32 are used in place;
+  float16 features (half the memory) and very large matrices are normalised
+  block by block instead of copied, so that no second N x d matrix exists.
+* ``"numpy"`` exact search: blocked BLAS matrix products. The similarity
+  matrix is symmetric, so only its upper block triangle is computed: each tile
+  updates the running top-k of its rows *and* of its columns, which halves the
+  dominant matrix-product cost. Only one tile of similarities is alive at a
+  time, never the N x N matrix.
+* ``"faiss"`` exact search: ``faiss.IndexFlatIP``, when faiss is installed.
 """
 
 import logging
@@ -18,16 +19,19 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["exact_knn", "l2_normalize"]
+__all__ = ["UnitRows", "exact_knn", "l2_normalize", "merge_top_k"]
 
 # Rows per block: at most 2048, and at most 48 MB of float32 similarities
-# per block (a block and its transposed tail are alive at once).
+# per tile (a tile and its transposed copy are alive at once).
 _MAX_BLOCK_ROWS = 2048
 _MAX_BLOCK_BYTES = 48 * 2**20
-
-
+# Largest normalised float32 copy UnitRows makes; above it, rows are
+# normalised block by block as they are read.
+_MAX_COPY_BYTES = 2 * 2**30
 # Rows normalised at a time in float64 (4,096 x 2,048 features: 64 MiB).
 _NORMALIZE_BLOCK = 4096
+# Relative deviation of a row norm from 1 that still counts as unit-norm.
+_UNIT_TOLERANCE = 1e-4
 
 
 def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
@@ -68,30 +72,164 @@ def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
     return out
 
 
-def _faiss_available():
+class UnitRows:
+    """The rows of a feature matrix scaled to unit Euclidean norm, read in blocks.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Features (float16, float32 or float64; a ``numpy.memmap`` works and is
+        read a block at a time).
+    zero_rows : {"raise", "keep"}, default="raise"
+        What an all-zero row does (see :func:`l2_normalize`).
+
+    Notes
+    -----
+    Three layouts, chosen once: unit-norm float32 rows are used in place;
+    otherwise float32 and float64 features up to 2 GiB normalised are copied
+    once (:func:`l2_normalize`); float16 features and larger matrices keep
+    their storage and each block read is normalised on the fly (the scale of
+    every row is computed once, robustly, in float64).
+    """
+
+    def __init__(self, X, *, zero_rows="raise"):
+        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        n, d = X.shape
+        self.shape = (n, d)
+        self.n_samples, self.n_features = n, d
+        if X.dtype == np.float32 and X.flags.c_contiguous and self._already_unit(X):
+            self.data, self._peak, self._inverse = X, None, None
+            self.zero = np.zeros(n, dtype=bool)
+            return
+        peak, inverse = self._row_scales(X)
+        self.zero = peak == 0
+        if self.zero.any() and zero_rows == "raise":
+            first = int(np.flatnonzero(self.zero)[0])
+            raise ValueError(
+                f"X has {int(self.zero.sum())} all-zero row(s) (first at index {first}); "
+                "they have no direction, so cosine similarity and the Jaccard "
+                "distance are undefined for them. Remove them or fix the features."
+            )
+        if X.dtype != np.float16 and n * d * 4 <= _MAX_COPY_BYTES:
+            self.data = l2_normalize(X, zero_rows="keep")
+            self._peak = self._inverse = None
+        else:
+            self.data, self._peak, self._inverse = X, peak, inverse
+
+    @staticmethod
+    def _already_unit(X):
+        """Whether every row of the float32 ``X`` has norm 1 (to ``_UNIT_TOLERANCE``)."""
+        for start in range(0, X.shape[0], _NORMALIZE_BLOCK):
+            block = X[start:start + _NORMALIZE_BLOCK]
+            sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+            if not np.all(np.abs(sq - 1.0) <= 2 * _UNIT_TOLERANCE):
+                return False
+        return True
+
+    @staticmethod
+    def _row_scales(X):
+        """Per row: the largest absolute value, and 1 / norm of the row divided by it."""
+        n = X.shape[0]
+        peak = np.empty(n)
+        inverse = np.empty(n)
+        for start in range(0, n, _NORMALIZE_BLOCK):
+            block = np.array(X[start:start + _NORMALIZE_BLOCK], dtype=np.float64)
+            top = np.maximum(block.max(axis=1, initial=0.0), -block.min(axis=1, initial=0.0))
+            safe = np.where(top > 0, top, 1.0)
+            block /= safe[:, None]
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            peak[start:start + _NORMALIZE_BLOCK] = top
+            inverse[start:start + _NORMALIZE_BLOCK] = np.where(top > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+        return peak, inverse
+
+    @property
+    def in_memory(self):
+        """True when the normalised rows exist as one float32 array (``data``)."""
+        return self._peak is None
+
+    def _normalise(self, raw, peak, inverse):
+        if peak is None:
+            return np.ascontiguousarray(raw, dtype=np.float32)
+        block = np.asarray(raw, dtype=np.float64)
+        block = block / np.where(peak > 0, peak, 1.0)[:, None]
+        block *= inverse[:, None]
+        return block.astype(np.float32)
+
+    def block(self, start, stop):
+        """Normalised rows ``start:stop`` as a float32 array (a view when possible)."""
+        if self._peak is None:
+            return self.data[start:stop]
+        return self._normalise(self.data[start:stop], self._peak[start:stop], self._inverse[start:stop])
+
+    def take(self, index):
+        """Normalised rows ``index`` (an integer array) as a float32 array."""
+        index = np.asarray(index)
+        if self._peak is None:
+            return self.data[index]
+        return self._normalise(self.data[index], self._peak[index], self._inverse[index])
+
+    @classmethod
+    def from_unit(cls, data, zero=None):
+        """A :class:`UnitRows` over rows already normalised (no check, no copy of float32)."""
+        out = object.__new__(cls)
+        out.data = np.ascontiguousarray(data, dtype=np.float32)
+        out.shape = out.data.shape
+        out.n_samples, out.n_features = out.shape
+        out.zero = np.zeros(out.n_samples, dtype=bool) if zero is None else zero
+        out._peak = out._inverse = None
+        return out
+
+    def subset(self, index):
+        """The rows ``index`` as a new :class:`UnitRows` (a normalised copy)."""
+        return UnitRows.from_unit(self.take(index), self.zero[index])
+
+    def blocks(self, block_rows=_NORMALIZE_BLOCK):
+        """Yield ``(start, stop, rows)`` over all rows."""
+        for start in range(0, self.n_samples, block_rows):
+            stop = min(start + block_rows, self.n_samples)
+            yield start, stop, self.block(start, stop)
+
+    def pair_similarities(self, rows, cols, out=None):
+        """Cosine similarities of the pairs ``(rows[i], cols[i])``, float64."""
+        out = np.empty(rows.size, dtype=np.float64) if out is None else out
+        step = max(1, (16 * 2**20) // (4 * self.n_features))  # 2 x 16 MB of gathered rows
+        for s in range(0, rows.size, step):
+            r, c = rows[s : s + step], cols[s : s + step]
+            out[s : s + step] = np.einsum("ij,ij->i", self.take(r), self.take(c))
+        return out
+
+
+def import_faiss(what, n_jobs=None):
+    """faiss (using ``n_jobs`` threads when given), or an ImportError that says how to get it."""
     try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs the faiss package: pip install 'ucal[faiss]' (or faiss-cpu), "
+            "or use the NumPy engines (search='numpy' or search='ivf')."
+        ) from exc
+    if n_jobs is not None and n_jobs > 0:
+        faiss.omp_set_num_threads(int(n_jobs))
+    return faiss
 
 
-def exact_knn(X, n_neighbors, *, search="auto", block_size=None, n_jobs=None):
+def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None):
     """Exact nearest neighbours of every row of ``X`` among the rows of ``X``.
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features), float32
-        L2-normalised rows (see :func:`l2_normalize`); similarity is the
-        inner product.
+    X : ndarray of shape (n_samples, n_features) or UnitRows
+        L2-normalised float32 rows (see :func:`l2_normalize`), or a
+        :class:`UnitRows`; similarity is the inner product.
     n_neighbors : int
         Neighbours per row, the row itself included (it always comes first).
-    search : {"auto", "numpy", "faiss"}, default="auto"
-        Engine. ``"auto"`` uses the NumPy engine, which is the faster of the
-        two on CPUs in our benchmarks; ``"faiss"`` requires faiss.
+    search : {"auto", "numpy", "faiss"}, default="numpy"
+        Engine: blocked BLAS products, or ``faiss.IndexFlatIP`` (requires
+        faiss). ``"auto"`` is ``"numpy"``, the faster of the two on CPUs in
+        our benchmarks.
     block_size : int, default=None
         Rows per block of the NumPy engine (default: up to 2048, fewer for
-        large N so that a block stays under 48 MB).
+        large N so that a tile stays under 48 MB).
     n_jobs : int, default=None
         Threads for faiss (None: faiss's default). The NumPy engine uses
         the threads of the BLAS library.
@@ -103,39 +241,32 @@ def exact_knn(X, n_neighbors, *, search="auto", block_size=None, n_jobs=None):
     similarities : ndarray of shape (n_samples, n_neighbors), float32
         The matching cosine similarities (1.0 for the row itself).
     """
-    n_samples = X.shape[0]
-    k = min(int(n_neighbors), n_samples)
-    if search == "auto":
-        search = "numpy"
-    if search == "faiss":
-        indices, sims = _knn_faiss(X, k, n_jobs)
-    elif search == "numpy":
+    rows = X if isinstance(X, UnitRows) else UnitRows.from_unit(X)
+    k = min(int(n_neighbors), rows.n_samples)
+    if search in ("auto", "numpy"):
         if block_size is None:
-            block_size = int(np.clip(_MAX_BLOCK_BYTES // (4 * n_samples), 256, _MAX_BLOCK_ROWS))
-        indices, sims = _knn_numpy(X, k, block_size)
-    else:
-        raise ValueError(f"search must be 'auto', 'numpy' or 'faiss', got {search!r}.")
-    return indices, sims
+            block_size = int(np.clip(_MAX_BLOCK_BYTES // (8 * rows.n_samples), 256, _MAX_BLOCK_ROWS))
+        return _knn_numpy(rows, k, int(block_size))
+    if search == "faiss":
+        return _knn_faiss(rows, k, n_jobs)
+    raise ValueError(f"search must be 'auto', 'numpy' or 'faiss', got {search!r}.")
 
 
-def _knn_faiss(X, k, n_jobs):
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            "search='faiss' needs the faiss package: pip install 'ucal[faiss]' "
-            "(or faiss-cpu), or use search='numpy'."
-        ) from exc
-    if n_jobs is not None and n_jobs > 0:
-        faiss.omp_set_num_threads(int(n_jobs))
-    index = faiss.IndexFlatIP(X.shape[1])
-    index.add(X)
-    sims, indices = index.search(X, k)
-    return _self_first(indices.astype(np.int64), sims.astype(np.float32))
+def _knn_faiss(rows, k, n_jobs):
+    faiss = import_faiss("search='faiss'", n_jobs)
+    index = faiss.IndexFlatIP(rows.n_features)
+    for _, _, block in rows.blocks():
+        index.add(block)
+    indices = np.empty((rows.n_samples, k), dtype=np.int64)
+    sims = np.empty((rows.n_samples, k), dtype=np.float32)
+    for start, stop, block in rows.blocks():
+        sims[start:stop], indices[start:stop] = index.search(block, k)
+    return self_first(indices, sims)
 
 
-def _self_first(indices, sims):
-    """Put each row itself in column 0 (ties with duplicates may displace it)."""
+def self_first(indices, sims):
+    """Put each row itself in column 0 (ties with duplicates, or an approximate
+    search that missed it, may displace it)."""
     n = indices.shape[0]
     rows = np.arange(n)
     has_self = indices == rows[:, None]
@@ -149,61 +280,90 @@ def _self_first(indices, sims):
     return indices, sims
 
 
-def _merge_top_k(best_sim, best_idx, rows, block, col_offset, k):
-    """Merge candidates from ``block`` (len(rows) x m) into the running top-k.
+def merge_top_k(best_sim, best_idx, rows, block, cols, k, *, dedupe=False):
+    """Merge the similarities ``block`` (len(rows) x len(cols)) into the running top-k.
 
-    Only entries at least as large as both the row's current k-th best and
-    the block's own k-th largest value can enter the top-k, so a cheap
-    ``np.partition`` plus a mask keeps the work proportional to the few
-    real candidates instead of to the block size.
+    ``cols`` is an array of column indices, or an int: the index of the
+    block's first column (the columns are then contiguous). Candidates are
+    the entries at least as large as the row's current k-th best; where that
+    bound is missing or loose (over ``4 k`` candidates in a row), a cheap
+    ``np.partition`` finds the block's own k-th largest per row. Ties keep the earlier
+    entry (the running list first, then lower block columns). With
+    ``dedupe``, a column already in a row's list is not added twice (an
+    approximate search may meet a pair in two places).
     """
-    m = block.shape[1]
-    if m > k:
-        block_kth = np.partition(block, m - k, axis=1)[:, m - k]
-    else:
-        block_kth = block.min(axis=1)
-    threshold = np.maximum(block_kth, best_sim[rows, k - 1])
-    cand_r, cand_c = np.nonzero(block >= threshold[:, None])
-    if cand_r.size == 0:
+    n_rows, m = block.shape
+    if n_rows == 0 or m == 0:
         return
-    # Keep at most k candidates per row (nonzero is row-major, so the first k
-    # of a row are its lowest column indices, the stable-sort tie order).
-    starts = np.searchsorted(cand_r, np.arange(block.shape[0]))
-    pos = np.arange(cand_r.size) - starts[cand_r]
-    keep = pos < k
-    cand_r, cand_c, pos = cand_r[keep], cand_c[keep], pos[keep]
-    touched = np.unique(cand_r)
-    local = np.searchsorted(touched, cand_r)
-    new_sim = np.full((touched.size, k), -np.inf, dtype=np.float32)
-    new_idx = np.full((touched.size, k), -1, dtype=np.int64)
-    new_sim[local, pos] = block[cand_r, cand_c]
-    new_idx[local, pos] = cand_c + col_offset
+    threshold = best_sim[rows, k - 1]
+    if m > k and np.isneginf(threshold).any():
+        # No bound yet for some rows: the block's own k-th largest is one.
+        threshold = np.maximum(threshold, np.partition(block, m - k, axis=1)[:, m - k])
+    flat = np.flatnonzero(block >= threshold[:, None])
+    cand_r, cand_c = np.divmod(flat, m)
+    counts = np.bincount(cand_r, minlength=n_rows)
+    if m > k and counts.max(initial=0) > 4 * k:
+        # The running bound is loose for some rows: tighten it with the block's k-th.
+        threshold = np.maximum(threshold, np.partition(block, m - k, axis=1)[:, m - k])
+        flat = np.flatnonzero(block >= threshold[:, None])
+        cand_r, cand_c = np.divmod(flat, m)
+        counts = np.bincount(cand_r, minlength=n_rows)
+    if flat.size == 0:
+        return
+    values = block.ravel()[flat]
+    # Candidates come in row-major order (columns ascending within a row); the
+    # stable sort below orders them by value and keeps that tie order.
+    touched = np.flatnonzero(counts)
+    width = int(counts.max())
+    starts = np.cumsum(counts) - counts
+    local = np.repeat(np.arange(touched.size), counts[touched])
+    pos = np.arange(flat.size) - starts[cand_r]
+    new_sim = np.full((touched.size, width), -np.inf, dtype=np.float32)
+    new_idx = np.full((touched.size, width), -1, dtype=np.int64)
+    new_sim[local, pos] = values
+    new_idx[local, pos] = cand_c + cols if np.isscalar(cols) else np.asarray(cols)[cand_c]
     target = rows[touched]
     all_sim = np.concatenate([best_sim[target], new_sim], axis=1)
     all_idx = np.concatenate([best_idx[target], new_idx], axis=1)
+    if dedupe:
+        by_index = np.argsort(all_idx, axis=1, kind="stable")
+        sorted_idx = np.take_along_axis(all_idx, by_index, axis=1)
+        repeat = np.zeros_like(sorted_idx, dtype=bool)
+        repeat[:, 1:] = (sorted_idx[:, 1:] == sorted_idx[:, :-1]) & (sorted_idx[:, 1:] >= 0)
+        r_rows, r_cols = np.nonzero(repeat)
+        all_sim[r_rows, by_index[r_rows, r_cols]] = -np.inf
+        all_idx[r_rows, by_index[r_rows, r_cols]] = -1
     order = np.argsort(-all_sim, axis=1, kind="stable")[:, :k]
     best_sim[target] = np.take_along_axis(all_sim, order, axis=1)
     best_idx[target] = np.take_along_axis(all_idx, order, axis=1)
 
 
-def _knn_numpy(X, k, block_size):
-    n = X.shape[0]
+def _knn_numpy(rows, k, block_size):
+    n = rows.n_samples
     best_sim = np.full((n, k), -np.inf, dtype=np.float32)
     best_idx = np.full((n, k), -1, dtype=np.int64)
+    # Columns per tile: at least the row block, at most 48 MB of similarities.
+    tile_cols = max(block_size, _MAX_BLOCK_BYTES // (4 * block_size))
     n_blocks = math.ceil(n / block_size)
     for b in range(n_blocks):
         start, stop = b * block_size, min((b + 1) * block_size, n)
-        rows = np.arange(start, stop)
-        # Upper block triangle only: similarities of this block's rows with
-        # every row from `start` on.
-        block = X[start:stop] @ X[start:].T
-        # The row itself always ranks first, whatever the rounding.
-        block[np.arange(stop - start), np.arange(stop - start)] = np.inf
-        _merge_top_k(best_sim, best_idx, rows, block, start, k)
-        if stop < n:
-            # The transposed part updates the later rows (columns here).
-            tail = np.ascontiguousarray(block[:, stop - start :].T)
-            _merge_top_k(best_sim, best_idx, np.arange(stop, n), tail, start, k)
+        row_ids = np.arange(start, stop)
+        Xb = rows.block(start, stop)
+        # Upper block triangle only: this block's rows against every row from
+        # `start` on, a tile of columns at a time.
+        for c0 in range(start, n, tile_cols):
+            c1 = min(c0 + tile_cols, n)
+            tile = Xb @ rows.block(c0, c1).T
+            if c0 == start:
+                # The row itself always ranks first, whatever the rounding.
+                diag = np.arange(min(stop, c1) - start)
+                tile[diag, diag] = np.inf
+            merge_top_k(best_sim, best_idx, row_ids, tile, c0, k)
+            # The part right of the diagonal block updates its rows (the columns here).
+            lo = max(c0, stop)
+            if lo < c1:
+                tail = np.ascontiguousarray(tile[:, lo - c0 :].T)
+                merge_top_k(best_sim, best_idx, np.arange(lo, c1), tail, start, k)
         logger.debug("exact_knn: block %d/%d done", b + 1, n_blocks)
     best_sim[:, 0] = 1.0  # was +inf for the row itself
     return best_idx, best_sim

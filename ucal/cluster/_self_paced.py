@@ -1,6 +1,7 @@
 """SpCL's self-paced DBSCAN on the k-reciprocal Jaccard distance."""
 
 import logging
+import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,10 +16,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from ..utils import outliers_as_singletons, relabel
-from ._centers import CenterDistancesMixin, cluster_centers, zero_rows
+from ._centers import CenterDistancesMixin, cluster_centers, warn_zero_rows
 from ._dbscan import sparse_dbscan
-from ._jaccard import _jaccard_normalized
-from ._knn import l2_normalize
+from ._jaccard import jaccard_from_rows
+from ._knn import UnitRows
+from ._search import SEARCH_NAMES, ExactSearch, NeighborSearch, resolve_search
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +90,17 @@ class SelfPacedDBSCAN(
         larger than the groups in the data reaches across identities and
         chains them into a few giant clusters. ``"fixed"``: ``k1`` as given
         (SpCL; the ``paper`` preset).
-    search : {"auto", "numpy", "faiss"}, default="auto"
-        Exact kNN engine of the Jaccard distance.
+    search : str or NeighborSearch, default="auto"
+        Neighbour search of the Jaccard distance. ``"auto"``: exact (NumPy)
+        up to 100,000 samples, :class:`~ucal.cluster.IVFSearch` above (and,
+        inside :class:`~ucal.UCALReID` on a GPU, exact search on the GPU).
+        ``"numpy"``, ``"faiss"``, ``"torch"``: exact; ``"ivf"``, ``"hnsw"``:
+        approximate with their defaults; or a configured
+        :class:`~ucal.cluster.ExactSearch`, :class:`~ucal.cluster.IVFSearch`
+        or :class:`~ucal.cluster.HNSWSearch` (tunable in a grid search as
+        ``search__n_probe``). See :doc:`/large_scale`.
     n_jobs : int, default=None
-        Threads for the faiss engine.
+        Threads for ``search="faiss"``.
 
     Attributes
     ----------
@@ -118,6 +127,12 @@ class SelfPacedDBSCAN(
         keeps it across epochs. To reset it, refit a fresh estimator
         (``sklearn.base.clone(est)``) or delete the attribute
         (``del est.independence_threshold_``).
+    search_ : NeighborSearch
+        The neighbour search used (``search`` resolved for this data).
+    timings_ : dict
+        Seconds of this fit's parts: ``"search"`` (neighbours),
+        ``"jaccard"`` (the distance from them), ``"dbscan"`` (the DBSCAN runs
+        and the reliability criterion) and ``"total"``.
     n_features_in_ : int
         Number of features seen in ``fit``.
 
@@ -134,7 +149,10 @@ class SelfPacedDBSCAN(
     :meth:`transform` (scikit-learn's ``cosine_distances`` convention).
 
     Memory grows with the number of stored Jaccard entries, not with
-    ``n_samples ** 2``: the 100,000-sample case runs in a few GB.
+    ``n_samples ** 2``: the 100,000-sample case runs in a few GB. Features
+    that are already unit-norm float32 are used in place; float16 features
+    (or a ``numpy.memmap``) are normalised a block at a time, never copied
+    whole.
 
     Examples
     --------
@@ -159,7 +177,7 @@ class SelfPacedDBSCAN(
         "self_paced": ["boolean"],
         "indep_quantile": [Interval(Real, 0.0, 1.0, closed="both")],
         "k1_rule": [StrOptions({"cluster_size", "fixed"})],
-        "search": [StrOptions({"auto", "numpy", "faiss"})],
+        "search": [StrOptions(set(SEARCH_NAMES)), NeighborSearch],
         "n_jobs": [Integral, None],
     }
 
@@ -206,19 +224,24 @@ class SelfPacedDBSCAN(
         self : SelfPacedDBSCAN
             The fitted estimator.
         """
-        X = validate_data(self, X, dtype=[np.float32, np.float64])
+        clock = time.perf_counter()
+        X = validate_data(self, X, dtype=[np.float32, np.float64, np.float16])
         n_samples = X.shape[0]
         if n_samples < self.min_samples:
             raise ValueError(
                 f"SelfPacedDBSCAN needs at least min_samples={self.min_samples} "
                 f"samples, got n_samples = {n_samples}."
             )
-        Xn = l2_normalize(X, zero_rows="keep")
+        rows = UnitRows(X, zero_rows="keep")
         # A zero row has no direction: it is noise, and stays out of the graph.
-        kept = np.flatnonzero(~zero_rows(Xn, "SelfPacedDBSCAN"))
+        zero = warn_zero_rows(rows.zero, "SelfPacedDBSCAN")
+        kept = np.flatnonzero(~zero)
+        kept_rows = rows if kept.size == n_samples else rows.subset(kept)
         labels = np.full(n_samples, -1, dtype=np.int64)
         self.dbscan_labels_ = labels.copy()
         self.k1_ = int(min(self.k1, n_samples))
+        self.search_ = self._resolved_search(kept.size)
+        timings = {"search": 0.0, "jaccard": 0.0, "dbscan": 0.0}
         if self.self_paced:
             self.compactness_ = np.zeros(n_samples)
             self.independence_ = np.zeros(n_samples)
@@ -227,8 +250,8 @@ class SelfPacedDBSCAN(
             # never stored, which keeps memory proportional to the near pairs.
             max_distance = self.eps + self.eps_gap if self.self_paced else self.eps
             k1 = min(self.k1, kept.size)
-            distance = self._distance(Xn[kept], k1, max_distance)
-            found = sparse_dbscan(distance, self.eps, self.min_samples)
+            distance = self._distance(kept_rows, k1, max_distance, timings)
+            found = self._dbscan(distance, self.eps, timings)
             bound = self._k1_bound(found)
             if bound < k1:
                 logger.info(
@@ -236,29 +259,46 @@ class SelfPacedDBSCAN(
                     "clustering again with k1=%d (k1_rule='cluster_size')", k1, bound,
                 )
                 k1 = bound
-                distance = self._distance(Xn[kept], k1, max_distance)
-                found = sparse_dbscan(distance, self.eps, self.min_samples)
+                distance = self._distance(kept_rows, k1, max_distance, timings)
+                found = self._dbscan(distance, self.eps, timings)
             self.k1_ = int(k1)
             self.dbscan_labels_[kept] = found
             if self.self_paced:
+                started = time.perf_counter()
                 found = self._reliable(distance, found, kept)
+                timings["dbscan"] += time.perf_counter() - started
             labels[kept] = found
         self.labels_ = labels
         self.n_clusters_ = int(labels.max(initial=-1) + 1)
-        self.cluster_centers_ = cluster_centers(Xn, labels, self.n_clusters_).astype(np.float32)
+        self.cluster_centers_ = cluster_centers(rows, labels, self.n_clusters_).astype(np.float32)
         self._n_features_out = self.n_clusters_
+        timings["total"] = time.perf_counter() - clock
+        self.timings_ = timings
         logger.info(
-            "SelfPacedDBSCAN: %d clusters, %d of %d samples un-clustered",
+            "SelfPacedDBSCAN: %d clusters, %d of %d samples un-clustered (%.1f s: search %.1f, "
+            "Jaccard %.1f, DBSCAN %.1f)",
             self.n_clusters_,
             int((labels < 0).sum()),
             n_samples,
+            timings["total"], timings["search"], timings["jaccard"], timings["dbscan"],
         )
         return self
 
-    def _distance(self, Xn, k1, max_distance):
-        return _jaccard_normalized(
-            Xn, k1, self.k2, max_distance=max_distance, search=self.search, n_jobs=self.n_jobs
+    def _resolved_search(self, n_samples):
+        if self.search == "faiss" and self.n_jobs is not None:
+            return ExactSearch("faiss", n_jobs=self.n_jobs)
+        return resolve_search(self.search, n_samples)
+
+    def _distance(self, rows, k1, max_distance, timings):
+        return jaccard_from_rows(
+            rows, k1, self.k2, search=self.search_, max_distance=max_distance, timings=timings
         )
+
+    def _dbscan(self, distance, eps, timings):
+        started = time.perf_counter()
+        found = sparse_dbscan(distance, eps, self.min_samples)
+        timings["dbscan"] += time.perf_counter() - started
+        return found
 
     def _k1_bound(self, labels):
         """The largest k1 the clusters of ``labels`` support (``k1_rule``)."""

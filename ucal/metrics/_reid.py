@@ -319,6 +319,33 @@ def _check_features(X, name):
     return X if X.dtype.kind == "f" else X.astype(np.float64)
 
 
+def _rerank_search(search, Q, G, source, metric):
+    """The ``neighbors`` hook of re-ranking for ``search`` (None: NumPy blocks)."""
+    if search is None:
+        return None
+    from ..cluster import ExactSearch
+
+    if isinstance(search, str):
+        search = ExactSearch(search) if search in ("numpy", "faiss", "torch") else search
+    if not isinstance(search, ExactSearch):
+        raise ValueError(
+            "Re-ranking needs exact neighbours: rerank['search'] must be None, 'numpy', "
+            f"'torch' or an ExactSearch, got {search!r}."
+        )
+    search._validate_params()
+    if search.backend != "torch":
+        return None  # the NumPy blocks are the exact CPU path
+    if metric != "cosine":
+        raise ValueError("Re-ranking on a torch device supports metric='cosine' only.")
+    from ..reid._neighbors import torch_rerank_neighbors
+
+    def neighbors(width):
+        rows = np.vstack([Q * source.q_scale[:, None], G * source.g_scale[:, None]])
+        return torch_rerank_neighbors(rows, width, device=search.device, block_rows=search.block_rows)
+
+    return neighbors
+
+
 def evaluate_features(
     query_features,
     gallery_features,
@@ -363,7 +390,10 @@ def evaluate_features(
         ``True`` uses ``k1=20, k2=6, lambda_value=0.3``; a dict overrides
         any of them. Re-ranking considers the query and gallery sets
         together and computes all their pairwise distances in blocks (time
-        grows with ``(n_queries + n_gallery) ** 2``, memory does not).
+        grows with ``(n_queries + n_gallery) ** 2``, memory does not). The
+        key ``"search"`` chooses where: ``None`` (NumPy blocks) or an exact
+        search, ``ExactSearch("torch", device="cuda")`` for a GPU (cosine
+        metric); :meth:`ucal.UCALReID.evaluate` passes its own GPU.
     max_rank : int, default=50
         Length of the CMC curve.
     same_set : bool, default=False
@@ -407,12 +437,12 @@ def evaluate_features(
         q_pids, g_pids, q_camids, g_camids, n_query, n_gallery, same_set, max_rank
     )
     if isinstance(rerank, dict):
-        params = {"k1": 20, "k2": 6, "lambda_value": 0.3}
+        params = {"k1": 20, "k2": 6, "lambda_value": 0.3, "search": None}
         unknown = set(rerank) - set(params)
         if unknown:
             raise ValueError(
                 f"Unknown re-ranking parameter(s) {sorted(unknown)}; "
-                "expected k1, k2 and lambda_value."
+                "expected k1, k2, lambda_value and search."
             )
         params.update(rerank)
         do_rerank = True
@@ -425,8 +455,9 @@ def evaluate_features(
     source = _FeatureSource(Q, G, metric)
     acc = _RankAccumulator(q_codes, g_codes, q_cams, g_cams, same_set)
     if do_rerank:
+        neighbors = _rerank_search(params.pop("search", None), Q, G, source, metric)
         k1, k2, lam = _validate_rerank_params(**params)
-        blocks = _rerank_blocks(source, k1, k2, lam, dtype)
+        blocks = _rerank_blocks(source, k1, k2, lam, dtype, neighbors=neighbors)
     else:
         step = _rows_per_block(n_gallery, np.dtype(dtype).itemsize)
         blocks = (

@@ -193,13 +193,9 @@ def _stable_smallest(values, k):
     return out
 
 
-def _rerank_blocks(source, k1, k2, lambda_value, out_dtype):
-    """Yield ``(start, block)`` of re-ranked query x gallery distances."""
-    n_total, nq = source.n_total, source.n_query
-    n_forward = min(k1 + 1, n_total)
-    n_half = min(int(np.around(k1 / 2.0)) + 1, n_total)
-    k2 = min(k2, n_total)
-    width = max(n_forward, n_half, k2)
+def _neighbor_lists(source, width):
+    """Each sample's ``width`` nearest (itself first), their original distances, the column maxima."""
+    n_total = source.n_total
     col_max = np.empty(n_total, dtype=np.float64)
     knn_index = np.empty((n_total, width), dtype=np.int64)
     knn_distance = np.empty((n_total, width), dtype=np.float64)
@@ -221,6 +217,26 @@ def _rerank_blocks(source, k1, k2, lambda_value, out_dtype):
         knn_index[idx] = nearest
         knn_distance[idx] = near**2 / col_max[idx, None]
         logger.debug("rerank: neighbours of samples %d-%d of %d", s, idx[-1], n_total)
+
+    return knn_index, knn_distance, col_max
+
+
+def _rerank_blocks(source, k1, k2, lambda_value, out_dtype, neighbors=None):
+    """Yield ``(start, block)`` of re-ranked query x gallery distances.
+
+    ``neighbors(width)``, when given, returns the neighbour lists, their
+    original distances and the column maxima (computed elsewhere, on a GPU)
+    instead of the NumPy blocks below.
+    """
+    n_total, nq = source.n_total, source.n_query
+    n_forward = min(k1 + 1, n_total)
+    n_half = min(int(np.around(k1 / 2.0)) + 1, n_total)
+    k2 = min(k2, n_total)
+    width = max(n_forward, n_half, k2)
+    if neighbors is not None:
+        knn_index, knn_distance, col_max = neighbors(width)
+    else:
+        knn_index, knn_distance, col_max = _neighbor_lists(source, width)
 
     def pair_distance(rows, cols):
         # original_dist[i, j] = full[j, i] ** 2 / max_k full[k, i] ** 2

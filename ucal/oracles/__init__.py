@@ -20,7 +20,9 @@
 
 import importlib
 
+from ._agreement import annotator_agreement, cohen_kappa
 from ._arguments import as_label_memory, check_identities, resolve_oracle
+from ._exchange import export_answers, export_labels, import_answers
 from ._memory import AnswerRecord, LabelMemory
 from ._protocol import (
     BudgetExhaustedWarning,
@@ -38,10 +40,15 @@ __all__ = [
     "NoisyOracle",
     "OracleError",
     "WebOracle",
+    "annotator_agreement",
     "as_label_memory",
     "check_identities",
     "check_oracle_answers",
     "check_pairs",
+    "cohen_kappa",
+    "export_answers",
+    "export_labels",
+    "import_answers",
     "resolve_oracle",
 ]
 

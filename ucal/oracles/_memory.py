@@ -54,7 +54,28 @@ def _encode(record):
     if record.unsure:
         line["unsure"] = True
     line.update(source=record.source, time=record.time)
+    if record.annotator is not None:
+        line["annotator"] = record.annotator
+    if record.seconds is not None:
+        line["seconds"] = record.seconds
     return json.dumps(line).encode("utf-8") + b"\n"
+
+
+def _check_seconds(seconds, m):
+    """``seconds`` of :meth:`LabelMemory.record` as a list of m floats or Nones."""
+    if seconds is None:
+        return [None] * m
+    values = np.broadcast_to(np.asarray(seconds, dtype=object), (m,)) if np.ndim(seconds) == 0 else (
+        np.asarray(seconds, dtype=object)
+    )
+    if values.shape != (m,):
+        raise ValueError(f"seconds must be one number or {m} numbers (one per pair), got shape {values.shape}.")
+    out = []
+    for value in values.tolist():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value >= 0:
+            raise ValueError(f"seconds must be numbers >= 0, got {value!r}.")
+        out.append(float(value))
+    return out
 
 
 def _is_torn_record(line):
@@ -136,6 +157,11 @@ class AnswerRecord(NamedTuple):
         When it was recorded (seconds since the epoch).
     unsure : bool, default=False
         True for a "not sure" answer (``same`` is then None).
+    annotator : str or None, default=None
+        The person who answered, when the answers come from a team (files
+        written before annotators were recorded have None).
+    seconds : float or None, default=None
+        How long the answer took, when known.
 
     Examples
     --------
@@ -156,6 +182,8 @@ class AnswerRecord(NamedTuple):
     source: str
     time: float
     unsure: bool = False
+    annotator: Optional[str] = None
+    seconds: Optional[float] = None
 
 
 class _AskResult(NamedTuple):
@@ -260,6 +288,7 @@ class LabelMemory:
         self._records = []
         self._exact = {}  # (i, j) with i < j -> bool, latest definite answer
         self._unsure = {}  # (i, j) without a definite answer -> its "not sure" answers (> 0)
+        self._by_annotator = {}  # (i, j, annotator) -> that person's latest definite answer
         self._dirty = True
         self.n_queries = 0
         self.n_inferred = 0
@@ -334,9 +363,17 @@ class LabelMemory:
         i, j = min(i, j), max(i, j)
         source = obj.get("source", "file")
         stamp = obj.get("time", 0.0)
+        annotator = obj.get("annotator")
+        if annotator is not None and not isinstance(annotator, str):
+            raise ValueError(f"'annotator' must be a string, got {annotator!r}")
+        seconds = obj.get("seconds")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0
+        ):
+            raise ValueError(f"'seconds' must be a number >= 0, got {seconds!r}")
         return AnswerRecord(
             i, j, same, str(source), float(stamp) if isinstance(stamp, (int, float)) else 0.0,
-            unsure,
+            unsure, annotator, None if seconds is None else float(seconds),
         )
 
     def check_writable(self):
@@ -471,6 +508,8 @@ class LabelMemory:
                 if not self._unsure[key]:
                     del self._unsure[key]
             return
+        if record.annotator is not None:
+            self._by_annotator[(record.i, record.j, record.annotator)] = record.same
         previous = self._exact.get(key)
         if previous is not None and previous != record.same:
             self.n_contradictions_ += 1
@@ -582,12 +621,14 @@ class LabelMemory:
         with self._lock:
             return self._lookup(pairs)[0]
 
-    def record(self, pairs, answers, *, source="oracle"):
+    def record(self, pairs, answers, *, source="oracle", annotator=None, seconds=None):
         """Record answers (appended to ``path`` first, when there is one).
 
         Re-recording the definite answer a pair already has is a no-op, so
         several writers (say a web page and a refiner) may record the same
-        answer. A different answer for an answered pair is kept and counted
+        answer. With ``annotator``, it is a no-op only when that person
+        already gave that answer: a second person's agreeing answer is
+        evidence (see :func:`~ucal.oracles.annotator_agreement`) and is kept. A different answer for an answered pair is kept and counted
         in ``n_contradictions_``; the latest definite answer wins.
 
         A "not sure" answer (``-1``) is an answer a person gave: it is
@@ -605,7 +646,11 @@ class LabelMemory:
             Bool (``True`` = same identity) or ints in ``{-1, 0, 1}``
             (``-1`` = not sure).
         source : str, default="oracle"
-            Who answered, stored with each record.
+            What answered (the page, a refiner stage...), stored with each record.
+        annotator : str, default=None
+            The person who answered, stored with each record.
+        seconds : float or array-like of shape (m,), default=None
+            How long each answer took, stored with each record.
 
         Returns
         -------
@@ -624,9 +669,9 @@ class LabelMemory:
         >>> memory.lookup([[0, 2]]), memory.n_unsure_
         (array([-1], dtype=int8), 1)
         """
-        return self._record(pairs, answers, source=source)
+        return self._record(pairs, answers, source=source, annotator=annotator, seconds=seconds)
 
-    def _record(self, pairs, answers, *, source="oracle", repeat=False):
+    def _record(self, pairs, answers, *, source="oracle", repeat=False, annotator=None, seconds=None):
         """:meth:`record`; ``repeat=True`` also appends a definite answer the
         pair already has (a reviewer confirming it)."""
         pairs = check_pairs(pairs)
@@ -635,6 +680,9 @@ class LabelMemory:
             raise ValueError(
                 f"record() got {problem}; answers must be bool or ints in {{-1, 0, 1}}."
             )
+        if annotator is not None and (not isinstance(annotator, str) or not annotator):
+            raise ValueError(f"annotator must be a non-empty string, got {annotator!r}.")
+        took = _check_seconds(seconds, len(pairs))
         pairs, _ = _canonical(pairs)
         if np.any((pairs[:, 0] == pairs[:, 1]) & (codes == 0)):
             raise ValueError("record() got a 'different' answer for a sample paired with itself.")
@@ -643,18 +691,22 @@ class LabelMemory:
         with self._lock:
             pending = {}
             new = []
-            for (i, j), code in zip(pairs.tolist(), codes.tolist()):
+            for (i, j), code, spent in zip(pairs.tolist(), codes.tolist(), took):
                 if i == j:
                     continue  # a sample is the same as itself: nothing to learn
                 if code < 0:  # "not sure": always kept, it is a question answered
-                    new.append(AnswerRecord(i, j, None, source, now, True))
+                    new.append(AnswerRecord(i, j, None, source, now, True, annotator, spent))
                     continue
                 same = bool(code)
-                current = pending.get((i, j), self._exact.get((i, j)))
+                if annotator is None:
+                    key, current = (i, j), pending.get((i, j), self._exact.get((i, j)))
+                else:  # one person's answer: a no-op only when they gave it already
+                    key = (i, j, annotator)
+                    current = pending.get(key, self._by_annotator.get(key))
                 if not repeat and current is not None and current == same:
                     continue  # the pair already has this answer
-                pending[(i, j)] = same
-                new.append(AnswerRecord(i, j, same, source, now))
+                pending[key] = same
+                new.append(AnswerRecord(i, j, same, source, now, False, annotator, spent))
             if not new:
                 return 0
             if self.path is not None:
@@ -1057,6 +1109,7 @@ class LabelMemory:
 
     def __setstate__(self, state):
         state.setdefault("_unsure", {})  # pickled before "not sure" answers were kept
+        state.setdefault("_by_annotator", {})  # ... before annotators were recorded
         state.setdefault("_held_out", np.empty(0, dtype=np.int64))  # ... before hold_out
         self.__dict__.update(state)
         self._lock = threading.RLock()

@@ -600,6 +600,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
             The query and gallery splits.
         rerank : bool or dict, default=False
             k-reciprocal re-ranking, see :func:`ucal.metrics.evaluate_features`.
+            On a GPU it runs there (unless the dict names a ``search``).
 
         Returns
         -------
@@ -609,6 +610,13 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         """
         check_is_fitted(self, "backbone_")
         query, gallery = check_eval_set(eval_set)
+        device = getattr(self, "device_", "cpu")
+        if rerank is True or isinstance(rerank, dict):
+            if not device.startswith("cpu") and "search" not in (rerank if isinstance(rerank, dict) else {}):
+                from ucal.cluster import ExactSearch
+
+                rerank = {**(rerank if isinstance(rerank, dict) else {}),
+                          "search": ExactSearch("torch", device=device)}
         return reid_scores(self.transform(query), self.transform(gallery), query, gallery, rerank)
 
     # ------------------------------------------------------------ pickling

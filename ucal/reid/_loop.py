@@ -55,11 +55,20 @@ _BEST_SIGNIFICANCE = 2.0
 _K1_CALIBRATION_MAX_SAMPLES = 20_000
 
 
-def _fresh_clusterer(est):
-    """An unfitted copy of the estimator's base clusterer (None: SpCL's SelfPacedDBSCAN)."""
-    from ucal.cluster import SelfPacedDBSCAN
+def _fresh_clusterer(est, device=None):
+    """An unfitted copy of the estimator's base clusterer (None: SpCL's SelfPacedDBSCAN).
 
-    return SelfPacedDBSCAN() if est.clusterer is None else clone(est.clusterer)
+    A clusterer whose neighbour search is ``"auto"`` searches exactly on the
+    trainer's ``device`` when that is an accelerator (the features are there
+    anyway, and a GPU does the N x N product in seconds).
+    """
+    from ucal.cluster import ExactSearch, SelfPacedDBSCAN
+
+    clusterer = SelfPacedDBSCAN() if est.clusterer is None else clone(est.clusterer)
+    if device is not None and device.type != "cpu" and hasattr(clusterer, "get_params"):
+        if clusterer.get_params(deep=False).get("search") == "auto":
+            clusterer.set_params(search=ExactSearch("torch", device=str(device)))
+    return clusterer
 
 
 def _recorded_pairs(memory, n_samples):
@@ -231,7 +240,7 @@ class TrainingLoop:
                     stacklevel=4,
                 )
             self.pseudo_labeler = PseudoLabeler(
-                _fresh_clusterer(est), refiner, self.oracle, self.label_memory,
+                _fresh_clusterer(est, self.device), refiner, self.oracle, self.label_memory,
                 warmup_epochs=est.warmup_epochs, max_queries=est.max_queries,
                 seed=int(seeds[3]), epochs=est.epochs, pacing=est.query_pacing,
             )
@@ -355,7 +364,7 @@ class TrainingLoop:
         est = self.estimator
         labeler = self.pseudo_labeler
         # Always from the user's clusterer: a recalibration does not compound the last one.
-        original = _fresh_clusterer(est)
+        original = _fresh_clusterer(est, self.device)
         calibrator = clone(est.calibrator)
         if calibrator.clusterer is not None:
             warnings.warn(

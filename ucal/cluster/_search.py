@@ -1,0 +1,366 @@
+"""Neighbour-search backends of the clustering step: exact and approximate.
+
+Every epoch's clustering starts from the ``k1`` nearest neighbours of every
+sample. Exact search costs one N x N similarity product: seconds at
+Market-1501 size, hours at a million images on a CPU. The backends here trade
+exactness for speed where the user asks (or where ``"auto"`` must):
+
+* :class:`ExactSearch` -- blocked BLAS products (``"numpy"``), faiss's flat
+  index (``"faiss"``) or blocked products on a torch device (``"torch"``, the
+  GPU of :class:`ucal.UCALReID`);
+* :class:`IVFSearch` -- an inverted file: k-means lists, each row searched in
+  the ``n_probe`` lists nearest to it (BLAS, or faiss's ``IndexIVFFlat``);
+* :class:`HNSWSearch` -- faiss's HNSW graph.
+
+They are scikit-learn estimators (``get_params``/``set_params``), so a
+clusterer's ``search`` can be tuned in a grid search (``search__n_probe``).
+"""
+
+import logging
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._ivf import default_n_lists, ivf_knn
+from ._knn import UnitRows, exact_knn, import_faiss, self_first
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AUTO_EXACT_MAX_SAMPLES",
+    "ExactSearch",
+    "HNSWSearch",
+    "IVFSearch",
+    "NeighborSearch",
+    "resolve_search",
+]
+
+#: ``search="auto"`` searches exactly up to this many samples (on a CPU).
+AUTO_EXACT_MAX_SAMPLES = 100_000
+
+SEARCH_NAMES = ("auto", "numpy", "faiss", "torch", "ivf", "hnsw")
+
+
+class NeighborSearch(BaseEstimator):
+    """Base class of the neighbour-search backends.
+
+    Subclasses implement ``_search(rows, n_neighbors)`` on the unit-norm rows
+    (``ucal.cluster._knn.UnitRows``) and declare ``exact``; any subclass can
+    be passed as the ``search`` of :class:`~ucal.SelfPacedDBSCAN` and
+    :func:`~ucal.cluster.jaccard_distance`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal.cluster import NeighborSearch
+    >>> class FirstRows(NeighborSearch):
+    ...     exact = False
+    ...     def _search(self, rows, k):  # a (useless) search: rows 0..k-1
+    ...         idx = np.tile(np.arange(k), (rows.n_samples, 1))
+    ...         idx[:, 0] = np.arange(rows.n_samples)
+    ...         return idx, np.ones(idx.shape, dtype=np.float32)
+    >>> FirstRows().kneighbors(np.eye(3) + 0.1, 2)[0][:, 0].tolist()
+    [0, 1, 2]
+    """
+
+    exact = True
+    _parameter_constraints = {}
+
+    def kneighbors(self, X, n_neighbors):
+        """The ``n_neighbors`` most cosine-similar rows of ``X`` to each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features; rows are L2-normalised (float16 features are read and
+            normalised a block at a time, never copied whole).
+        n_neighbors : int
+            Neighbours per row, the row itself included (it comes first).
+
+        Returns
+        -------
+        indices : ndarray of shape (n_samples, n_neighbors), int64
+            Neighbours by decreasing similarity, ``indices[i, 0] == i``.
+        similarities : ndarray of shape (n_samples, n_neighbors), float32
+            The matching cosine similarities.
+        """
+        rows = X if isinstance(X, UnitRows) else UnitRows(X)
+        return self._search_rows(rows, n_neighbors)
+
+    def _search_rows(self, rows, n_neighbors):
+        """:meth:`kneighbors` on rows already wrapped in ``UnitRows``."""
+        self._validate_params()
+        k = min(int(n_neighbors), rows.n_samples)
+        indices, sims = self._search(rows, k)
+        return _fill_missing(indices, sims)
+
+
+def _fill_missing(indices, sims):
+    """Where an approximate search met fewer than k neighbours (index -1),
+    repeat the row itself at its last similarity: a repeated self adds no
+    neighbour to the Jaccard sets."""
+    missing = indices < 0
+    if missing.any():
+        rows, cols = np.nonzero(missing)
+        indices[rows, cols] = rows
+        last = np.where(np.isfinite(sims), sims, np.inf).min(axis=1)
+        sims[rows, cols] = last[rows]
+    return indices, sims
+
+
+class ExactSearch(NeighborSearch):
+    """Exact nearest neighbours by cosine similarity.
+
+    Parameters
+    ----------
+    backend : {"numpy", "faiss", "torch"}, default="numpy"
+        ``"numpy"``: blocked BLAS products over the upper block triangle of
+        the similarity matrix (half of one X Xᵀ). ``"faiss"``:
+        ``faiss.IndexFlatIP`` (needs faiss). ``"torch"``: blocked products on
+        ``device``, where a GPU makes a million images a matter of minutes
+        (needs torch; see :mod:`ucal.reid`).
+    device : str, default=None
+        Torch device of the ``"torch"`` backend (None: CUDA when available,
+        else the CPU).
+    block_rows : int, default=None
+        Rows per block (None: sized so that a block of similarities stays
+        under about 48 MB on the CPU, 1 GB on a GPU).
+    n_jobs : int, default=None
+        Threads of the faiss backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal.cluster import ExactSearch
+    >>> X = np.eye(4) + 0.1
+    >>> idx, sim = ExactSearch().kneighbors(X, 2)
+    >>> idx[:, 0].tolist()
+    [0, 1, 2, 3]
+    """
+
+    _parameter_constraints = {
+        "backend": [StrOptions({"numpy", "faiss", "torch"})],
+        "device": [str, None],
+        "block_rows": [Interval(Integral, 1, None, closed="left"), None],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(self, backend="numpy", *, device=None, block_rows=None, n_jobs=None):
+        self.backend = backend
+        self.device = device
+        self.block_rows = block_rows
+        self.n_jobs = n_jobs
+
+    def _search(self, rows, k):
+        if self.backend == "torch":
+            from ..reid._neighbors import torch_knn  # the only torch import of this path
+
+            return torch_knn(rows, k, device=self.device, block_rows=self.block_rows)
+        return exact_knn(rows, k, search=self.backend, block_size=self.block_rows, n_jobs=self.n_jobs)
+
+
+class IVFSearch(NeighborSearch):
+    """Approximate nearest neighbours by an inverted file (k-means lists).
+
+    The rows are split into ``n_lists`` lists by spherical k-means; each row
+    is searched among the members of the ``n_probe`` lists whose centroids
+    are nearest to it. The work is about ``n_probe / n_lists`` of an exact
+    search, plus the assignment of every row to the centroids.
+
+    Parameters
+    ----------
+    n_probe : int, default=64
+        Lists searched per row: the accuracy knob (more is slower and closer
+        to exact).
+    n_lists : int, default=None
+        Number of lists (None: lists of about 32 rows, at most
+        ``2 * sqrt(32 * n_samples)`` lists, which bounds the cost of
+        assigning every row to them).
+    n_iter : int, default=5
+        k-means iterations.
+    sample_size : int, default=None
+        Rows the k-means is trained on (None: ``5 * n_lists``, at most all).
+    backend : {"numpy", "faiss"}, default="numpy"
+        ``"numpy"``: each list is scanned with one matrix product for all the
+        rows that probe it, and updates the lists of both sides; no copy of
+        the features. ``"faiss"``: ``faiss.IndexIVFFlat`` (it stores its own
+        float32 copy of the features).
+    random_state : int, RandomState instance or None, default=None
+        Chooses the k-means sample and its initial centroids.
+    n_jobs : int, default=None
+        Threads of the faiss backend.
+    verbose : bool, default=False
+        A progress bar over the lists (``"numpy"`` backend).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal.cluster import IVFSearch
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.repeat(rng.normal(size=(20, 16)), 5, axis=0) + 0.05 * rng.normal(size=(100, 16))
+    >>> idx, sim = IVFSearch(n_probe=4, random_state=0).kneighbors(X, 5)
+    >>> bool((idx // 5 == np.arange(100)[:, None] // 5).mean() > 0.9)
+    True
+    """
+
+    exact = False
+
+    _parameter_constraints = {
+        "n_probe": [Interval(Integral, 1, None, closed="left")],
+        "n_lists": [Interval(Integral, 1, None, closed="left"), None],
+        "n_iter": [Interval(Integral, 0, None, closed="left")],
+        "sample_size": [Interval(Integral, 1, None, closed="left"), None],
+        "backend": [StrOptions({"numpy", "faiss"})],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_probe=64,
+        *,
+        n_lists=None,
+        n_iter=5,
+        sample_size=None,
+        backend="numpy",
+        random_state=None,
+        n_jobs=None,
+        verbose=False,
+    ):
+        self.n_probe = n_probe
+        self.n_lists = n_lists
+        self.n_iter = n_iter
+        self.sample_size = sample_size
+        self.backend = backend
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _search(self, rows, k):
+        n = rows.n_samples
+        n_lists = self.n_lists or default_n_lists(n)
+        sample_size = self.sample_size or 5 * n_lists
+        rng = check_random_state(self.random_state)
+        if self.backend == "faiss":
+            return self._search_faiss(rows, k, min(n_lists, n), sample_size, rng)
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=min(n_lists, n), desc="IVF search", unit="list")
+        try:
+            progress = None if bar is None else (lambda done: bar.update(done - bar.n))
+            return ivf_knn(
+                rows, k, n_lists=n_lists, n_probe=self.n_probe, n_iter=self.n_iter,
+                sample_size=sample_size, rng=rng, progress=progress,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _search_faiss(self, rows, k, n_lists, sample_size, rng):
+        faiss = import_faiss("IVFSearch(backend='faiss')", self.n_jobs)
+        quantizer = faiss.IndexFlatIP(rows.n_features)
+        index = faiss.IndexIVFFlat(quantizer, rows.n_features, n_lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(rng.choice(rows.n_samples, min(rows.n_samples, sample_size), replace=False))
+        index.cp.seed = int(rng.randint(2**31 - 1))
+        index.cp.niter = max(1, int(self.n_iter))
+        index.train(rows.take(sample))
+        return _faiss_add_and_search(index, rows, k, nprobe=min(self.n_probe, n_lists))
+
+
+class HNSWSearch(NeighborSearch):
+    """Approximate nearest neighbours by faiss's HNSW graph (needs faiss).
+
+    Parameters
+    ----------
+    n_links : int, default=32
+        Links per node of the graph (faiss's ``M``): more is more accurate
+        and more memory (``n_samples * n_links * 8`` bytes, plus faiss's
+        float32 copy of the features).
+    ef_construction : int, default=80
+        Candidate list while building: the build-time accuracy knob.
+    ef_search : int, default=128
+        Candidate list while searching: the search-time accuracy knob (at
+        least ``n_neighbors`` is used).
+    n_jobs : int, default=None
+        Threads of faiss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ucal.cluster import HNSWSearch
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.repeat(rng.normal(size=(20, 16)), 5, axis=0) + 0.05 * rng.normal(size=(100, 16))
+    >>> idx, sim = HNSWSearch(n_links=8).kneighbors(X, 5)
+    >>> bool((idx // 5 == np.arange(100)[:, None] // 5).mean() > 0.9)
+    True
+    """
+
+    exact = False
+
+    _parameter_constraints = {
+        "n_links": [Interval(Integral, 2, None, closed="left")],
+        "ef_construction": [Interval(Integral, 1, None, closed="left")],
+        "ef_search": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(self, n_links=32, *, ef_construction=80, ef_search=128, n_jobs=None):
+        self.n_links = n_links
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.n_jobs = n_jobs
+
+    def _search(self, rows, k):
+        faiss = import_faiss("HNSWSearch", self.n_jobs)
+        index = faiss.IndexHNSWFlat(rows.n_features, int(self.n_links), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(self.ef_construction)
+        index.hnsw.efSearch = max(int(self.ef_search), k)
+        return _faiss_add_and_search(index, rows, k)
+
+
+def _faiss_add_and_search(index, rows, k, nprobe=None):
+    for _, _, block in rows.blocks():
+        index.add(block)
+    if nprobe is not None:
+        index.nprobe = int(nprobe)
+    indices = np.empty((rows.n_samples, k), dtype=np.int64)
+    sims = np.empty((rows.n_samples, k), dtype=np.float32)
+    for start, stop, block in rows.blocks():
+        sims[start:stop], indices[start:stop] = index.search(block, k)
+    return self_first(indices, sims)
+
+
+def resolve_search(search, n_samples, *, device=None):
+    """The backend object for a ``search`` parameter value.
+
+    ``"auto"``: :class:`ExactSearch` with the torch backend on ``device``
+    when it is an accelerator; else NumPy exact search up to
+    ``AUTO_EXACT_MAX_SAMPLES`` samples, and :class:`IVFSearch` (64 probes,
+    seed 0) above. The names ``"numpy"``, ``"faiss"`` and ``"torch"`` are
+    exact searches, ``"ivf"`` and ``"hnsw"`` the approximate ones with their
+    defaults; a :class:`NeighborSearch` is used as given.
+    """
+    if isinstance(search, NeighborSearch):
+        return search
+    if search == "auto":
+        if device is not None and str(device) != "cpu":
+            return ExactSearch("torch", device=str(device))
+        if n_samples <= AUTO_EXACT_MAX_SAMPLES:
+            return ExactSearch("numpy")
+        return IVFSearch(random_state=0)
+    if search in ("numpy", "faiss", "torch"):
+        return ExactSearch(search, device=None if device is None else str(device))
+    if search == "ivf":
+        return IVFSearch(random_state=0)
+    if search == "hnsw":
+        return HNSWSearch()
+    raise ValueError(
+        f"search must be one of {', '.join(repr(s) for s in SEARCH_NAMES)} or a "
+        f"NeighborSearch instance (ExactSearch, IVFSearch, HNSWSearch), got {search!r}."
+    )

@@ -1,0 +1,134 @@
+"""Agreement between annotators: Cohen's kappa per pair of people, and overall."""
+
+import itertools
+import math
+
+from ._memory import LabelMemory
+
+__all__ = ["annotator_agreement", "cohen_kappa"]
+
+
+def cohen_kappa(a, b):
+    """Cohen's kappa of two people's yes/no answers to the same questions.
+
+    Parameters
+    ----------
+    a, b : sequence of bool
+        The two people's answers, question by question.
+
+    Returns
+    -------
+    kappa : float
+        ``(p_o - p_e) / (1 - p_e)``: observed agreement ``p_o`` corrected for
+        the agreement ``p_e`` their answer rates would give by chance. NaN
+        with no question, or when chance agreement is certain (both always
+        gave one and the same answer).
+
+    Examples
+    --------
+    >>> from ucal.oracles import cohen_kappa
+    >>> round(cohen_kappa([True, True, False, False], [True, False, False, False]), 3)
+    0.5
+    """
+    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    if len(a) != len(b):
+        raise ValueError(f"a and b must have the same length, got {len(a)} and {len(b)}.")
+    n = len(a)
+    if n == 0:
+        return math.nan
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    yes_a, yes_b = sum(a) / n, sum(b) / n
+    chance = yes_a * yes_b + (1 - yes_a) * (1 - yes_b)
+    if chance >= 1.0:
+        return math.nan
+    return (observed - chance) / (1.0 - chance)
+
+
+def _latest_answers(memory):
+    """annotator -> {(i, j): latest definite answer} from the records of ``memory``."""
+    latest = {}
+    for record in memory:
+        if record.annotator is None or record.unsure:
+            continue
+        answers = latest.setdefault(record.annotator, {})
+        if record.same is None:  # a retraction takes that person's answer back
+            answers.pop((record.i, record.j), None)
+        else:
+            answers[(record.i, record.j)] = record.same
+    return latest
+
+
+def annotator_agreement(memory):
+    """How much the annotators of a label memory agree, pair of people by pair.
+
+    Each person's latest definite answer to each pair counts ("not sure"
+    answers do not). For every two annotators who answered common pairs:
+    the number of common pairs, the share they agree on and Cohen's kappa.
+    Per annotator: the same against everyone else pooled; a low kappa there
+    singles out the least reliable person.
+
+    Parameters
+    ----------
+    memory : LabelMemory or str or path-like
+        The memory, or the path of its answers file.
+
+    Returns
+    -------
+    agreement : dict
+        ``"pairs"``: a list of ``{"annotators": (a, b), "n_common": int,
+        "agreement": float, "kappa": float}``; ``"annotators"``: ``{name:
+        {"n_answers": int, "n_common": int, "agreement": float, "kappa":
+        float}}``; ``"overall"``: ``{"n_common": int, "agreement": float,
+        "kappa": float}`` pooled over all pairs of people. Kappa is NaN where
+        it is undefined (no common pair, or one answer only).
+
+    Examples
+    --------
+    >>> from ucal.oracles import LabelMemory, annotator_agreement
+    >>> memory = LabelMemory()
+    >>> _ = memory.record([[0, 1], [1, 2], [2, 3], [3, 4]], [1, 0, 1, 0], annotator="ann")
+    >>> _ = memory.record([[0, 1], [1, 2], [2, 3], [3, 4]], [1, 0, 0, 0], annotator="bob")
+    >>> result = annotator_agreement(memory)
+    >>> result["pairs"][0]["annotators"], result["pairs"][0]["agreement"]
+    (('ann', 'bob'), 0.75)
+    """
+    if not isinstance(memory, LabelMemory):
+        memory = LabelMemory(memory)
+    latest = _latest_answers(memory)
+    names = sorted(latest)
+    pairs = []
+    pooled = {name: ([], []) for name in names}
+    everyone = ([], [])
+    for a, b in itertools.combinations(names, 2):
+        common = sorted(set(latest[a]) & set(latest[b]))
+        if not common:
+            continue
+        xa = [latest[a][key] for key in common]
+        xb = [latest[b][key] for key in common]
+        pairs.append({
+            "annotators": (a, b),
+            "n_common": len(common),
+            "agreement": sum(x == y for x, y in zip(xa, xb)) / len(common),
+            "kappa": cohen_kappa(xa, xb),
+        })
+        for name, mine, theirs in ((a, xa, xb), (b, xb, xa)):
+            pooled[name][0].extend(mine)
+            pooled[name][1].extend(theirs)
+        everyone[0].extend(xa)
+        everyone[1].extend(xb)
+
+    def summary(mine, theirs):
+        n = len(mine)
+        return {
+            "n_common": n,
+            "agreement": sum(x == y for x, y in zip(mine, theirs)) / n if n else math.nan,
+            "kappa": cohen_kappa(mine, theirs),
+        }
+
+    return {
+        "pairs": pairs,
+        "annotators": {
+            name: {"n_answers": len(latest[name]), **summary(*pooled[name])} for name in names
+        },
+        "overall": summary(*everyone),
+    }
