@@ -56,8 +56,8 @@ def _nearest_centroids(rows, centroids, n_nearest, mean, index=None):
     return out
 
 
-def spherical_kmeans(rows, n_clusters, *, sample, n_iter, rng, mean):
-    """Unit-norm centroids of spherical k-means on the rows ``sample``.
+def spherical_kmeans(data, n_clusters, *, n_iter, rng):
+    """Unit-norm centroids of spherical k-means on the unit rows ``data``.
 
     Lloyd iterations on cosine similarity; an emptied cluster is re-seeded
     with the sample row farthest from its centroid. On high-dimensional
@@ -65,7 +65,6 @@ def spherical_kmeans(rows, n_clusters, *, sample, n_iter, rng, mean):
     size times the rows that probe it), so every cluster of more than twice
     the mean size is split again by k-means of its own members.
     """
-    data = _centred(rows.take(np.sort(sample)), mean)
     centroids, assign = _lloyd(data, min(n_clusters, data.shape[0]), n_iter, rng)
     mean_size = data.shape[0] / centroids.shape[0]
     counts = np.bincount(assign, minlength=centroids.shape[0])
@@ -155,8 +154,10 @@ def ivf_knn(rows, n_neighbors, *, n_lists, n_probe, n_iter, sample_size, rng, pr
     # The lists partition the rows minus their mean: features that all share
     # a direction (ReLU outputs are all positive) otherwise give a few
     # centroids near that direction that half the rows are nearest to.
-    mean = rows.take(np.sort(sample)).mean(axis=0)
-    centroids = spherical_kmeans(rows, n_lists, sample=sample, n_iter=n_iter, rng=rng, mean=mean)
+    sampled = rows.take(np.sort(sample))
+    mean = sampled.mean(axis=0)
+    centroids = spherical_kmeans(_centred(sampled, mean), n_lists, n_iter=n_iter, rng=rng)
+    del sampled
     probes = _nearest_centroids(rows, centroids, n_probe, mean)
     # Lists far above the mean size still happen on all the rows (a centroid
     # many rows are nearest to): split them by k-means of their members.

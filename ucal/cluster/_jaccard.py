@@ -350,13 +350,8 @@ def jaccard_distance(X, k1=30, k2=6, *, max_distance=None, search="auto", n_jobs
     False
     """
     rows = _check_features(X)
-    if search == "faiss" and n_jobs is not None:
-        from ._search import ExactSearch
-
-        search = ExactSearch("faiss", n_jobs=n_jobs)
-    return jaccard_from_rows(
-        rows, k1, k2, max_distance=max_distance, search=resolve_search(search, rows.n_samples)
-    )
+    search = resolve_search(search, rows.n_samples, n_jobs=n_jobs)
+    return jaccard_from_rows(rows, k1, k2, max_distance=max_distance, search=search)
 
 
 def jaccard_from_rows(rows, k1, k2, *, search, max_distance=None, timings=None):

@@ -64,12 +64,17 @@ def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
         zero.append(np.flatnonzero(empty) + start)
     zero = np.concatenate(zero) if zero else np.empty(0, dtype=np.int64)
     if zero.size and zero_rows == "raise":
-        raise ValueError(
-            f"X has {zero.size} all-zero row(s) (first at index {zero[0]}); "
-            "they have no direction, so cosine similarity and the Jaccard "
-            "distance are undefined for them. Remove them or fix the features."
-        )
+        raise _zero_rows_error(zero)
     return out
+
+
+def _zero_rows_error(zero):
+    """The error for the all-zero rows at the (sorted) indices ``zero``."""
+    return ValueError(
+        f"X has {zero.size} all-zero row(s) (first at index {zero[0]}); "
+        "they have no direction, so cosine similarity and the Jaccard "
+        "distance are undefined for them. Remove them or fix the features."
+    )
 
 
 class UnitRows:
@@ -104,12 +109,7 @@ class UnitRows:
         peak, inverse = self._row_scales(X)
         self.zero = peak == 0
         if self.zero.any() and zero_rows == "raise":
-            first = int(np.flatnonzero(self.zero)[0])
-            raise ValueError(
-                f"X has {int(self.zero.sum())} all-zero row(s) (first at index {first}); "
-                "they have no direction, so cosine similarity and the Jaccard "
-                "distance are undefined for them. Remove them or fix the features."
-            )
+            raise _zero_rows_error(np.flatnonzero(self.zero))
         if X.dtype != np.float16 and n * d * 4 <= _MAX_COPY_BYTES:
             self.data = l2_normalize(X, zero_rows="keep")
             self._peak = self._inverse = None

@@ -336,7 +336,7 @@ def _faiss_add_and_search(index, rows, k, nprobe=None):
     return self_first(indices, sims)
 
 
-def resolve_search(search, n_samples, *, device=None):
+def resolve_search(search, n_samples, *, device=None, n_jobs=None):
     """The backend object for a ``search`` parameter value.
 
     ``"auto"``: :class:`ExactSearch` with the torch backend on ``device``
@@ -344,7 +344,8 @@ def resolve_search(search, n_samples, *, device=None):
     ``AUTO_EXACT_MAX_SAMPLES`` samples, and :class:`IVFSearch` (64 probes,
     seed 0) above. The names ``"numpy"``, ``"faiss"`` and ``"torch"`` are
     exact searches, ``"ivf"`` and ``"hnsw"`` the approximate ones with their
-    defaults; a :class:`NeighborSearch` is used as given.
+    defaults; a :class:`NeighborSearch` is used as given. ``n_jobs`` is the
+    faiss thread count of ``"faiss"``.
     """
     if isinstance(search, NeighborSearch):
         return search
@@ -355,7 +356,10 @@ def resolve_search(search, n_samples, *, device=None):
             return ExactSearch("numpy")
         return IVFSearch(random_state=0)
     if search in ("numpy", "faiss", "torch"):
-        return ExactSearch(search, device=None if device is None else str(device))
+        return ExactSearch(
+            search, device=None if device is None else str(device),
+            n_jobs=n_jobs if search == "faiss" else None,
+        )
     if search == "ivf":
         return IVFSearch(random_state=0)
     if search == "hnsw":

@@ -20,7 +20,7 @@ from ._centers import CenterDistancesMixin, cluster_centers, warn_zero_rows
 from ._dbscan import sparse_dbscan
 from ._jaccard import jaccard_from_rows
 from ._knn import UnitRows
-from ._search import SEARCH_NAMES, ExactSearch, NeighborSearch, resolve_search
+from ._search import SEARCH_NAMES, NeighborSearch, resolve_search
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class SelfPacedDBSCAN(
         labels = np.full(n_samples, -1, dtype=np.int64)
         self.dbscan_labels_ = labels.copy()
         self.k1_ = int(min(self.k1, n_samples))
-        self.search_ = self._resolved_search(kept.size)
+        self.search_ = resolve_search(self.search, kept.size, n_jobs=self.n_jobs)
         timings = {"search": 0.0, "jaccard": 0.0, "dbscan": 0.0}
         if self.self_paced:
             self.compactness_ = np.zeros(n_samples)
@@ -283,11 +283,6 @@ class SelfPacedDBSCAN(
             timings["total"], timings["search"], timings["jaccard"], timings["dbscan"],
         )
         return self
-
-    def _resolved_search(self, n_samples):
-        if self.search == "faiss" and self.n_jobs is not None:
-            return ExactSearch("faiss", n_jobs=self.n_jobs)
-        return resolve_search(self.search, n_samples)
 
     def _distance(self, rows, k1, max_distance, timings):
         return jaccard_from_rows(

@@ -15,6 +15,7 @@ functions move "same person?" answers between those tools and a
 """
 
 import csv
+import io
 import json
 import os
 from datetime import datetime, timezone
@@ -78,19 +79,11 @@ def export_answers(memory, path, *, format="csv", image_urls=None):
     records = list(_as_memory(memory))
     if format == "csv":
         rows = [
-            {
-                "i": r.i, "j": r.j, "answer": _answer_word(r), "annotator": r.annotator or "",
-                "source": r.source, "time": repr(r.time),
-                "seconds": "" if r.seconds is None else repr(r.seconds),
-            }
+            [r.i, r.j, _answer_word(r), r.annotator or "", r.source, repr(r.time),
+             "" if r.seconds is None else repr(r.seconds)]
             for r in records
         ]
-
-        def write(f):
-            text = _csv_text(rows)
-            f.write(text.encode("utf-8"))
-
-        atomic_write(path, write)
+        _write_csv(path, _CSV_FIELDS, rows)
         return len(rows)
     if format == "label-studio":
         tasks = {}
@@ -115,14 +108,14 @@ def export_answers(memory, path, *, format="csv", image_urls=None):
     raise ValueError(f"format must be 'csv' or 'label-studio', got {format!r}.")
 
 
-def _csv_text(rows):
-    import io
-
+def _write_csv(path, header, rows):
+    """Write ``header`` and ``rows`` as CSV to ``path``, atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
     writer.writerows(rows)
-    return buffer.getvalue()
+    payload = buffer.getvalue().encode("utf-8")
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def _task(i, j, image_urls):
@@ -304,13 +297,9 @@ def export_labels(labels, path, *, names=None):
         raise ValueError(f"labels must be a 1D array of ints, got dtype {labels.dtype} and shape {labels.shape}.")
     if names is not None and len(names) != labels.size:
         raise ValueError(f"names has {len(names)} entries for {labels.size} labels.")
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "label"] + (["name"] if names is not None else []))
-    for k, label in enumerate(labels.tolist()):
-        writer.writerow([k, label] + ([names[k]] if names is not None else []))
-    payload = buffer.getvalue().encode("utf-8")
-    atomic_write(path, lambda f: f.write(payload))
+    header = ["index", "label"] + (["name"] if names is not None else [])
+    rows = [
+        [k, label] + ([names[k]] if names is not None else []) for k, label in enumerate(labels.tolist())
+    ]
+    _write_csv(path, header, rows)
     return labels.size

@@ -611,12 +611,12 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         check_is_fitted(self, "backbone_")
         query, gallery = check_eval_set(eval_set)
         device = getattr(self, "device_", "cpu")
-        if rerank is True or isinstance(rerank, dict):
-            if not device.startswith("cpu") and "search" not in (rerank if isinstance(rerank, dict) else {}):
-                from ucal.cluster import ExactSearch
+        if (rerank is True or isinstance(rerank, dict)) and not device.startswith("cpu"):
+            # Re-rank on the network's accelerator unless the caller chose where.
+            from ucal.cluster import ExactSearch
 
-                rerank = {**(rerank if isinstance(rerank, dict) else {}),
-                          "search": ExactSearch("torch", device=device)}
+            params = rerank if isinstance(rerank, dict) else {}
+            rerank = {"search": ExactSearch("torch", device=device), **params}
         return reid_scores(self.transform(query), self.transform(gallery), query, gallery, rerank)
 
     # ------------------------------------------------------------ pickling

@@ -32,6 +32,12 @@ def _device(device):
     return device
 
 
+def _block_rows(n, device, block_rows):
+    """Query rows per block: as given, else sized to the device's block of similarities."""
+    cells = _BLOCK_CELLS["cpu" if device.type == "cpu" else "accelerator"]
+    return int(block_rows or max(1, min(n, cells // max(1, n))))
+
+
 def torch_knn(rows, k, *, device=None, block_rows=None):
     """Exact ``k`` nearest rows (cosine) of every row, computed on ``device``.
 
@@ -59,8 +65,7 @@ def torch_knn(rows, k, *, device=None, block_rows=None):
     data = torch.empty((n, rows.n_features), dtype=dtype, device=device)
     for start, stop, block in rows.blocks():
         data[start:stop] = torch.from_numpy(block).to(device=device, dtype=dtype)
-    cells = _BLOCK_CELLS["cpu" if device.type == "cpu" else "accelerator"]
-    step = int(block_rows or max(1, min(n, cells // max(1, n))))
+    step = _block_rows(n, device, block_rows)
     indices = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     with torch.inference_mode():
@@ -97,8 +102,7 @@ def torch_rerank_neighbors(X, width, *, device=None, block_rows=None):
     device = _device(device)
     n = X.shape[0]
     data = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-    cells = _BLOCK_CELLS["cpu" if device.type == "cpu" else "accelerator"]
-    step = int(block_rows or max(1, min(n, cells // max(1, n))))
+    step = _block_rows(n, device, block_rows)
     knn_index = np.empty((n, width), dtype=np.int64)
     knn_distance = np.empty((n, width), dtype=np.float64)
     col_max = np.empty(n, dtype=np.float64)
