@@ -88,6 +88,10 @@ def test_annotate_arguments():
         "m.jsonl", "market1501", "data", 8765, "127.0.0.1"
     )
     assert args.func is cmd_annotate and args.open_browser is False
+    assert (args.resolution, args.reviewer) == (None, None)
+    team = parser.parse_args(["annotate", "--memory", "m.jsonl", "--dataset", "synthetic",
+                              "--resolution", "majority", "--reviewer", "rev"])
+    assert (team.resolution, team.reviewer) == ("majority", "rev")
     with pytest.raises(SystemExit):
         parser.parse_args(["annotate", "--memory", "m.jsonl", "--dataset", "imagenet"])
 
@@ -98,7 +102,8 @@ def test_annotate_help_lists_its_options(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     for option in ("--memory", "--dataset", "--root", "--pattern", "--random-state",
-                   "--host", "--port", "--open-browser", "synthetic"):
+                   "--host", "--port", "--open-browser", "synthetic", "--resolution",
+                   "--reviewer"):
         assert option in out, option
 
 

@@ -294,3 +294,58 @@ def test_train_with_an_approximate_search(market, tmp_path):
     model = joblib.load(out / "model.joblib")
     assert model.clusterer.search == "ivf"
     assert model.labels_.shape == (model.n_samples_fit_,)
+
+
+def test_train_team_options_need_the_web_oracle(market, tmp_path, capsys):
+    out = tmp_path / "team"
+    assert main(_train_args(market, out, "--annotators", "ann", "bob")) == 1
+    assert "--annotators and --reviewer need --oracle web" in capsys.readouterr().err
+    assert main(_train_args(market, out, "--oracle", "web", "--reviewer", "rev")) == 1
+    assert "--reviewer needs --annotators" in capsys.readouterr().err
+
+
+def test_train_team_is_wired_to_a_majority_memory(market, tmp_path, monkeypatch):
+    import numpy as np
+
+    import ucal.annotation
+    from ucal.oracles import LabelMemory
+
+    seen = {}
+
+    class FakeTeam:
+        """Stands in for the team's pages: answers from the split's identities."""
+
+        def __init__(self, images, annotators, *, reviewer, label_memory, double_fraction,
+                     host, port, open_browser, random_state):
+            seen.update(annotators=annotators, reviewer=reviewer, memory=label_memory,
+                        double_fraction=double_fraction)
+            self.pids = np.asarray(images.pids)
+            self.closed = False
+
+        def __call__(self, pairs):
+            return self.pids[pairs[:, 0]] == self.pids[pairs[:, 1]]
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(ucal.annotation, "TeamOracle", FakeTeam)
+    out = tmp_path / "team"
+    assert main(_train_args(market, out, "--oracle", "web", "--annotators", "ann", "bob",
+                            "--reviewer", "rev", "--double-fraction", "0.5")) == 0
+    assert seen["annotators"] == ["ann", "bob"] and seen["reviewer"] == "rev"
+    assert seen["double_fraction"] == 0.5
+    assert isinstance(seen["memory"], LabelMemory) and seen["memory"].resolution == "majority"
+
+
+def test_double_annotation_defaults_to_none_for_one_person():
+    from ucal.cli import build_parser
+    from ucal.cli._train import _double_fraction
+
+    def parse(*names, extra=()):
+        return build_parser().parse_args(
+            ["train", "--dataset", "synthetic", "--oracle", "web", "--annotators", *names, *extra]
+        )
+
+    assert _double_fraction(parse("ann")) == 0.0
+    assert _double_fraction(parse("ann", "bob")) == 0.2
+    assert _double_fraction(parse("ann", "bob", extra=("--double-fraction", "0.5"))) == 0.5

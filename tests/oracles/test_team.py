@@ -7,13 +7,19 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from ucal.oracles import (
+    AnnotatorTeam,
     LabelMemory,
+    LabelOracle,
+    NoisyOracle,
+    OracleError,
     annotator_agreement,
+    assign_pairs,
     cohen_kappa,
     export_answers,
     export_labels,
     import_answers,
 )
+from ucal.oracles._team import error_rates_of
 
 
 def test_each_persons_answer_is_kept_and_survives_the_file(tmp_path):
@@ -114,7 +120,7 @@ def test_export_then_import_keeps_every_answer(tmp_path, fmt, name):
     assert export_answers(memory, out, format=fmt) == 4
     copy = LabelMemory(tmp_path / "copy.jsonl")
     assert import_answers(out, copy) == 4
-    key = lambda r: (r.i, r.j, r.same, r.unsure, r.annotator, r.seconds)  # noqa: E731
+    key = lambda r: (r.i, r.j, r.same, r.unsure, r.annotator, r.seconds)
     assert sorted(map(key, copy)) == sorted(map(key, memory))
     assert all(r.source == "import" for r in copy)
     # Importing the same file again adds nothing but the "not sure" answers
@@ -169,3 +175,262 @@ def test_export_labels_and_its_errors(tmp_path):
         export_labels([0, 1], out, names=["a"])
     with pytest.raises(ValueError, match="format must be"):
         export_answers(LabelMemory(), out, format="xml")
+
+
+# -- resolution="majority": the rule that turns a team's answers into one ----------
+
+
+def test_majority_counts_each_persons_latest_answer_once(tmp_path):
+    path = tmp_path / "team.jsonl"
+    memory = LabelMemory(path, resolution="majority")
+    memory.record([[0, 1]], [True], annotator="ann")
+    memory.record([[0, 1]], [False], annotator="bob")
+    assert memory.lookup([[0, 1]]).tolist() == [-1]  # a tie: no answer
+    assert memory.ask([[0, 1]], LabelOracle([0, 0])).tolist() == [-1]  # and never asked
+    memory.record([[0, 1]], [True], annotator="cat")
+    assert memory.lookup([[0, 1]]).tolist() == [1]  # two against one
+    memory.record([[0, 1]], [False], annotator="ann")  # ann changes her mind: still one vote
+    assert memory.lookup([[0, 1]]).tolist() == [0]
+    # the latest answer alone would say "different" too; order does not decide under majority
+    latest = LabelMemory(resolution="majority")
+    for who, same in (("ann", True), ("cat", True), ("bob", False)):
+        latest.record([[0, 1]], [same], annotator=who)
+    assert latest.lookup([[0, 1]]).tolist() == [1]
+    assert LabelMemory(path).lookup([[0, 1]]).tolist() == [0]  # "latest" on the same file
+    assert LabelMemory(path, resolution="majority").lookup([[0, 1]]).tolist() == [0]
+
+
+def test_a_reviewer_overrides_the_votes_and_settles_the_disagreement():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[3, 4]], [True], annotator="ann")
+    memory.record([[3, 4]], [False], annotator="bob")
+    (conflict,) = memory.conflicts()
+    assert (conflict["kind"], conflict["tied"]) == ("disagreement", True)
+    assert [r.annotator for r in conflict["answers"]] == ["ann", "bob"]
+    memory.record([[3, 4]], [False], source="correction", annotator="rev")
+    assert memory.lookup([[3, 4]]).tolist() == [0]
+    assert memory.conflicts() == []
+    memory.record([[3, 4]], [True], annotator="cat")  # more votes do not undo a review
+    assert memory.lookup([[3, 4]]).tolist() == [0]
+
+
+def test_ties_come_first_among_the_disagreements():
+    memory = LabelMemory(resolution="majority")
+    for who, same in (("ann", True), ("bob", False), ("cat", True)):
+        memory.record([[0, 1]], [same], annotator=who)
+    memory.record([[5, 6]], [True], annotator="ann")
+    memory.record([[5, 6]], [False], annotator="bob")
+    assert [(c["i"], c["j"], c["tied"]) for c in memory.conflicts()] == [
+        (5, 6, True), (0, 1, False)
+    ]
+
+
+def test_retract_removes_only_that_persons_vote():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[0, 1]], [True], annotator="ann")
+    memory.record([[0, 1]], [True], annotator="bob")
+    assert memory.retract([[0, 1]], annotator="cat") == 0  # cat never answered
+    assert memory.retract([[0, 1]], annotator="ann") == 1
+    assert memory.lookup([[0, 1]]).tolist() == [1]  # bob's vote stands
+    assert memory.retract([[0, 1]], annotator="bob") == 1
+    assert memory.lookup([[0, 1]]).tolist() == [-1]
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        LabelMemory(resolution="vote")
+
+
+def test_transitive_inference_uses_the_resolved_answers():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[0, 1], [1, 2]], [True, True], annotator="ann")
+    memory.record([[0, 1]], [False], annotator="bob")  # a tie cuts 0 from 1
+    assert memory.lookup([[0, 2]]).tolist() == [-1]
+    memory.record([[0, 1]], [True], annotator="cat")
+    assert memory.lookup([[0, 2]]).tolist() == [1]
+
+
+# -- AnnotatorTeam: a team of oracles, for studies --------------------------------
+
+
+def test_assign_pairs_balances_and_honours_the_double_fraction():
+    load = {}
+    names = ["ann", "bob", "cat"]
+    assignment = assign_pairs(100, names, double_fraction=0.2, random_state=0, load=load)
+    assert sum(len(who) == 2 for who in assignment) == 20
+    assert all(len(set(who)) == len(who) for who in assignment)
+    assert sum(load.values()) == 120 and max(load.values()) - min(load.values()) <= 1
+    excluded = assign_pairs(3, names, random_state=0, exclude=[{"ann", "bob"}, set(names), set()])
+    assert excluded[0] == ("cat",) and excluded[1] == ()
+    with pytest.raises(ValueError, match="double_fraction"):
+        assign_pairs(3, names, double_fraction=1.5)
+    with pytest.raises(ValueError, match="non-empty strings"):
+        assign_pairs(3, ["ann", ""])
+
+
+def test_team_breaks_ties_with_a_third_member_and_counts_every_answer():
+    y = np.repeat(np.arange(10), 4)
+    truth = LabelOracle(y)
+    liar = NoisyOracle(LabelOracle(y), error_rate=1.0, random_state=0)
+    team = AnnotatorTeam({"ann": truth, "bob": liar, "cat": truth}, double_fraction=1.0,
+                         random_state=0)
+    pairs = np.array([[0, 1], [0, 4], [8, 9], [12, 20], [4, 5], [30, 31]])
+    answers = team(pairs)
+    # every tie (bob against one of the others) went to the third, who tells the truth
+    assert answers.tolist() == truth(pairs).astype(int).tolist()
+    assert team.n_queries == 6
+    by = team.n_answers_by
+    assert by["bob"] >= 1 and team.n_answers == sum(by.values()) > 2 * 6
+    agreement = annotator_agreement(team.label_memory)
+    assert agreement["annotators"]["bob"]["kappa"] < agreement["annotators"]["ann"]["kappa"]
+
+
+def test_team_reviewer_settles_ties_when_asked_to():
+    y = np.repeat(np.arange(5), 2)
+    truth = LabelOracle(y)
+    liar = NoisyOracle(LabelOracle(y), error_rate=1.0, random_state=0)
+    reviewer = LabelOracle(y)
+    team = AnnotatorTeam({"ann": truth, "bob": liar}, double_fraction=1.0, reviewer=reviewer,
+                         tie_breaker="reviewer", random_state=0)
+    assert team([[0, 1], [2, 5]]).tolist() == [1, 0]
+    assert team.n_answers_by["reviewer"] == 2
+    assert all(r.source == "correction" for r in team.label_memory if r.annotator == "reviewer")
+
+
+def test_team_refuses_bad_members_and_keeps_answers_of_a_failing_member():
+    with pytest.raises(TypeError, match="dict of annotator name"):
+        AnnotatorTeam([LabelOracle([0, 1])])
+    with pytest.raises(TypeError, match="not callable"):
+        AnnotatorTeam({"ann": 3}, double_fraction=0)
+    with pytest.raises(ValueError, match="tie_breaker"):
+        AnnotatorTeam({"ann": LabelOracle([0, 1])}, double_fraction=0, tie_breaker="coin")
+
+    def broken(pairs):
+        raise RuntimeError("the annotator went home")
+
+    team = AnnotatorTeam({"ann": LabelOracle([0, 0, 1, 1]), "bob": broken}, double_fraction=1.0,
+                         random_state=0)
+    with pytest.raises(OracleError, match="went home"):
+        team([[0, 1], [2, 3]])
+    assert {r.annotator for r in team.label_memory} == {"ann"}  # ann's answers are kept
+
+
+def test_routing_by_error_rate_shares_work_and_second_opinions():
+    names = ["ann", "bob", "cat"]
+    rates = {"ann": 0.02, "bob": 0.04, "cat": 0.08}
+    load = {}
+    assignment = assign_pairs(90, names, double_fraction=0.1, random_state=0, load=load,
+                              error_rates=rates)
+    # the median is bob's 0.04: ann and bob share alike, cat (twice as error-prone) a
+    # quarter as much: 4 : 4 : 1 of the 99 answers
+    assert sum(load.values()) == 99
+    assert abs(load["cat"] - 11) <= 1 and abs(load["ann"] - load["bob"]) <= 1
+    doubles = [who for who in assignment if len(who) == 2]
+    assert len(doubles) == 9 and all(who[0] == "cat" for who in doubles)
+
+
+def test_agreement_estimates_each_persons_error_rate():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=3000)  # balanced enough that every error shows
+    pairs = rng.choice(3000, size=(1500, 2))
+    memory = LabelMemory()
+    truth = LabelOracle(y)(pairs)
+    for k, (name, rate) in enumerate((("ann", 0.02), ("bob", 0.05), ("cat", 0.15))):
+        flip = np.random.default_rng(k).random(len(pairs)) < rate
+        memory.record(pairs, truth ^ flip, annotator=name)
+    # a tie-break answer is left out: it is asked only where someone erred
+    memory.record(pairs[:50], ~truth[:50], source="tiebreak", annotator="dan")
+    people = annotator_agreement(memory)["annotators"]
+    assert "dan" not in people
+    rates = {name: people[name]["error_rate"] for name in people}
+    assert rates["ann"] < rates["bob"] < rates["cat"]
+    assert abs(rates["cat"] - 0.15) < 0.03 and abs(rates["ann"] - 0.02) < 0.02
+    two = LabelMemory()
+    two.record(pairs[:10], truth[:10], annotator="ann")
+    two.record(pairs[:10], truth[:10], annotator="bob")
+    assert np.isnan(annotator_agreement(two)["annotators"]["ann"]["error_rate"])
+
+
+def test_a_team_learns_who_errs_and_routes_work_away_from_them():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, size=400)
+    members = {
+        "ann": NoisyOracle(LabelOracle(y), 0.02, random_state=1),
+        "bob": NoisyOracle(LabelOracle(y), 0.02, random_state=2),
+        "cat": NoisyOracle(LabelOracle(y), 0.3, random_state=3),
+    }
+    team = AnnotatorTeam(members, double_fraction=0.3, routing="reliability", random_state=0)
+    with pytest.raises(ValueError, match="routing"):
+        AnnotatorTeam(members, routing="smart")
+    assert error_rates_of(team.label_memory, list(members)) is None  # nothing measured yet
+    team(rng.choice(400, size=(200, 2)))
+    before = dict(team.n_answers_by)
+    rates = error_rates_of(team.label_memory, list(members))
+    assert max(rates, key=rates.get) == "cat"
+    for _ in range(4):
+        team(rng.choice(400, size=(100, 2)))
+    after = {name: team.n_answers_by[name] - before[name] for name in members}
+    # once measured, cat gets a small share of the work
+    assert after["cat"] < 0.25 * sum(after.values())
+
+
+@pytest.mark.parametrize("resolution", ["latest", "majority"])
+def test_an_answer_given_again_after_its_retraction_is_recorded(resolution):
+    memory = LabelMemory(resolution=resolution)
+    assert memory.record([[0, 1]], [1], annotator="ann") == 1
+    assert memory.retract([[0, 1]], annotator="ann") == 1
+    assert memory.lookup([[0, 1]]).tolist() == [-1]
+    assert memory.record([[0, 1]], [1], annotator="ann") == 1
+    assert memory.lookup([[0, 1]]).tolist() == [1]
+
+
+def test_a_team_asked_through_its_memory_adds_no_vote_of_its_own():
+    # the refiner's memory.ask records what the oracle answered; a team records each
+    # person's answer itself, so its reply (the resolved answer) must not become a vote
+    ann = LabelOracle([0, 0, 0])
+    bob = NoisyOracle(LabelOracle([0, 0, 0]), error_rate=1.0, random_state=0)
+    memory = LabelMemory(resolution="majority")
+    team = AnnotatorTeam({"ann": ann, "bob": bob}, label_memory=memory, double_fraction=1.0,
+                         random_state=0)
+    assert memory.ask([[0, 1]], team).tolist() == [-1]  # a tie nobody can break
+    assert {r.annotator for r in memory} == {"ann", "bob"}
+    assert memory.n_abstentions == 0 and memory.n_unsure_ == 0
+    assert memory._votes[(0, 1)] == {"ann": True, "bob": False}
+
+
+def test_majority_conflicts_survive_one_persons_retraction():
+    memory = LabelMemory(resolution="majority")
+    for name in "AB":
+        memory.record([[0, 1]], [True], annotator=name)
+    memory.record([[0, 1]], [False], annotator="C")
+    memory.retract([[0, 1]], annotator="C")
+    memory.record([[1, 2]], [True], annotator="A")
+    memory.record([[0, 2]], [False], annotator="A")
+    (conflict,) = memory.conflicts()
+    assert conflict["kind"] == "transitive" and (conflict["i"], conflict["j"]) == (0, 2)
+    assert [(r.i, r.j) for r in conflict["chain"]] == [(0, 1), (1, 2)]
+
+
+def test_a_reviewers_decision_can_be_taken_back():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[0, 1]], [True], annotator="A")
+    memory.record([[0, 1]], [False], annotator="B")
+    memory.record([[0, 1]], [True], source="correction", annotator="R")
+    assert memory.lookup([[0, 1]]).tolist() == [1]
+    assert memory.retract([[0, 1]], source="correction") == 1
+    assert memory.lookup([[0, 1]]).tolist() == [-1]  # tied again
+
+
+def test_an_unnamed_voter_changing_their_answer_is_recorded():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[0, 1]], [False])
+    memory.record([[0, 1]], [True], annotator="A")
+    memory.record([[0, 1]], [True], annotator="B")
+    assert memory.record([[0, 1]], [True]) == 1  # the unnamed voter's own answer changed
+    memory.retract([[0, 1]], annotator="A")
+    assert memory.lookup([[0, 1]]).tolist() == [1]
+
+
+def test_agreement_leaves_the_reviewer_out():
+    memory = LabelMemory(resolution="majority")
+    memory.record([[0, 1], [1, 2]], [True, True], annotator="ann")
+    memory.record([[0, 1], [1, 2]], [True, False], annotator="bob")
+    memory.record([[1, 2]], [True], source="correction", annotator="rev")
+    assert set(annotator_agreement(memory)["annotators"]) == {"ann", "bob"}

@@ -5,10 +5,7 @@ import threading
 import time
 import webbrowser
 
-import numpy as np
-
-from ..oracles import as_label_memory, check_pairs
-from ..oracles._memory import _MAX_UNSURE
+from ..oracles import as_label_memory
 from ._controller import (
     ANSWER_CODES,
     AnnotationController,
@@ -16,40 +13,20 @@ from ._controller import (
     require_choice,
     require_int,
 )
+from ._questions import (
+    QuestionBatch,
+    answer_unknown,
+    check_context,
+    check_person_options,
+    pair_sides,
+    read_seconds,
+    write_answer,
+)
 from ._server import AnnotationServer, ImageStore, _Closable, _file_name, show_url
 
 __all__ = ["WebOracle"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Batch:
-    """The pairs of one oracle call, their answers and the undo stack."""
-
-    def __init__(self, number, first_id, pairs, sides):
-        self.number = number
-        self.first_id = first_id  # pair ids are unique over the oracle's life
-        self.pairs = pairs
-        self.sides = sides  # per pair: (left, right) dicts for the page
-        self.answers = [None] * len(pairs)
-        self.history = []  # (position, previous answer)
-        self.outcome = None  # "answered", "timed out", "closed", "interrupted"
-
-    def __len__(self):
-        return len(self.pairs)
-
-    @property
-    def n_answered(self):
-        return sum(answer is not None for answer in self.answers)
-
-    @property
-    def complete(self):
-        return all(answer is not None for answer in self.answers)
-
-    def codes(self):
-        return np.array(
-            [-1 if a is None else ANSWER_CODES[a] for a in self.answers], dtype=np.int8
-        )
 
 
 class WebOracle(_Closable, AnnotationController):
@@ -94,6 +71,9 @@ class WebOracle(_Closable, AnnotationController):
     verbose : int, default=1
         0 logs only warnings; 1 logs the URL and each batch (``logging``,
         level INFO).
+    annotator : str or None, default=None
+        The person answering, recorded with each answer (with the seconds
+        each answer took, which the page measures).
 
     Attributes
     ----------
@@ -152,21 +132,16 @@ class WebOracle(_Closable, AnnotationController):
         n_context=4,
         timeout=None,
         verbose=1,
+        annotator=None,
     ):
-        if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or (
-            n_context < 0
-        ):
-            raise ValueError(f"n_context must be an int >= 0, got {n_context!r}.")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
-        ):
-            raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}.")
+        check_person_options(n_context, timeout, annotator)
         self.host = host
         self.port = port
         self.open_browser = open_browser
         self.n_context = int(n_context)
         self.timeout = timeout
         self.verbose = verbose
+        self.annotator = annotator
         self.label_memory = as_label_memory(label_memory, optional=True)
         self._images = ImageStore(images)
         self.n_samples = len(self._images)
@@ -207,18 +182,7 @@ class WebOracle(_Closable, AnnotationController):
         >>> with WebOracle(np.zeros((4, 8, 4, 3), np.uint8), verbose=0) as oracle:
         ...     oracle.set_context([0, 0, 1, -1])
         """
-        if labels is None:
-            self._context = None
-            return
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.shape[0] != self.n_samples:
-            raise ValueError(
-                f"set_context needs one label per sample, shape ({self.n_samples},); "
-                f"got shape {labels.shape}."
-            )
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"set_context needs integer labels, got dtype {labels.dtype}.")
-        self._context = labels.astype(np.int64, copy=True)
+        self._context = check_context(labels, self.n_samples)
 
     def __call__(self, pairs):
         """Ask the person about a batch of pairs; block until all are answered.
@@ -244,50 +208,18 @@ class WebOracle(_Closable, AnnotationController):
         """
         if self._closed:
             raise RuntimeError("This WebOracle is closed; create a new one.")
-        pairs = check_pairs(pairs, n_samples=self.n_samples)
-        if np.any(pairs[:, 0] == pairs[:, 1]):
-            i = int(pairs[pairs[:, 0] == pairs[:, 1]][0, 0])
-            raise ValueError(f"A pair must join two different samples; got ({i}, {i}).")
-        answers = np.full(len(pairs), -1, dtype=np.int8)
-        if len(pairs) == 0:
-            return answers
-        # One question per unordered pair, in the order the caller gave them.
-        _, first, inverse = np.unique(
-            np.sort(pairs, axis=1), axis=0, return_index=True, return_inverse=True
-        )
-        inverse = inverse.reshape(-1)
-        known = np.full(len(first), -1, dtype=np.int8)
-        given_up = np.zeros(len(first), dtype=bool)
-        if self.label_memory is not None:
-            known = np.asarray(self.label_memory.lookup(pairs[first]), dtype=np.int8)
-            counts = getattr(self.label_memory, "_unsure_counts", None)
-            if callable(counts):
-                given_up = (known < 0) & (counts(pairs[first]) >= _MAX_UNSURE)
-        ask = np.flatnonzero((known < 0) & ~given_up)
-        ask = ask[np.argsort(first[ask], kind="stable")]
-        if given_up.any():
-            logger.info(
-                "%d pairs answered \"not sure\" twice before are not asked again.",
-                int(given_up.sum()),
-            )
-        if len(ask) < len(first) - int(given_up.sum()):
-            logger.info(
-                "%d pairs answered from the label memory.",
-                len(first) - len(ask) - int(given_up.sum()),
-            )
-        if len(ask):
-            known[ask] = self._ask(pairs[first[ask]])
-        return known[inverse]
+        return answer_unknown(pairs, self.n_samples, self.label_memory, self._ask)
 
     def _ask(self, pairs):
-        sides = self._sides(pairs)  # outside the lock: the page keeps polling meanwhile
+        # outside the lock: the page keeps polling meanwhile
+        sides = pair_sides(pairs, self._images, self._context, self.n_context)
         with self._cond:
             if self._batch is not None:
                 raise RuntimeError(
                     "This WebOracle is already waiting for a batch; it asks one batch at a time."
                 )
             self._n_started += 1
-            batch = _Batch(self._n_started, self._next_pair_id, pairs, sides)
+            batch = QuestionBatch(self._n_started, self._next_pair_id, pairs, sides)
             self._next_pair_id += len(pairs)
             self.n_queries += len(pairs)
             self._batch = batch
@@ -300,8 +232,8 @@ class WebOracle(_Closable, AnnotationController):
             logger.info("Batch %d: %d pairs to answer on the page.", batch.number, len(pairs))
         start = time.monotonic()
         outcome = "interrupted"
-        try:
-            with self._cond:
+        with self._cond:
+            try:
                 while not batch.complete and not self._closed:
                     wait = None
                     if self.timeout is not None:
@@ -309,13 +241,12 @@ class WebOracle(_Closable, AnnotationController):
                         if wait <= 0:
                             break
                     self._cond.wait(timeout=wait)
-                codes = batch.codes()
                 if batch.complete:
                     outcome = "answered"
                 else:
                     outcome = "closed" if self._closed else "timed out"
-        finally:
-            with self._cond:
+            finally:  # the answers read and the batch closed at once: no answer in between
+                codes = batch.codes()
                 batch.outcome = outcome
                 self._batch = None
                 self._last_batch = batch
@@ -349,36 +280,6 @@ class WebOracle(_Closable, AnnotationController):
             path = getattr(self.label_memory, "path", None)
             where = "are in the label memory" + (f" {path!r}" if path else "")
         return f"{n} of its {len(batch)} pairs were answered; those answers {where}."
-
-    # -- context images --------------------------------------------------
-
-    def _sides(self, pairs):
-        """What the page shows of each side of each pair."""
-        labels = self._context
-        sides = []
-        for i, j in pairs.tolist():
-            left = self._side(i, j, labels)
-            # Both in one group: show the right side other members when there are some.
-            right = self._side(j, i, labels, avoid=left["context"])
-            sides.append((left, right))
-        return sides
-
-    def _side(self, index, other, labels, avoid=()):
-        side = {"index": index, "camera": self._images.camera(index), "group_size": None,
-                "context": []}
-        if labels is None or labels[index] < 0:
-            return side
-        members = np.flatnonzero(labels == labels[index])
-        side["group_size"] = int(len(members))
-        members = members[(members != index) & (members != other)]
-        fresh = members[~np.isin(members, avoid)]
-        if len(fresh) >= min(self.n_context, len(members)):
-            members = fresh
-        if self.n_context and len(members):
-            # Spread over the group rather than its first few (often one camera).
-            take = np.unique(np.linspace(0, len(members) - 1, self.n_context).round().astype(int))
-            side["context"] = members[take].tolist()
-        return side
 
     # -- the page's API: the AnnotationController (called from the server's threads)
 
@@ -505,12 +406,14 @@ class WebOracle(_Closable, AnnotationController):
         if action == "answer":
             pair_id = require_int(payload, "pair_id")
             answer = require_choice(payload, "answer", ANSWER_CODES)
+            seconds = read_seconds(payload)
             with self._cond:
                 batch, position = self._find(pair_id)
                 previous = batch.answers[position]
                 if previous != answer:
                     # Durable first: a failed write changes nothing here.
-                    self._write(batch.pairs[position], previous, answer, source="web")
+                    write_answer(self.label_memory, batch.pairs[position], previous, answer,
+                                 source="web", annotator=self.annotator, seconds=seconds)
                     batch.answers[position] = answer
                     batch.history.append((position, previous))
                     self._changed()
@@ -528,8 +431,8 @@ class WebOracle(_Closable, AnnotationController):
                         f"Pair {pair_id} is not the last answer of this batch "
                         f"(that is pair {batch.first_id + last}); reload the page.",
                     )
-                self._write(batch.pairs[position], batch.answers[position], previous,
-                            source="undo")
+                write_answer(self.label_memory, batch.pairs[position], batch.answers[position],
+                             previous, source="undo", annotator=self.annotator)
                 batch.answers[position] = previous
                 batch.history.pop()
                 self._changed()
@@ -543,33 +446,6 @@ class WebOracle(_Closable, AnnotationController):
                 raise RequestError(409, f"Pair {pair_id} belongs to a batch that is over.")
             raise RequestError(404, f"No pair {pair_id} in the current batch.")
         return batch, pair_id - batch.first_id
-
-    def _write(self, pair, old, new, *, source):
-        """Make the memory hold ``new`` for ``pair`` instead of ``old``."""
-        memory = self.label_memory
-        if memory is None:
-            return
-        pair = pair.reshape(1, 2)
-        if new in ("same", "different"):  # overrides an earlier "not sure" too
-            memory.record(pair, [ANSWER_CODES[new]], source=source)
-            return
-        # new is "unsure" or None (an undo back to no answer)
-        if old in ("same", "different") or (old == "unsure" and new is None):
-            # The person withdrew a recorded answer: a "not sure" would not
-            # override a definite one, and an undone "not sure" is no answer.
-            retract = getattr(memory, "retract", None)
-            if callable(retract):
-                retract(pair, source=source)
-            else:
-                logger.warning(
-                    "The label memory cannot retract answers: its %r answer for pair "
-                    "(%d, %d) stays until the pair is answered again.",
-                    old,
-                    pair[0, 0],
-                    pair[0, 1],
-                )
-        if new == "unsure":
-            memory.record(pair, [ANSWER_CODES[new]], source=source)
 
     # -- life cycle ------------------------------------------------------
 

@@ -23,9 +23,11 @@ logger = logging.getLogger(__name__)
 class _Review(AnnotationController):
     """Controller of the review page: the recorded answers, and corrections."""
 
-    def __init__(self, memory, images):
+    def __init__(self, memory, images, reviewer=None):
         self.memory = memory
         self.images = images
+        self.reviewer = reviewer  # recorded as the corrections' annotator
+        self._cache = None  # (len(memory), rows, conflicts): the view of an unchanged memory
         self.n_corrections = 0
         self.finished = threading.Event()
         self._lock = threading.Lock()
@@ -38,7 +40,17 @@ class _Review(AnnotationController):
             )
 
     def _view(self):
-        """(rows, conflicts) as the page shows them: contradicted pairs first."""
+        """(rows, conflicts) as the page shows them: contradicted pairs first.
+
+        Recomputed only when the memory has new records (a team's reviewer
+        page polls it every second); callers must not change what it returns.
+        """
+        n = len(self.memory)
+        if self._cache is None or self._cache[0] != n:
+            self._cache = (n, *self._build_view())
+        return self._cache[1], self._cache[2]
+
+    def _build_view(self):
         memory = self.memory
         rows = {}
         for record in memory:
@@ -47,7 +59,7 @@ class _Review(AnnotationController):
             if row is None:
                 row = rows[key] = {"i": record.i, "j": record.j, "history": []}
             row["history"].append({"answer": _answer_name(record), "source": record.source,
-                                   "time": record.time})
+                                   "time": record.time, "annotator": record.annotator})
         conflicts = [self._conflict(c) for c in memory.conflicts()]
         flagged = {}  # pair -> rank: in the order the contradictions list them
         for c in conflicts:
@@ -65,6 +77,7 @@ class _Review(AnnotationController):
             row.update(
                 answer=answer,
                 source=deciding["source"],
+                annotator=deciding["annotator"],
                 time=deciding["time"],
                 conflict=key in flagged,
                 left={"index": row["i"], "camera": self.images.camera(row["i"])},
@@ -80,6 +93,11 @@ class _Review(AnnotationController):
         """A conflict of :meth:`LabelMemory.conflicts` as JSON for the page."""
         i, j = conflict["i"], conflict["j"]
         view = {"kind": conflict["kind"], "i": i, "j": j, "pairs": [[i, j]]}
+        if conflict["kind"] == "disagreement":  # a team's answers: who said what
+            view["tied"] = conflict["tied"]
+            view["votes"] = [
+                {"annotator": r.annotator, "answer": _answer_name(r)} for r in conflict["answers"]
+            ]
         if conflict["kind"] == "transitive":
             path = [i]
             for r in conflict["chain"]:
@@ -113,16 +131,15 @@ class _Review(AnnotationController):
                 if row is None:
                     raise RequestError(404, f"The memory has no answer for pair ({i}, {j}).")
                 changed = any(
-                    c["kind"] == "changed" and (c["i"], c["j"]) == key for c in conflicts
+                    c["kind"] in ("changed", "disagreement") and (c["i"], c["j"]) == key
+                    for c in conflicts
                 )
-                if row["answer"] != answer:
-                    self.memory.record([key], [ANSWER_CODES[answer]], source=_CORRECTION)
-                    self.n_corrections += 1
-                elif changed:
-                    # The reviewer confirms the current answer of a pair answered both
-                    # ways: recorded, it settles the contradiction.
+                who = {} if self.reviewer is None else {"annotator": self.reviewer}
+                if row["answer"] != answer or changed:
+                    # A new answer; or the reviewer confirms the current answer of a pair
+                    # answered both ways: recorded, it settles the contradiction.
                     self.memory._record(
-                        [key], [ANSWER_CODES[answer]], source=_CORRECTION, repeat=True
+                        [key], [ANSWER_CODES[answer]], source=_CORRECTION, repeat=True, **who
                     )
                     self.n_corrections += 1
                 rows, conflicts = self._view()
@@ -175,6 +192,8 @@ class ReviewSession(_Closable):
         The address to listen on; another than loopback warns.
     port : int, default=0
         The port to listen on, or 0 for any free one.
+    reviewer : str or None, default=None
+        The reviewer's name, recorded with each correction (``annotator``).
 
     Attributes
     ----------
@@ -229,11 +248,13 @@ class ReviewSession(_Closable):
     [(2, 4, True), (2, 3, True), (3, 4, True), (0, 1, False)]
     """
 
-    def __init__(self, memory, images, *, host="127.0.0.1", port=0):
+    def __init__(self, memory, images, *, host="127.0.0.1", port=0, reviewer=None):
         if memory is None:
             raise TypeError("memory is required: a LabelMemory or the path of its file.")
+        if reviewer is not None and (not isinstance(reviewer, str) or not reviewer):
+            raise ValueError(f"reviewer must be a non-empty string or None, got {reviewer!r}.")
         self.images = ImageStore(images)
-        self.review = _Review(as_label_memory(memory), self.images)
+        self.review = _Review(as_label_memory(memory), self.images, reviewer=reviewer)
         self.memory = self.review.memory
         self.server = AnnotationServer(self.review, self.images, host=host, port=port)
         self.url = self.server.url
@@ -286,7 +307,7 @@ class ReviewSession(_Closable):
 
 
 def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False,
-                 timeout=None):
+                 timeout=None, reviewer=None):
     """Serve a page to review and correct the answers of a label memory.
 
     The page lists every answered pair with its two images, its current
@@ -311,6 +332,8 @@ def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False
         Open the page in the default web browser.
     timeout : float or None, default=None
         Stop after this many seconds.
+    reviewer : str or None, default=None
+        The reviewer's name, recorded with each correction.
 
     Returns
     -------
@@ -337,7 +360,7 @@ def serve_review(memory, images, *, host="127.0.0.1", port=0, open_browser=False
     >>> serve_review(memory, np.zeros((2, 8, 4, 3), np.uint8), timeout=0.1)
     0
     """
-    session = ReviewSession(memory, images, host=host, port=port)
+    session = ReviewSession(memory, images, host=host, port=port, reviewer=reviewer)
     show_url("Review page: open", session.url, log=logger, level=logging.WARNING)
     logger.info("Finish on the page, or Ctrl+C, to stop.")
     if open_browser:

@@ -303,6 +303,12 @@ class AnnotationServer(_Closable):
         (``UserWarning``).
     port : int, default=0
         Port to listen on; 0 picks a free one.
+    users : sequence of str, default=()
+        People who get a token of their own (a team): a request with
+        ``users``' token is forwarded as ``controller.state(user=name)`` /
+        ``controller.post(action, payload, user=name)``, so the page
+        cannot claim another name than its token's. Requests with
+        :attr:`token` are forwarded without ``user``.
 
     Attributes
     ----------
@@ -311,7 +317,10 @@ class AnnotationServer(_Closable):
     images : ImageStore
         The images served.
     token : str
-        The secret every request must carry (``?token=...``).
+        The secret every request must carry (``?token=...``), or one of
+        the users' tokens.
+    urls : dict of str to str
+        Each user's address, with their own token.
     host : str
         The address listened on.
     port : int
@@ -341,7 +350,7 @@ class AnnotationServer(_Closable):
     {'mode': 'hello'}
     """
 
-    def __init__(self, controller, images, *, host="127.0.0.1", port=0):
+    def __init__(self, controller, images, *, host="127.0.0.1", port=0, users=()):
         missing = [
             name for name in ("state", "post") if not callable(getattr(controller, name, None))
         ]
@@ -361,6 +370,10 @@ class AnnotationServer(_Closable):
         self.controller = controller
         self.images = images if isinstance(images, ImageStore) else ImageStore(images)
         self.token = secrets.token_urlsafe(24)
+        users = list(users)
+        if len(set(users)) != len(users) or not all(isinstance(u, str) and u for u in users):
+            raise ValueError(f"users must be distinct non-empty strings, got {users!r}.")
+        self._user_tokens = {name: secrets.token_urlsafe(24) for name in users}
         self._page_files = _read_page_files()
         if not _is_loopback(host):
             warnings.warn(
@@ -394,6 +407,25 @@ class AnnotationServer(_Closable):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/?token={self.token}"
+
+    @property
+    def urls(self):
+        """dict of str to str: Each user's address, with their own token."""
+        return {
+            name: self.url.replace(self.token, token) for name, token in self._user_tokens.items()
+        }
+
+    def _user_of(self, token):
+        """``(True, None)`` for the main token, ``(True, name)`` for a user's, ``(False, None)``."""
+        given = token.encode("utf-8")
+        found = (hmac.compare_digest(given, self.token.encode("utf-8")), None)
+        for name, secret in self._user_tokens.items():  # compare with all: no early exit
+            if hmac.compare_digest(given, secret.encode("utf-8")):
+                found = (True, name)
+        return found
+
+    def _secrets(self):
+        return (self.token, *self._user_tokens.values())
 
     def close(self):
         """Stop serving and free the port (idempotent).
@@ -440,8 +472,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         path = urlsplit(getattr(self, "path", "") or "").path
         detail = str(args[1:2])  # an error's text may quote the request
         if self.owner is not None:  # redact, then cut: no token prefix survives
-            path = path.replace(self.owner.token, "<token>")
-            detail = detail.replace(self.owner.token, "<token>")
+            for secret in self.owner._secrets():
+                path = path.replace(secret, "<token>")
+                detail = detail.replace(secret, "<token>")
         path, detail = path[:_MAX_LOGGED_PATH], detail[:_MAX_LOGGED_PATH]
         logger.debug("%s %s -> %s", command, path, detail)
 
@@ -478,23 +511,24 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         self._send_json(status, {"error": message})
 
     # -- dispatch --------------------------------------------------------
-    def _authorised(self, query):
-        given = query.get("token", [""])
-        if len(given) != 1:
-            return False
-        return hmac.compare_digest(given[0].encode("utf-8"), self.owner.token.encode("utf-8"))
-
     def _authorised_path(self):
-        """The request's path if it carries the token; else refuse (403) and None."""
+        """The request's path if it carries a token; else refuse (403) and None.
+
+        Sets ``self.user`` (None for the main token, a name for a user's)
+        and ``self.token`` (the one given).
+        """
         parts = urlsplit(self.path)
         try:
             query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=8)
         except ValueError:
             query = {}
-        if not self._authorised(query):
+        given = query.get("token", [""])
+        allowed, self.user = self.owner._user_of(given[0]) if len(given) == 1 else (False, None)
+        if not allowed:
             # Same answer for every route, existing or not: nothing to probe.
             self._refuse(403, "Missing or wrong token: open the URL printed by UCAL.")
             return None
+        self.token = given[0]
         return parts.path
 
     def _route(self, method):
@@ -521,15 +555,17 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 if method == "GET":
                     if name != "state":
                         raise RequestError(404, f"No such endpoint: GET /api/{name}.")
-                    self._send_json(200, self.owner.controller.state())
+                    user = {} if self.user is None else {"user": self.user}
+                    self._send_json(200, self.owner.controller.state(**user))
                 else:
                     payload = self._read_json()
-                    self._send_json(200, self.owner.controller.post(name, payload))
+                    user = {} if self.user is None else {"user": self.user}
+                    self._send_json(200, self.owner.controller.post(name, payload, **user))
                 return
             raise RequestError(404, "Not found.")
         except RequestError as error:
             self._refuse(error.status, error.message)
-        except Exception as error:  # noqa: BLE001 - reply, then keep serving
+        except Exception as error:
             logger.exception("Annotation server error on %s %s", method, path)
             # The kind, not the message: messages may hold file paths. An OSError's
             # reason (say "No space left on device") has none and tells what to fix.
@@ -542,7 +578,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         body = self.owner._page_files[name]
         if name == "index.html":
             # The token is URL-safe base64: safe inside an HTML attribute.
-            body = body.replace(b"{{token}}", self.owner.token.encode("ascii"))
+            body = body.replace(b"{{token}}", self.token.encode("ascii"))
         self._send(200, body, content_type)
 
     def _serve_image(self, index):
@@ -575,17 +611,17 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             raise RequestError(400, "The body must be a JSON object.")
         return payload
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self._route("GET")
 
-    def do_HEAD(self):  # noqa: N802
+    def do_HEAD(self):
         self._route("GET")
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._route("POST")
 
     def _route_other(self):
         if self._host_allowed() and self._authorised_path() is not None:
             self._refuse(405, f"{self.command} is not allowed.")
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _route_other  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _route_other

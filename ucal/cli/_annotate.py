@@ -17,9 +17,15 @@ def cmd_annotate(args):
     if not os.path.exists(args.memory):
         raise FileNotFoundError(f"No label memory file {args.memory!r}.")
     memory = LabelMemory(args.memory)
+    resolution = args.resolution
+    if resolution is None:  # a team's file (answers with names) is resolved by majority
+        resolution = "majority" if any(r.annotator is not None for r in memory) else "latest"
+    if resolution != memory.resolution:
+        memory = LabelMemory(args.memory, resolution=resolution)
     split = load_data(args).train
     n_corrections = serve_review(
-        memory, split, host=args.host, port=args.port, open_browser=args.open_browser
+        memory, split, host=args.host, port=args.port, open_browser=args.open_browser,
+        reviewer=args.reviewer,
     )
     logger.info("%d corrections recorded in %s.", n_corrections, args.memory)
     return 0
@@ -41,6 +47,12 @@ def add_parser(commands):
     annotate.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     annotate.add_argument("--open-browser", action="store_true",
                           help="open the page in the default web browser")
+    annotate.add_argument("--resolution", choices=("latest", "majority"), default=None,
+                          help="how several answers to a pair become one: the latest, or a "
+                          "team's majority (ties listed first); default: majority when the "
+                          "answers carry annotators' names, else latest")
+    annotate.add_argument("--reviewer", default=None, metavar="NAME",
+                          help="record the corrections under this reviewer's name")
     add_verbosity(annotate)
     annotate.set_defaults(func=cmd_annotate)
     return annotate

@@ -67,7 +67,16 @@ def _open_memory(args):
             f"{args.output!r} already holds a run (answers in {memory_file}); pass --resume "
             "to continue it, or choose another --output."
         )
-    return LabelMemory(memory_file)
+    # a team's answers are resolved by majority (ties to the third person or the reviewer)
+    resolution = "majority" if getattr(args, "annotators", None) else "latest"
+    return LabelMemory(memory_file, resolution=resolution)
+
+
+def _double_fraction(args):
+    """``--double-fraction``, defaulting to 0.2 for a team and 0 for one person."""
+    if args.double_fraction is not None:
+        return args.double_fraction
+    return 0.2 if len(args.annotators) > 1 else 0.0
 
 
 def cmd_train(args):
@@ -122,6 +131,12 @@ def _train(args):
     from ucal.cluster import SelfPacedDBSCAN
     from ucal.reid import UCALReID
 
+    if (args.annotators or args.reviewer) and args.oracle != "web":
+        raise ValueError("--annotators and --reviewer need --oracle web (a team answers on "
+                         "the annotation page).")
+    if args.reviewer and not args.annotators:
+        raise ValueError("--reviewer needs --annotators: a reviewer settles a team's "
+                         "disagreements.")
     main = _rank() == 0
     if main:
         os.makedirs(args.output, exist_ok=True)
@@ -175,6 +190,14 @@ def _train(args):
         y = train.pids
     elif args.oracle == "web" and not main:
         oracle = _AskedOnRankZero()  # the page runs on rank 0
+    elif args.oracle == "web" and args.annotators:
+        from ucal.annotation import TeamOracle
+
+        # Each person gets their own link; every answer is recorded under their name.
+        web = TeamOracle(train, args.annotators, reviewer=args.reviewer, label_memory=memory,
+                         double_fraction=_double_fraction(args), host=args.host, port=args.port,
+                         open_browser=args.open_browser, random_state=args.seed)
+        oracle = web
     elif args.oracle == "web":
         from ucal.oracles import WebOracle
 
@@ -267,6 +290,14 @@ def add_parser(commands):
     train.add_argument("--host", default="127.0.0.1", help="--oracle web: address")
     train.add_argument("--port", type=int, default=0, help="--oracle web: port (0: any free)")
     train.add_argument("--open-browser", action="store_true", help="--oracle web: open the page")
+    train.add_argument("--annotators", nargs="+", default=None, metavar="NAME",
+                       help="--oracle web: a team, each person on their own link (answers "
+                       "resolved by majority)")
+    train.add_argument("--reviewer", default=None, metavar="NAME",
+                       help="--annotators: the person who settles disagreements")
+    train.add_argument("--double-fraction", type=float, default=None, metavar="F",
+                       help="--annotators: share of pairs answered by two people (default 0.2; "
+                       "0 for one person)")
     add_verbosity(train)
     add_threads(train)
     train.set_defaults(func=cmd_train)

@@ -31,8 +31,10 @@ from ._protocol import (
     check_pairs,
 )
 from ._simulated import LabelOracle, NoisyOracle
+from ._team import AnnotatorTeam, assign_pairs
 
 __all__ = [
+    "AnnotatorTeam",
     "AnswerRecord",
     "BudgetExhaustedWarning",
     "LabelMemory",
@@ -42,6 +44,7 @@ __all__ = [
     "WebOracle",
     "annotator_agreement",
     "as_label_memory",
+    "assign_pairs",
     "check_identities",
     "check_oracle_answers",
     "check_pairs",

@@ -3,6 +3,8 @@
 import itertools
 import math
 
+import numpy as np
+
 from ._memory import LabelMemory
 
 __all__ = ["annotator_agreement", "cohen_kappa"]
@@ -44,11 +46,15 @@ def cohen_kappa(a, b):
     return (observed - chance) / (1.0 - chance)
 
 
-def _latest_answers(memory):
+# The source of an answer asked only because two people disagreed on the pair.
+TIEBREAK = "tiebreak"
+
+
+def _latest_answers(memory, exclude_sources):
     """annotator -> {(i, j): latest definite answer} from the records of ``memory``."""
     latest = {}
     for record in memory:
-        if record.annotator is None or record.unsure:
+        if record.annotator is None or record.unsure or record.source in exclude_sources:
             continue
         answers = latest.setdefault(record.annotator, {})
         if record.same is None:  # a retraction takes that person's answer back
@@ -58,19 +64,31 @@ def _latest_answers(memory):
     return latest
 
 
-def annotator_agreement(memory):
+def annotator_agreement(memory, *, exclude_sources=(TIEBREAK, "correction")):
     """How much the annotators of a label memory agree, pair of people by pair.
 
     Each person's latest definite answer to each pair counts ("not sure"
     answers do not). For every two annotators who answered common pairs:
     the number of common pairs, the share they agree on and Cohen's kappa.
     Per annotator: the same against everyone else pooled; a low kappa there
-    singles out the least reliable person.
+    singles out the least reliable person. With three people or more who
+    share pairs, each person's own error rate is estimated too: two
+    people disagree on a pair when exactly one of them errs, so their
+    disagreement rate is about the sum of their error rates, and the rates
+    that fit every pair of people best (non-negative least squares,
+    weighted by shared pairs) separate one person's errors from the
+    others'.
 
     Parameters
     ----------
     memory : LabelMemory or str or path-like
         The memory, or the path of its answers file.
+    exclude_sources : sequence of str, default=("tiebreak", "correction")
+        Answers left out. A third person's answer asked only because two
+        disagreed (``source="tiebreak"``, as the teams record it), and a
+        reviewer's decision (``source="correction"``), would make everyone
+        look less reliable than they are: they are given only where
+        someone erred.
 
     Returns
     -------
@@ -78,7 +96,8 @@ def annotator_agreement(memory):
         ``"pairs"``: a list of ``{"annotators": (a, b), "n_common": int,
         "agreement": float, "kappa": float}``; ``"annotators"``: ``{name:
         {"n_answers": int, "n_common": int, "agreement": float, "kappa":
-        float}}``; ``"overall"``: ``{"n_common": int, "agreement": float,
+        float, "error_rate": float}}`` (``error_rate`` NaN with fewer than
+        three people sharing pairs); ``"overall"``: ``{"n_common": int, "agreement": float,
         "kappa": float}`` pooled over all pairs of people. Kappa is NaN where
         it is undefined (no common pair, or one answer only).
 
@@ -94,7 +113,7 @@ def annotator_agreement(memory):
     """
     if not isinstance(memory, LabelMemory):
         memory = LabelMemory(memory)
-    latest = _latest_answers(memory)
+    latest = _latest_answers(memory, tuple(exclude_sources))
     names = sorted(latest)
     pairs = []
     pooled = {name: ([], []) for name in names}
@@ -125,10 +144,41 @@ def annotator_agreement(memory):
             "kappa": cohen_kappa(mine, theirs),
         }
 
+    errors = _error_rates(names, pairs)
     return {
         "pairs": pairs,
         "annotators": {
-            name: {"n_answers": len(latest[name]), **summary(*pooled[name])} for name in names
+            name: {"n_answers": len(latest[name]), **summary(*pooled[name]),
+                   "error_rate": errors.get(name, math.nan)}
+            for name in names
         },
         "overall": summary(*everyone),
     }
+
+
+def _error_rates(names, pairs):
+    """name -> estimated error rate, from the disagreement rates of every two people.
+
+    Two people with error rates a and b disagree with probability
+    a + b - 2ab; the rates are fitted to the observed disagreements by
+    non-negative least squares on the linear part (a + b), each pair of
+    people weighted by the square root of their shared pairs. Identifiable
+    from three people on (a triangle of shared pairs); else empty.
+    """
+    from scipy.optimize import nnls
+
+    people = sorted({name for p in pairs for name in p["annotators"]})
+    if len(people) < 3 or len(pairs) < len(people):
+        return {}
+    index = {name: k for k, name in enumerate(people)}
+    design = np.zeros((len(pairs), len(people)))
+    target = np.zeros(len(pairs))
+    for row, p in enumerate(pairs):
+        weight = math.sqrt(p["n_common"])
+        for name in p["annotators"]:
+            design[row, index[name]] = weight
+        target[row] = weight * (1.0 - p["agreement"])
+    if np.linalg.matrix_rank(design) < len(people):
+        return {}
+    rates, _ = nnls(design, target)
+    return {name: float(min(rates[index[name]], 0.5)) for name in people}

@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from itertools import pairwise
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -37,6 +37,9 @@ _MAX_UNSURE = 2
 
 # The source of the review page's corrections: such an answer settles a changed pair.
 _CORRECTION = "correction"
+
+# How the answers of a pair become the one answer used (LabelMemory's ``resolution``).
+RESOLUTIONS = ("latest", "majority")
 
 
 # Windows opens files in text mode unless told otherwise (CRLF line ends)
@@ -178,12 +181,12 @@ class AnswerRecord(NamedTuple):
 
     i: int
     j: int
-    same: Optional[bool]
+    same: bool | None
     source: str
     time: float
     unsure: bool = False
-    annotator: Optional[str] = None
-    seconds: Optional[float] = None
+    annotator: str | None = None
+    seconds: float | None = None
 
 
 class _AskResult(NamedTuple):
@@ -243,6 +246,19 @@ class LabelMemory:
     infer : bool, default=True
         Infer answers transitively. ``False`` remembers exact pairs only,
         as in the paper (used to measure what inference saves).
+    resolution : {"latest", "majority"}, default="latest"
+        How the answers of one pair become the answer used (rule 1 below).
+        ``"latest"``: the latest definite answer wins, whoever gave it.
+        ``"majority"``, for a team: each annotator's latest definite answer
+        is one vote (answers recorded without an annotator are one voter
+        together); more "same" than "different" votes answer "same", and
+        the reverse "different"; a tie leaves the pair unanswered, listed
+        by :meth:`conflicts` as a tied ``"disagreement"`` and never sent by
+        :meth:`ask`, until a reviewer (an answer with
+        ``source="correction"``, as the review page records) or one more
+        vote breaks it. A reviewer's latest answer overrides the votes.
+        The rule is not stored in the file: open a team's file with the
+        same ``resolution`` every time.
 
     Attributes
     ----------
@@ -281,14 +297,25 @@ class LabelMemory:
     (3, 3)
     """
 
-    def __init__(self, path=None, *, infer=True):
+    def __init__(self, path=None, *, infer=True, resolution="latest"):
+        if resolution not in RESOLUTIONS:
+            raise ValueError(
+                f"resolution must be one of {RESOLUTIONS}, got {resolution!r}."
+            )
         self.path = None if path is None else os.fspath(path)
         self.infer = bool(infer)
+        self.resolution = resolution
         self._lock = threading.RLock()
         self._records = []
         self._exact = {}  # (i, j) with i < j -> bool, latest definite answer
         self._unsure = {}  # (i, j) without a definite answer -> its "not sure" answers (> 0)
         self._by_annotator = {}  # (i, j, annotator) -> that person's latest definite answer
+        self._annotators = set()  # every name in _by_annotator
+        # resolution="majority": (i, j) -> {annotator or None: latest definite answer}, the
+        # reviewer's latest answer per pair, and the pairs whose votes are tied
+        self._votes = {}
+        self._reviewed = {}
+        self._tied = set()
         self._dirty = True
         self.n_queries = 0
         self.n_inferred = 0
@@ -500,22 +527,83 @@ class LabelMemory:
                 self._unsure[key] = self._unsure.get(key, 0) + 1
             return
         if record.same is None:  # a retraction: takes back the pair's latest answer
-            if key in self._exact:  # its definite answer: the pair has no answer again
-                del self._exact[key]
-                self._dirty = True
-            elif key in self._unsure:  # else its latest "not sure"
+            if self.resolution == "majority" and record.source == _CORRECTION:
+                retracted = self._reviewed.pop(key, None) is not None  # the review is undone
+                if retracted:
+                    self._resolve(key)
+                    self._dirty = True
+            elif self.resolution == "majority":
+                retracted = self._retract_vote(key, record.annotator)
+                # that person's answer is gone: the same answer again is new
+                self._by_annotator.pop((*key, record.annotator), None)
+            else:
+                retracted = key in self._exact
+                if retracted:  # its definite answer: the pair has no answer again
+                    del self._exact[key]
+                    self._dirty = True
+                    for name in self._annotators:  # so any answer again is new
+                        self._by_annotator.pop((*key, name), None)
+            if not retracted and key in self._unsure:  # else its latest "not sure"
                 self._unsure[key] -= 1
                 if not self._unsure[key]:
                     del self._unsure[key]
             return
         if record.annotator is not None:
             self._by_annotator[(record.i, record.j, record.annotator)] = record.same
+            self._annotators.add(record.annotator)
         previous = self._exact.get(key)
         if previous is not None and previous != record.same:
             self.n_contradictions_ += 1
-        self._exact[key] = record.same
+        if self.resolution == "majority":
+            if record.source == _CORRECTION:  # a reviewer decides the pair
+                self._reviewed[key] = record.same
+            else:  # one vote per person: their latest definite answer
+                self._votes.setdefault(key, {})[record.annotator] = record.same
+            self._resolve(key)
+        else:
+            self._exact[key] = record.same
         self._unsure.pop(key, None)  # a definite answer overrides "not sure"
         self._dirty = True
+
+    def _retract_vote(self, key, annotator):
+        """resolution="majority": take back ``annotator``'s vote on ``key`` (True if there was one)."""
+        votes = self._votes.get(key, {})
+        if annotator not in votes:
+            return False
+        del votes[annotator]
+        if not votes:
+            del self._votes[key]
+        self._resolve(key)
+        self._dirty = True
+        return True
+
+    def _resolve(self, key):
+        """resolution="majority": the pair's answer from its reviewer, else its votes."""
+        votes = self._votes.get(key, {})
+        n_same = sum(votes.values())
+        n_different = len(votes) - n_same
+        self._tied.discard(key)
+        if key in self._reviewed:
+            self._exact[key] = self._reviewed[key]
+        elif n_same != n_different:
+            self._exact[key] = n_same > n_different
+        else:  # no vote left, or a tie: no answer until someone breaks it
+            self._exact.pop(key, None)
+            if votes:
+                self._tied.add(key)
+
+    def _not_to_ask(self, pairs):
+        """Pairs (any order) -> bool array: answered "not sure" twice, or tied (for a reviewer)."""
+        return (self._unsure_counts(pairs) >= _MAX_UNSURE) | self._tied_mask(pairs)
+
+    def _tied_mask(self, pairs):
+        """Pairs (any order) -> bool array: tied votes (resolution="majority")."""
+        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        with self._lock:
+            tied = self._tied
+            return np.fromiter(
+                ((i, j) in tied for i, j in pairs.tolist()), dtype=bool, count=len(pairs)
+            )
 
     def _unsure_counts(self, pairs):
         """Pairs (any order) -> int array of their current "not sure" answers."""
@@ -698,7 +786,11 @@ class LabelMemory:
                     new.append(AnswerRecord(i, j, None, source, now, True, annotator, spent))
                     continue
                 same = bool(code)
-                if annotator is None:
+                if annotator is None and self.resolution == "majority":
+                    # the unnamed voter's own answer, not the pair's resolved one
+                    key = (i, j)
+                    current = pending.get(key, self._votes.get(key, {}).get(None))
+                elif annotator is None:
                     key, current = (i, j), pending.get((i, j), self._exact.get((i, j)))
                 else:  # one person's answer: a no-op only when they gave it already
                     key = (i, j, annotator)
@@ -715,7 +807,7 @@ class LabelMemory:
                 self._apply(r)
             return len(new)
 
-    def retract(self, pairs, *, source="undo"):
+    def retract(self, pairs, *, source="undo", annotator=None):
         """Take back the answers of exact pairs (an undo).
 
         A retraction is itself a record (``same`` is None, ``unsure``
@@ -731,6 +823,10 @@ class LabelMemory:
             Sample indices; pairs without an answer are ignored.
         source : str, default="undo"
             Who took the answer back, stored with each record.
+        annotator : str, default=None
+            The person taking their answer back. With
+            ``resolution="majority"`` only that person's vote is removed
+            (None: the vote of answers recorded without an annotator).
 
         Returns
         -------
@@ -749,15 +845,23 @@ class LabelMemory:
         array([-1], dtype=int8)
         """
         pairs, _ = _canonical(check_pairs(pairs))
+        if annotator is not None and (not isinstance(annotator, str) or not annotator):
+            raise ValueError(f"annotator must be a non-empty string, got {annotator!r}.")
         now = time.time()
         with self._lock:
             new = []
             seen = set()
             for i, j in pairs.tolist():
-                answered = (i, j) in self._exact or (i, j) in self._unsure
+                if self.resolution == "majority" and source == _CORRECTION:
+                    answered = (i, j) in self._reviewed
+                elif self.resolution == "majority":
+                    answered = annotator in self._votes.get((i, j), {})
+                else:
+                    answered = (i, j) in self._exact
+                answered = answered or (i, j) in self._unsure
                 if answered and (i, j) not in seen:
                     seen.add((i, j))
-                    new.append(AnswerRecord(i, j, None, str(source), now))
+                    new.append(AnswerRecord(i, j, None, str(source), now, False, annotator))
             if not new:
                 return 0
             if self.path is not None:
@@ -779,8 +883,9 @@ class LabelMemory:
             known, exact = self._lookup(uniq)
             n_marks = len(self._records)
         unknown = np.flatnonzero(known < 0)
-        # "not sure" twice already, or held out for validation: not asked (order kept)
-        given_up = self._unsure_counts(uniq[unknown]) >= _MAX_UNSURE
+        # "not sure" twice already, tied (for a reviewer), or held out for validation:
+        # not asked (order kept)
+        given_up = self._not_to_ask(uniq[unknown])
         n_unsure_skipped = int(given_up.sum())
         if len(self._held_out):
             given_up |= np.isin(keys[first[order]][unknown], self._held_out)
@@ -803,14 +908,19 @@ class LabelMemory:
             if codes is not None:
                 valid = codes >= -1
                 unsure = codes == -1
-                if unsure.any():
-                    # An oracle that records into this memory itself (a WebOracle given
-                    # it as label_memory) already wrote its "not sure" answers: one
-                    # answer must not count as two.
-                    with self._lock:
-                        written = {(r.i, r.j) for r in self._records[n_marks:] if r.unsure}
-                    if written:
-                        valid &= ~(unsure & np.array([tuple(p) in written for p in send.tolist()]))
+                # An oracle that records into this memory itself (a WebOracle or a team
+                # given it as label_memory) already wrote what people answered: its
+                # reply is their resolved answer, not one more answer to count.
+                with self._lock:
+                    new = self._records[n_marks:]
+                by_oracle = np.zeros(len(send), dtype=bool)
+                if new:
+                    written = {(r.i, r.j) for r in new}
+                    by_oracle = np.array([tuple(p) in written for p in send.tolist()])
+                    unsure_written = {(r.i, r.j) for r in new if r.unsure}
+                    unsure = (unsure & ~by_oracle) | np.array(
+                        [tuple(p) in unsure_written for p in send.tolist()])
+                    valid &= ~by_oracle
                 try:
                     n_kept = self.record(send[valid], codes[valid], source=source)
                 except (OSError, ValueError) as error:  # no room; or a foreign line appeared
@@ -1024,23 +1134,48 @@ class LabelMemory:
             self._rebuild()
             records = list(self._records)
             comp, nodes = self._comp, self._nodes
-        # the definite answers of each pair since its last retraction, oldest first
+            exact = dict(self._exact)
+            if self.resolution == "majority":
+                disputed = {
+                    key: key in self._tied for key, votes in self._votes.items()
+                    if len(set(votes.values())) > 1 and key not in self._reviewed
+                }
+        # the definite answers of each pair since its last retraction, oldest first; with
+        # resolution="majority", each voter's (and the reviewer's) since their own
         history = {}
         for r in records:
             if r.unsure:
                 continue
-            if r.same is None:
-                history.pop((r.i, r.j), None)
+            key = (r.i, r.j)
+            if self.resolution == "majority":
+                voter = _CORRECTION if r.source == _CORRECTION else r.annotator
+                if r.same is None:
+                    history.get(key, {}).pop(voter, None)
+                else:
+                    votes = history.setdefault(key, {})
+                    votes.pop(voter, None)  # re-inserted last: the dict stays in time order
+                    votes[voter] = r
+            elif r.same is None:
+                history.pop(key, None)
             else:
-                history.setdefault((r.i, r.j), []).append(r)
+                history.setdefault(key, []).append(r)
+        if self.resolution == "majority":
+            history = {key: list(votes.values()) for key, votes in history.items() if votes}
         changed = []
-        for key in sorted(history):
+        if self.resolution == "majority":
+            changed = self._disagreements(records, disputed)
+        for key in sorted(history) if self.resolution == "latest" else ():
             answers = history[key]
             if len({r.same for r in answers}) > 1 and answers[-1].source != _CORRECTION:
                 changed.append(
                     {"kind": "changed", "i": key[0], "j": key[1], "answers": answers, "chain": []}
                 )
-        current = {key: answers[-1] for key, answers in history.items()}
+        # the latest record giving each pair's current answer (tied pairs have none)
+        current = {
+            key: next((r for r in reversed(answers) if r.same == exact[key]), None)
+            for key, answers in history.items() if key in exact
+        }
+        current = {key: r for key, r in current.items() if r is not None}
 
         def node(i):  # the memory's graph numbers only the samples answered about
             return int(np.searchsorted(nodes, i))
@@ -1074,6 +1209,25 @@ class LabelMemory:
                 )
         return changed + transitive
 
+    @staticmethod
+    def _disagreements(records, disputed):
+        """resolution="majority": the ``"disagreement"`` conflicts, tied pairs first."""
+        latest = {}  # (i, j) -> {annotator: their latest definite record}
+        for r in records:
+            if r.unsure or (r.i, r.j) not in disputed or r.source == _CORRECTION:
+                continue
+            votes = latest.setdefault((r.i, r.j), {})
+            if r.same is None:
+                votes.pop(r.annotator, None)
+            else:
+                votes[r.annotator] = r
+        order = sorted(disputed, key=lambda key: (not disputed[key], key))
+        return [
+            {"kind": "disagreement", "i": key[0], "j": key[1], "tied": disputed[key],
+             "answers": sorted(latest[key].values(), key=lambda r: r.time), "chain": []}
+            for key in order
+        ]
+
     @property
     def n_conflicts_(self):
         """int: Current transitive conflicts (see :meth:`conflicts`)."""
@@ -1100,7 +1254,8 @@ class LabelMemory:
 
     def __repr__(self):
         where = "" if self.path is None else f"path={self.path!r}, "
-        return f"LabelMemory({where}infer={self.infer}, n_answers={len(self)})"
+        rule = "" if self.resolution == "latest" else f", resolution={self.resolution!r}"
+        return f"LabelMemory({where}infer={self.infer}{rule}, n_answers={len(self)})"
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -1111,5 +1266,8 @@ class LabelMemory:
         state.setdefault("_unsure", {})  # pickled before "not sure" answers were kept
         state.setdefault("_by_annotator", {})  # ... before annotators were recorded
         state.setdefault("_held_out", np.empty(0, dtype=np.int64))  # ... before hold_out
+        for name, empty in (("resolution", "latest"), ("_votes", {}), ("_reviewed", {}),
+                            ("_tied", set()), ("_annotators", set())):  # ... before team answers were resolved
+            state.setdefault(name, empty)
         self.__dict__.update(state)
         self._lock = threading.RLock()

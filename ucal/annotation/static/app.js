@@ -13,6 +13,8 @@
   let state = null;      // last state from the server
   let currentId = null;  // id of the pair on screen
   let busy = false;      // an answer is being sent: ignore further keys
+  let shownId = null;    // the pair whose display time shownAt holds
+  let shownAt = 0;       // when it appeared (performance.now()): an answer's seconds
   let reviewPage = 0;
 
   function withToken(path) {
@@ -204,6 +206,10 @@
     if (positionOf(currentId) < 0) currentId = firstUnanswered();
     const k = positionOf(currentId);
     const pair = batch.pairs[k];
+    if (shownId !== pair.id) {
+      shownId = pair.id;
+      shownAt = performance.now();
+    }
     $("pair-position").textContent = "(pair " + (k + 1) + " of " + batch.n_pairs + ")";
     renderSide("left", pair.left);
     renderSide("right", pair.right);
@@ -247,7 +253,9 @@
   async function answer(kind) {
     if (busy || !state || !state.batch || currentId === null) return;
     const id = currentId;
-    await send("answer", { pair_id: id, answer: kind }, () => {
+    // How long the person looked at the pair, kept with the answer.
+    const seconds = Math.round((performance.now() - shownAt) / 10) / 100;
+    await send("answer", { pair_id: id, answer: kind, seconds: Math.min(seconds, 86400) }, () => {
       const next = firstUnanswered(positionOf(id));
       if (next !== null) currentId = next;
     });
@@ -289,6 +297,11 @@
       return "#" + conflict.i + " and #" + conflict.j + " were answered \u201cdifferent\u201d, " +
         "but \u201csame\u201d answers join them: " +
         conflict.path.map((k) => "#" + k).join(" = ") + ". One of these answers is wrong.";
+    }
+    if (conflict.kind === "disagreement") {
+      return "#" + conflict.i + " and #" + conflict.j + ": " +
+        conflict.votes.map((v) => (v.annotator || "someone") + " says " + LABELS[v.answer]).join(", ") +
+        (conflict.tied ? ". A tie: your answer decides." : ". The majority is used unless you decide.");
     }
     const record = recordOf(conflict.i, conflict.j);
     const given = record ? record.history.filter((h) => h.answer === "same" || h.answer === "different") : [];
@@ -351,7 +364,8 @@
     const meta = document.createElement("p");
     meta.className = "muted";
     const when = record.time ? new Date(record.time * 1000).toLocaleString() : "";
-    meta.textContent = "by " + record.source + (when ? ", " + when : "") +
+    const who = record.annotator ? record.annotator + " (" + record.source + ")" : record.source;
+    meta.textContent = "by " + who + (when ? ", " + when : "") +
       (record.history.length > 1 ? " \u00b7 " + record.history.length + " answers over time" : "");
     const buttons = document.createElement("div");
     buttons.className = "record-buttons";
@@ -435,8 +449,42 @@
     }
   }
 
+  function kappa(value) {
+    return value === null || value === undefined ? "n/a" : value.toFixed(2);
+  }
+
+  // A team's page: who this is, what everyone has left, and how much they agree.
+  function renderTeam() {
+    const team = state.team;
+    $("team").hidden = !team;
+    if (!team) return;
+    const roles = {
+      annotator: "You answer as " + team.name + ": only the pairs given to you appear here.",
+      reviewer: "You review as " + team.name + ": settle the disagreements, ties first.",
+      overview: "Team overview: each person answers on their own link.",
+    };
+    $("team-who").textContent = roles[team.role];
+    const agreement = team.agreement;
+    $("team-table").replaceChildren(...team.members.map((member) => {
+      const row = document.createElement("tr");
+      const mine = agreement.annotators[member.name];
+      for (const text of [member.name, member.n_open + " open", member.n_answers + " answers",
+                          mine ? "kappa " + kappa(mine.kappa) + " on " + mine.n_common : "kappa n/a"]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      return row;
+    }));
+    const overall = agreement.overall;
+    $("team-agreement").textContent = "Agreement on the pairs two people answered: " +
+      (overall.n_common ? Math.round(100 * overall.agreement) + "%, Cohen's kappa " + kappa(overall.kappa) +
+        " (" + overall.n_common + " comparisons)" : "none yet") + ".";
+  }
+
   function render() {
     if (!state) return;
+    renderTeam();
     if (state.mode === "review") renderReview();
     else {
       renderProgress();
@@ -457,7 +505,8 @@
   }
 
   async function poll() {
-    if (!busy && (!state || state.mode !== "review")) await refresh();
+    // A review of a file is still; a team's review changes as people answer.
+    if (!busy && (!state || state.mode !== "review" || state.team)) await refresh();
     window.setTimeout(poll, POLL_MS);
   }
 
