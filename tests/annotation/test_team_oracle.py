@@ -27,6 +27,15 @@ def wait_for_pairs(client, timeout=10):
     raise AssertionError("no pair appeared")
 
 
+def wait_for_team_batch(oracle, timeout=10):
+    """The team oracle's open batch, once the call has shared it out."""
+    deadline = time.monotonic() + timeout
+    while oracle._batch is None:
+        assert time.monotonic() < deadline, "no batch appeared"
+        time.sleep(0.02)
+    return oracle._batch
+
+
 def answer_all(client, answer_of, seconds=1.5):
     """Answer every open pair of the person's batch with ``answer_of(left, right)``."""
     state = client.state()
@@ -80,10 +89,7 @@ def test_a_tie_goes_to_the_third_annotator(images):
                     verbose=0) as oracle:
         call = Call(oracle, [[0, 1]])
         clients = {name: Client(url) for name, url in oracle.urls.items()}
-        first = [n for n, c in clients.items() if c.state()["batch"] and
-                 c.state()["batch"]["n_pairs"]]
-        if len(first) < 2:
-            first = [n for n, c in clients.items() if wait_for_pairs(c)]
+        first = list(wait_for_team_batch(oracle).assigned[0])
         assert len(first) == 2
         third = ({"ann", "bob", "cat"} - set(first)).pop()
         assert clients[third].state()["batch"]["n_pairs"] == 0
@@ -197,10 +203,7 @@ def test_a_tie_made_by_an_undo_goes_to_the_third_annotator(images):
                     verbose=0) as oracle:
         call = Call(oracle, [[0, 1], [2, 3]])
         clients = {name: Client(url) for name, url in oracle.urls.items()}
-        deadline = time.monotonic() + 10
-        while oracle._batch is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        batch = oracle._batch
+        batch = wait_for_team_batch(oracle)
         first, second = batch.assigned[0]  # the two people given pair (0, 1)
         a, b = clients[first], clients[second]
         pair_id = batch.first_id
