@@ -154,3 +154,28 @@ def test_dense_heavy_columns_give_the_same_distances(monkeypatch, heavy):
     monkeypatch.setattr(jaccard_module, "_MAX_TRIPLES", 5000)  # many chunks
     D = jaccard_distance(X, 20, 6)
     np.testing.assert_allclose(_dense(D), expected, atol=1e-5)
+
+
+def test_symmetric_layout_keeps_explicit_zeros_and_sorted_rows():
+    from scipy import sparse
+
+    from ucal.cluster._jaccard import _symmetric_csr
+
+    n = 300
+    upper = sparse.triu(sparse.random(n, n, density=0.05, random_state=0, format="csr"))
+    upper.setdiag(0.5)
+    coo = upper.tocoo()
+    order = np.lexsort((coo.col, coo.row))  # row-major, as _upper_distances gives them
+    i, j = coo.row[order].astype(np.int32), coo.col[order].astype(np.int32)
+    d = coo.data[order].astype(np.float32)
+    d[::7] = 0.0  # a distance of 0 is an entry, not a missing one
+    got = _symmetric_csr(i, j, d, n)
+    strictly = i != j
+    want = sparse.csr_matrix(
+        (np.r_[d, d[strictly]], (np.r_[i, j[strictly]], np.r_[j, i[strictly]])), shape=(n, n)
+    )
+    want.sort_indices()
+    assert got.has_sorted_indices
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)

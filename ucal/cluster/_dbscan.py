@@ -45,20 +45,28 @@ def sparse_dbscan(distance, eps, min_samples):
     """
     n = distance.shape[0]
     distance = sparse.csr_matrix(distance)
-    rows = np.repeat(np.arange(n), np.diff(distance.indptr))
-    cols = distance.indices
+    indptr = distance.indptr
     within = distance.data <= eps
-    rows, cols, dist = rows[within], cols[within], distance.data[within]
-    is_core = np.bincount(rows, minlength=n) >= min_samples
+    # entries within eps per row, from a running count (no row index per entry yet)
+    running = np.concatenate([[0], np.cumsum(within, dtype=np.int64)])
+    is_core = running[indptr[1:]] - running[indptr[:-1]] >= min_samples
     labels = np.full(n, -1, dtype=np.int64)
     if not is_core.any():
         return labels
-    core_edge = is_core[rows] & is_core[cols]
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    cols = distance.indices
+    # The graph of core points within eps, built straight as CSR (the entries are
+    # already in row order). It is symmetric, so its strongly connected components
+    # are its connected components, found without the transpose an undirected
+    # search builds.
+    core_edge = within & is_core[rows] & is_core[cols]
     graph = sparse.csr_matrix(
-        (np.ones(core_edge.sum(), dtype=np.int8), (rows[core_edge], cols[core_edge])),
+        (np.ones(int(core_edge.sum()), dtype=np.int8), cols[core_edge],
+         np.concatenate([[0], np.cumsum(np.bincount(rows[core_edge], minlength=n))])),
         shape=(n, n),
     )
-    _, component = connected_components(graph, directed=False)
+    del core_edge
+    _, component = connected_components(graph, directed=True, connection="strong")
     core_idx = np.flatnonzero(is_core)
     # Number clusters by their first core point, as scikit-learn does.
     _, first = np.unique(component[core_idx], return_index=True)
@@ -68,9 +76,10 @@ def sparse_dbscan(distance, eps, min_samples):
     _, inverse = np.unique(component[core_idx], return_inverse=True)
     labels[core_idx] = remap[inverse]
     # Border points: non-core points with a core neighbour join its cluster.
-    border_edge = ~is_core[rows] & is_core[cols]
-    if border_edge.any():
-        b_rows, b_cols, b_dist = rows[border_edge], cols[border_edge], dist[border_edge]
+    border_edge = np.flatnonzero(within & ~is_core[rows] & is_core[cols])
+    if border_edge.size:
+        b_rows, b_cols = rows[border_edge], cols[border_edge]
+        b_dist = distance.data[border_edge]
         order = np.lexsort((labels[b_cols], b_dist, b_rows))
         b_rows, b_cols = b_rows[order], b_cols[order]
         first_of_row = np.r_[True, b_rows[1:] != b_rows[:-1]]

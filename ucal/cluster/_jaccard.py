@@ -113,6 +113,12 @@ def _upper_distances(V, max_distance, n_rows=None):
     n = V.shape[0]
     n_rows = n if n_rows is None else min(int(n_rows), n)
     totals = np.asarray(V.sum(axis=1)).ravel()
+    # d(i, j) <= t needs m >= (1 - t) (|V_i| + |V_j|) / (2 - t): cells with less shared
+    # mass are skipped before any distance is computed (all of them without a bound)
+    min_shared = np.finfo(np.float64).tiny
+    if max_distance is not None and n:
+        t = min(float(max_distance), 1.0)
+        min_shared = max(min_shared, (1.0 - t) * 2.0 * float(totals.min()) / (2.0 - t) * (1 - 1e-9))
     row_ptr = V.indptr.astype(np.int64)
     row_cols = V.indices.astype(np.int64)
     row_vals = V.data.astype(np.float32)
@@ -155,7 +161,7 @@ def _upper_distances(V, max_distance, n_rows=None):
         acc = np.bincount(keys, weights=mins, minlength=(stop - start) * width).astype(np.float64, copy=False)
         del keys, mins
         _add_heavy(acc, heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width)
-        hit = np.flatnonzero(acc)
+        hit = np.flatnonzero(acc >= min_shared)
         i = hit // width + start
         j = hit % width + start
         m = acc[hit]
@@ -190,21 +196,42 @@ def _add_heavy(acc, heavy, pos, partners, csc_rows, csc_vals, start, width):
     stops = np.r_[starts[1:], pos.size]
     for a, b in zip(starts, stops):
         p0, p1, end = pos[a], pos[b - 1] + 1, ends[a]
-        mins = np.triu(np.minimum(csc_vals[p0:p1, None], csc_vals[None, p0:end]))
-        keys = (csc_rows[p0:p1, None].astype(np.int64) - start) * width + (csc_rows[p0:end] - start)
+        mins = np.minimum.outer(csc_vals[p0:p1], csc_vals[p0:end])
+        keys = np.add.outer((csc_rows[p0:p1].astype(np.int64) - start) * width,
+                            csc_rows[p0:end] - start)
+        # the rectangle right of the run is all upper; within the run, only j >= i
+        mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
         acc[keys] += mins
 
 
 def _symmetric_csr(i, j, d, n):
-    """CSR matrix from its upper triangle (i <= j), explicit zeros kept."""
+    """CSR matrix from its upper triangle (i <= j, in row-major order), explicit zeros kept.
+
+    Row ``r`` of the result is the lower part (the transposed strict upper
+    triangle: columns below ``r``) followed by the upper part (columns from
+    ``r`` on), so both halves are laid out directly, already sorted.
+    """
+    upper = sparse.csr_matrix((d, j, np.concatenate([[0], np.cumsum(np.bincount(i, minlength=n))])),
+                              shape=(n, n))
+    if not upper.has_sorted_indices:  # given out of row-major order: sort once
+        upper.sort_indices()
     strictly = i != j
-    rows = np.concatenate([i, j[strictly]])
-    cols = np.concatenate([j, i[strictly]])
-    data = np.concatenate([d, d[strictly]])
+    lower = sparse.csr_matrix((d[strictly], j[strictly], np.concatenate(
+        [[0], np.cumsum(np.bincount(i[strictly], minlength=n))])), shape=(n, n)).T.tocsr()
     del strictly
-    # (Sparse addition would drop the explicit zeros: build from COO.)
-    out = sparse.csr_matrix((data, (rows, cols)), shape=(n, n))
-    out.sort_indices()
+    lower_count, upper_count = np.diff(lower.indptr), np.diff(upper.indptr)
+    indptr = np.concatenate([[0], np.cumsum(lower_count + upper_count)])
+    size = int(indptr[-1])
+    indices = np.empty(size, dtype=np.int32)
+    data = np.empty(size, dtype=d.dtype)
+    # where each half's entries go: the row's start, plus (for the upper half) the lower count
+    lower_at = np.repeat(indptr[:-1] - lower.indptr[:-1], lower_count) + np.arange(lower.nnz)
+    upper_at = np.repeat(indptr[:-1] + lower_count - upper.indptr[:-1], upper_count) + np.arange(
+        upper.nnz)
+    indices[lower_at], data[lower_at] = lower.indices, lower.data
+    indices[upper_at], data[upper_at] = upper.indices, upper.data
+    out = sparse.csr_matrix((data, indices, indptr), shape=(n, n))
+    out.has_sorted_indices = True
     return out
 
 
