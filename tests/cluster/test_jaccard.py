@@ -170,6 +170,10 @@ def test_symmetric_layout_keeps_explicit_zeros_and_sorted_rows():
     d = coo.data[order].astype(np.float32)
     d[::7] = 0.0  # a distance of 0 is an entry, not a missing one
     got = _symmetric_csr(i, j, d, n)
+    shuffled = np.random.default_rng(0).permutation(len(i))  # any order gives the same
+    again = _symmetric_csr(i[shuffled], j[shuffled], d[shuffled], n)
+    np.testing.assert_array_equal(again.indices, got.indices)
+    np.testing.assert_array_equal(again.data, got.data)
     strictly = i != j
     want = sparse.csr_matrix(
         (np.r_[d, d[strictly]], (np.r_[i, j[strictly]], np.r_[j, i[strictly]])), shape=(n, n)

@@ -211,9 +211,12 @@ def _symmetric_csr(i, j, d, n):
     triangle: columns below ``r``) followed by the upper part (columns from
     ``r`` on), so both halves are laid out directly, already sorted.
     """
+    if np.any(np.diff(i) < 0):  # not grouped by row: put them in row-major order once
+        order = np.lexsort((j, i))
+        i, j, d = i[order], j[order], d[order]
     upper = sparse.csr_matrix((d, j, np.concatenate([[0], np.cumsum(np.bincount(i, minlength=n))])),
                               shape=(n, n))
-    if not upper.has_sorted_indices:  # given out of row-major order: sort once
+    if not upper.has_sorted_indices:
         upper.sort_indices()
     strictly = i != j
     lower = sparse.csr_matrix((d[strictly], j[strictly], np.concatenate(
