@@ -286,7 +286,7 @@ def part_compare(args):
             f"{r.get('pairwise_f_vs_exact', 1.0):.3f} | {r.get('ari_vs_exact', 1.0):.3f} | "
             f"{r['pairwise_f_truth']:.3f} | {r['peak_mb']:.0f} |"
         )
-    _save("search_compare", rows, lines, (
+    _save(args.name or "search_compare", rows, lines, (
         f"N = {args.n}, d = {DIM}, k1 = {K1} (SpCL's fixed k1), one run per row. "
         "Recall@k1: share of each exact k1-neighbour list found. k-reciprocal recall: "
         "share of the exact mutual k1-neighbour pairs (what the Jaccard distance is built "
@@ -387,8 +387,10 @@ def main():
     parser.add_argument("--part", choices=["floor", "compare", "million"], default="floor")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--kinds", nargs="*", default=None)
-    parser.add_argument("--probes", type=int, nargs="*", default=[16, 32, 64])
+    parser.add_argument("--probes", type=int, nargs="*", default=[64, 128])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default=None,
+                        help="save the results under this name instead of the part's own")
     parser.add_argument("--reuse-exact", action="store_true",
                         help="reuse the exact path's result of an earlier --part compare run")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
