@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 
 from ucal.annotation import TeamOracle
-from ucal.oracles import LabelMemory, export_labels, import_answers
-from ucal.oracles._exchange import export_answers
+from ucal.oracles import LabelMemory, export_answers, export_labels, import_answers
 
-from .test_team_oracle import answer_all  # noqa: F401 - the HTTP twin of these tests
 from .test_web_browser import (  # noqa: F401 - fixtures
     ARTIFACTS,
     BUTTON,
     _pairs_with_truth,
     browser,
+    new_page,
     persons,
-    wait_until,
 )
 from .test_web_oracle import Call, Client, memory_lines
 
@@ -28,13 +26,7 @@ pytestmark = pytest.mark.browser
 
 
 def _open(chromium, url):
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    problems = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.problems = problems
+    page = new_page(chromium)
     page.goto(url)
     return page
 

@@ -503,17 +503,10 @@ class NotebookOracle(_Closable):
             )
         elif self.verbose:
             logger.info("Batch %d: %d pairs to answer in the notebook.", batch.number, len(pairs))
-        start = time.monotonic()
         outcome = "interrupted"
         try:
             with self._cond:
-                while not batch.complete and not self._closed:
-                    wait = None
-                    if self.timeout is not None:
-                        wait = self.timeout - (time.monotonic() - start)
-                        if wait <= 0:
-                            break
-                    self._cond.wait(timeout=wait)
+                self._cond.wait_for(lambda: batch.complete or self._closed, timeout=self.timeout)
                 codes = batch.codes()
                 if batch.complete:
                     outcome = "answered"

@@ -2,7 +2,6 @@
 
 import logging
 import threading
-import time
 import webbrowser
 
 from ..oracles import as_label_memory
@@ -18,11 +17,12 @@ from ._questions import (
     answer_unknown,
     check_context,
     check_person_options,
+    oracle_state,
     pair_sides,
     read_seconds,
     write_answer,
 )
-from ._server import AnnotationServer, ImageStore, _Closable, _file_name, show_url
+from ._server import AnnotationServer, ImageStore, _Closable, show_url
 
 __all__ = ["WebOracle"]
 
@@ -230,17 +230,10 @@ class WebOracle(_Closable, AnnotationController):
                      self.url, log=logger, level=logging.WARNING)
         elif self.verbose:
             logger.info("Batch %d: %d pairs to answer on the page.", batch.number, len(pairs))
-        start = time.monotonic()
         outcome = "interrupted"
         with self._cond:
             try:
-                while not batch.complete and not self._closed:
-                    wait = None
-                    if self.timeout is not None:
-                        wait = self.timeout - (time.monotonic() - start)
-                        if wait <= 0:
-                            break
-                    self._cond.wait(timeout=wait)
+                self._cond.wait_for(lambda: batch.complete or self._closed, timeout=self.timeout)
                 if batch.complete:
                     outcome = "answered"
                 else:
@@ -319,24 +312,8 @@ class WebOracle(_Closable, AnnotationController):
             return self._snapshot()
 
     def _snapshot(self):
-        from ..metrics import labeling_cost  # lazily: the metrics pull in more modules
-
         batch = self._batch
-        memory = self.label_memory
-        state = {
-            "mode": "oracle",
-            "version": self._version,
-            "n_samples": self.n_samples,
-            "n_queries": self.n_queries,
-            "cost": labeling_cost(self.n_queries, self.n_samples) if self.n_samples >= 2 else None,
-            "n_batches": self.n_batches,
-            "closed": self._closed,
-            "memory": None
-            if memory is None
-            else {"path": _file_name(memory), "n_answers": len(memory)},
-            "batch": None,
-            "last_batch": None,
-        }
+        state = oracle_state(self)
         if self._last_batch is not None:
             last = self._last_batch
             state["last_batch"] = {

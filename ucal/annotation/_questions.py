@@ -12,13 +12,16 @@ import numpy as np
 
 from ..oracles import check_pairs
 from ..oracles._memory import _MAX_UNSURE
+from ..oracles._protocol import check_person
 from ._controller import ANSWER_CODES, RequestError
+from ._server import _file_name
 
 __all__ = [
     "QuestionBatch",
     "answer_unknown",
     "check_context",
     "check_person_options",
+    "oracle_state",
     "pair_sides",
     "read_seconds",
     "write_answer",
@@ -100,6 +103,29 @@ def answer_unknown(pairs, n_samples, memory, ask):
     return known[inverse]
 
 
+def oracle_state(oracle):
+    """What every oracle's page state starts with: counts, cost, memory; no batch yet.
+
+    ``oracle`` has ``n_samples``, ``n_queries``, ``n_batches``,
+    ``label_memory`` (or None) and the private ``_version`` and ``_closed``.
+    """
+    from ..metrics import labeling_cost  # lazily: the metrics pull in more modules
+
+    memory, n = oracle.label_memory, oracle.n_samples
+    return {
+        "mode": "oracle",
+        "version": oracle._version,
+        "n_samples": n,
+        "n_queries": oracle.n_queries,
+        "cost": labeling_cost(oracle.n_queries, n) if n >= 2 else None,
+        "n_batches": oracle.n_batches,
+        "closed": oracle._closed,
+        "memory": None if memory is None else {"path": _file_name(memory), "n_answers": len(memory)},
+        "batch": None,
+        "last_batch": None,
+    }
+
+
 def check_person_options(n_context, timeout, annotator=None):
     """The options every human oracle shares, checked: ``n_context`` as an int."""
     if isinstance(n_context, bool) or not isinstance(n_context, (int, np.integer)) or (
@@ -110,8 +136,7 @@ def check_person_options(n_context, timeout, annotator=None):
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
     ):
         raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}.")
-    if annotator is not None and (not isinstance(annotator, str) or not annotator):
-        raise ValueError(f"annotator must be a non-empty string or None, got {annotator!r}.")
+    check_person(annotator)
     return int(n_context)
 
 

@@ -6,6 +6,7 @@ import webbrowser
 
 from ..oracles import as_label_memory
 from ..oracles._memory import _CORRECTION
+from ..oracles._protocol import check_person
 from ._controller import (
     ANSWER_CODES,
     AnnotationController,
@@ -251,8 +252,7 @@ class ReviewSession(_Closable):
     def __init__(self, memory, images, *, host="127.0.0.1", port=0, reviewer=None):
         if memory is None:
             raise TypeError("memory is required: a LabelMemory or the path of its file.")
-        if reviewer is not None and (not isinstance(reviewer, str) or not reviewer):
-            raise ValueError(f"reviewer must be a non-empty string or None, got {reviewer!r}.")
+        check_person(reviewer, "reviewer")
         self.images = ImageStore(images)
         self.review = _Review(as_label_memory(memory), self.images, reviewer=reviewer)
         self.memory = self.review.memory

@@ -3,17 +3,17 @@
 import logging
 import math
 import threading
-import time
 import webbrowser
 
 import numpy as np
 from sklearn.utils import check_random_state
 
 from ..oracles._agreement import TIEBREAK, annotator_agreement
+from ..oracles._protocol import check_person
 from ..oracles._team import (
     _TIE_BREAKERS,
-    assign_pairs,
     answered_by,
+    assign_pairs,
     check_routing,
     check_team,
     error_rates_of,
@@ -30,12 +30,13 @@ from ._questions import (
     answer_unknown,
     check_context,
     check_person_options,
+    oracle_state,
     pair_sides,
     read_seconds,
     write_answer,
 )
 from ._review import _Review
-from ._server import AnnotationServer, ImageStore, _Closable, _file_name, show_url
+from ._server import AnnotationServer, ImageStore, _Closable, show_url
 
 __all__ = ["TeamOracle"]
 
@@ -174,8 +175,7 @@ class TeamOracle(_Closable, AnnotationController):
                  open_browser=False, n_context=4, timeout=None, routing="uniform",
                  random_state=None, verbose=1):
         self.annotators = check_team(annotators, double_fraction)
-        if reviewer is not None and (not isinstance(reviewer, str) or not reviewer):
-            raise ValueError(f"reviewer must be a non-empty string or None, got {reviewer!r}.")
+        check_person(reviewer, "reviewer")
         if reviewer in self.annotators:
             raise ValueError(f"The reviewer {reviewer!r} cannot also be an annotator.")
         if tie_breaker not in _TIE_BREAKERS:
@@ -299,17 +299,10 @@ class TeamOracle(_Closable, AnnotationController):
         if self.verbose:
             shares = {name: sum(name in who for who in assigned) for name in self.annotators}
             logger.info("Batch %d: %d pairs for the team %s.", batch.number, len(pairs), shares)
-        start = time.monotonic()
         outcome = "interrupted"
         with self._cond:
             try:
-                while not self._settled(batch) and not self._closed:
-                    wait = None
-                    if self.timeout is not None:
-                        wait = self.timeout - (time.monotonic() - start)
-                        if wait <= 0:
-                            break
-                    self._cond.wait(timeout=wait)
+                self._cond.wait_for(lambda: self._settled(batch) or self._closed, timeout=self.timeout)
                 if self._settled(batch):
                     outcome = "answered"
                 else:
@@ -415,21 +408,7 @@ class TeamOracle(_Closable, AnnotationController):
         return state
 
     def _snapshot(self, user):
-        from ..metrics import labeling_cost
-
-        memory = self.label_memory
-        state = {
-            "mode": "oracle",
-            "version": self._version,
-            "n_samples": self.n_samples,
-            "n_queries": self.n_queries,
-            "cost": labeling_cost(self.n_queries, self.n_samples) if self.n_samples >= 2 else None,
-            "n_batches": self.n_batches,
-            "closed": self._closed,
-            "memory": {"path": _file_name(memory), "n_answers": len(memory)},
-            "batch": None,
-            "last_batch": None,
-        }
+        state = oracle_state(self)
         last = self._last_batch
         if last is not None:
             state["last_batch"] = {

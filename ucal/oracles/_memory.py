@@ -23,6 +23,7 @@ from ._protocol import (
     OracleError,
     _coerce_answers,
     check_pairs,
+    check_person,
     query_oracle,
 )
 
@@ -768,8 +769,7 @@ class LabelMemory:
             raise ValueError(
                 f"record() got {problem}; answers must be bool or ints in {{-1, 0, 1}}."
             )
-        if annotator is not None and (not isinstance(annotator, str) or not annotator):
-            raise ValueError(f"annotator must be a non-empty string, got {annotator!r}.")
+        check_person(annotator)
         took = _check_seconds(seconds, len(pairs))
         pairs, _ = _canonical(pairs)
         if np.any((pairs[:, 0] == pairs[:, 1]) & (codes == 0)):
@@ -845,8 +845,7 @@ class LabelMemory:
         array([-1], dtype=int8)
         """
         pairs, _ = _canonical(check_pairs(pairs))
-        if annotator is not None and (not isinstance(annotator, str) or not annotator):
-            raise ValueError(f"annotator must be a non-empty string, got {annotator!r}.")
+        check_person(annotator)
         now = time.time()
         with self._lock:
             new = []

@@ -98,6 +98,13 @@ def _describe(oracle, limit=80):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_person(name, what="annotator"):
+    """``name`` of a person (an annotator, a reviewer): a non-empty str or None, else ValueError."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"{what} must be a non-empty string or None, got {name!r}.")
+    return name
+
+
 def check_pairs(pairs, n_samples=None):
     """Validate an array of sample pairs.
 
