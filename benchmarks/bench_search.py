@@ -19,14 +19,16 @@ in the temporary folder and memory-mapped):
   network have a low intrinsic dimension) and ``isotropic`` (the clustering
   benchmark's features: identity centres and noise in all 2,048 dimensions).
 * ``--part million`` -- N = 1,000,000 at d = 2,048 (8 GB of float32
-  features), ``search="auto"`` (``IVFSearch``, 32 probes): time, split and
-  peak memory above the features.
+  features), ``search="auto"`` (``IVFSearch`` with its defaults: 96 probes,
+  lists assigned in 256 principal components, k-means on 32 rows per list):
+  time, split (with the search's own phases) and peak memory above the
+  features.
 
 Usage::
 
     python benchmarks/bench_search.py --part floor
     python benchmarks/bench_search.py --part compare
-    python benchmarks/bench_search.py --part million      # about 30 min, 20 GB
+    python benchmarks/bench_search.py --part million      # about 20 min, 14 GB
 
 Results: ``benchmarks/results/search_{floor,compare,million}.{json,md}``.
 """
@@ -152,14 +154,27 @@ def _search(spec):
 def child_fit(kind, n, spec, save):
     """Fit SelfPacedDBSCAN once; report time, split and peak memory."""
     from ucal import SelfPacedDBSCAN
+    from ucal.cluster._search import resolve_search
 
     _reset_peak()
     path, _ = features(kind, n)
     X = np.load(path, mmap_mode="r")
     before = _peak_mb()
-    search = _search(spec)
+    search = resolve_search(_search(spec), n)
+    # Keep the neighbour lists the step searched (one search, not a second one).
+    found = {}
+    search_rows = search._search_rows
+
+    def recording(rows, k):
+        indices, sims = search_rows(rows, k)
+        found["knn"] = indices[:, :K1].copy()
+        return indices, sims
+
+    search._search_rows = recording
+    phases = _log_phases()
     est = SelfPacedDBSCAN(k1_rule="fixed", search=search).fit(X)
     out = {
+        "phases": phases,
         "kind": kind, "n": n, "search": spec, "resolved": repr(est.search_),
         "timings": est.timings_, "seconds": est.timings_["total"],
         "peak_mb": _peak_mb(), "peak_before_mb": before,
@@ -168,9 +183,29 @@ def child_fit(kind, n, spec, save):
     }
     if save:
         np.save(f"{save}_labels.npy", est.labels_)
-        idx, _ = est.search_.kneighbors(X, K1)
-        np.save(f"{save}_knn.npy", idx)
+        np.save(f"{save}_knn.npy", found["knn"])
     return out
+
+
+def _log_phases():
+    """Log the step's phases to stderr as they end (a long run shows where it
+    is) and collect the IVF search's phase lines for the results."""
+    import logging
+
+    phases = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.name.endswith("_ivf"):
+                phases.append(record.getMessage())
+
+    log = logging.getLogger("ucal.cluster")
+    log.setLevel(logging.INFO)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    log.addHandler(stream)
+    log.addHandler(Collect())
+    return phases
 
 
 def child_floor(kind, n, repeats):
@@ -195,13 +230,18 @@ def child_floor(kind, n, repeats):
 
 
 def _child(*args):
+    """Run a measurement in a fresh process; its log goes to a file (``tail -f`` it)."""
     env = {**os.environ, "UCAL_BENCH_CHILD": "1"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
-        check=False, env=env,
-    )
+    log = Path(tempfile.gettempdir()) / f"ucal_bench_search_{args[0]}.log"
+    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(map(str, args))}: log in {log}",
+          file=sys.stderr, flush=True)
+    with open(log, "w") as err:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", *map(str, args)], stdout=subprocess.PIPE,
+            stderr=err, text=True, check=False, env=env,
+        )
     if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-3:], "args": list(map(str, args))}
+        return {"error": log.read_text().strip().splitlines()[-3:], "args": list(map(str, args))}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -319,10 +359,13 @@ def part_million(args):
             f"{t['jaccard']:.0f} | {t['dbscan']:.0f} | {r['features_mb']:.0f} | {r['peak_mb']:.0f} | "
             f"{r['extra_mb']:.0f} | {r['n_clusters']} |"
         )
-    _save("search_million", rows, lines, (
-        "Features memory-mapped from a float32 .npy file (their pages count in the peak "
-        "resident memory once read). Target: the whole step within 30 min and within "
-        "12 GB above the 8 GB of features."
+    phases = [f"- {p}" for r in rows for p in r.get("phases", [])]
+    _save(args.name or "search_million", rows, lines + ["", "The search's phases:", ""] + phases, (
+        "Structured features memory-mapped from a float32 .npy file (their pages count in "
+        "the peak resident memory once read); search=\"auto\" resolves to IVFSearch with its "
+        "defaults (96 probes, lists assigned in 256 principal components, k-means on 32 "
+        "rows per list). Target: the whole step within 30 min and within 12 GB above the "
+        "8 GB of features."
     ))
 
 
@@ -357,12 +400,20 @@ def part_floor(args):
     ))
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.uname().processor
+
+
 def _environment():
     import scipy
     import sklearn
 
     return {
-        "machine": platform.machine(), "processor": platform.processor() or platform.uname().processor,
+        "machine": platform.machine(), "processor": platform.processor() or _cpu_model(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
         "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "dim": DIM,
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -183,3 +183,29 @@ def test_symmetric_layout_keeps_explicit_zeros_and_sorted_rows():
     np.testing.assert_array_equal(got.indptr, want.indptr)
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.data, want.data)
+
+
+@pytest.mark.parametrize("heavy", [3, 10**9])
+@pytest.mark.parametrize("max_distance", [None, 0.62])
+def test_sorted_key_sums_equal_the_dense_buffer(monkeypatch, heavy, max_distance):
+    # At large N the dense per-chunk buffer would be almost all empty cells,
+    # and the meetings are summed by sorting their keys: same matrix.
+    import ucal.cluster._jaccard as jaccard_module
+
+    X = clustered(240, 6, 16, 0.5, seed=22)[0]
+    monkeypatch.setattr(jaccard_module, "_HEAVY_COLUMN", heavy)
+    monkeypatch.setattr(jaccard_module, "_MAX_TRIPLES", 5000)
+    dense = jaccard_distance(X, 20, 6, max_distance=max_distance)
+    calls = []
+    original = jaccard_module._sum_by_key
+    monkeypatch.setattr(jaccard_module, "_sum_by_key", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(jaccard_module, "_MAX_BUFFER", 200)  # a row or less per dense chunk
+    monkeypatch.setattr(jaccard_module, "_SPARSE_RATIO", 0)
+    by_keys = jaccard_distance(X, 20, 6, max_distance=max_distance)
+    assert len(calls) > 1
+    assert (by_keys != dense).nnz == 0
+    np.testing.assert_array_equal(by_keys.indptr, dense.indptr)
+    np.testing.assert_array_equal(by_keys.indices, dense.indices)
+    np.testing.assert_allclose(by_keys.data, dense.data, atol=1e-6)
+    if max_distance is None:
+        np.testing.assert_allclose(_dense(by_keys), dense_jaccard(X, 20, 6)[0], atol=1e-5)

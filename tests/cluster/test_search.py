@@ -264,3 +264,84 @@ def test_jaccard_distance_accepts_backends():
     exact = jaccard_distance(X, 10, 3)
     full_probe = jaccard_distance(X, 10, 3, search=IVFSearch(n_probe=6, n_lists=6, random_state=0))
     assert abs(full_probe - exact).max() < 1e-5
+
+
+def _low_rank(n, n_groups, latent, dim, noise, seed):
+    """Groups in a ``latent``-dimensional space mapped to ``dim`` dimensions, as
+    trained embeddings: most of the variance lies in a few directions."""
+    Z, ids = clustered(n, n_groups, latent, noise, seed)
+    W = np.random.default_rng(seed + 100).normal(size=(latent, dim))
+    return Z @ W + 0.05 * np.random.default_rng(seed + 200).normal(size=(n, dim)), ids
+
+
+def test_ivf_in_principal_components_keeps_recall_and_exact_similarities():
+    X = _low_rank(2000, 100, 12, 160, 0.5, seed=11)[0]
+    exact_idx, exact_sim = ExactSearch().kneighbors(X, 10)
+    full = IVFSearch(n_probe=6, n_lists=40, n_components=None, random_state=0).kneighbors(X, 10)
+    small = IVFSearch(n_probe=6, n_lists=40, n_components=16, random_state=0).kneighbors(X, 10)
+    r_full, r_small = _row_recall(full[0], exact_idx), _row_recall(small[0], exact_idx)
+    assert r_small > 0.9 and r_small > r_full - 0.03
+    # The similarities are exact (all dimensions), whatever the assignment space.
+    Xn = l2_normalize(X).astype(np.float64)
+    pairs = np.einsum("ij,ikj->ik", Xn, Xn[small[0]])
+    np.testing.assert_allclose(small[1][:, 1:], pairs[:, 1:], atol=1e-5)
+    # Probing every list is exact in any assignment space.
+    every = IVFSearch(n_probe=10**4, n_lists=40, n_components=4, random_state=0).kneighbors(X, 10)
+    np.testing.assert_allclose(every[1], exact_sim, atol=1e-5)
+
+
+def test_ivf_lists_have_no_repeats_in_principal_components():
+    # Each pair reaches each of its rows once (probing rows and members both
+    # take it), so a list never holds a neighbour twice.
+    X = _low_rank(1500, 60, 8, 96, 0.6, seed=12)[0]
+    idx, sim = IVFSearch(n_probe=5, n_lists=50, n_components=8, random_state=1).kneighbors(X, 20)
+    assert np.all(idx[:, 0] == np.arange(1500))
+    assert all(np.unique(row).size == row.size for row in idx)
+    assert np.all(np.diff(sim, axis=1) <= 1e-6)
+
+
+def test_giant_lists_are_split_and_their_rows_re_probed():
+    from ucal.cluster._ivf import _nearest_centroids, _Quantizer, _split_giant_lists
+
+    # One group of 1,000 rows (with structure inside) and eleven small ones;
+    # one centroid per group: the big group's list is giant.
+    rng = np.random.RandomState(0)
+    big = _low_rank(1000, 8, 4, 40, 0.3, seed=13)[0] * 0.2 + 3.0 * rng.normal(size=40)
+    small, small_ids = clustered(200, 11, 40, 0.3, seed=14)
+    X, ids = np.vstack([big, small]), np.concatenate([np.full(1000, -1), small_ids])
+    rows = UnitRows(X)
+    quantizer = _Quantizer(rows.data, None)
+    data = quantizer.embed(rows.data)
+    centroids = np.stack([data[ids == g].mean(axis=0) for g in range(-1, 11)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    probes, sims = _nearest_centroids(rows, quantizer, centroids.astype(np.float32), 4)
+    sizes = np.bincount(probes[:, 0], minlength=12)
+    assert sizes.max() > 4 * 1200 / 12  # the premise: some list is giant
+    new = _split_giant_lists(rows, quantizer, centroids.astype(np.float32), probes, sims,
+                             sample_size=10_000, n_iter=3, rng=rng)
+    assert new.shape[0] > 12
+    assert probes.min() >= 0 and probes.max() < new.shape[0]
+    assert all(np.unique(p).size == p.size for p in probes)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    # Every row's own list is its nearest centroid among all the new ones.
+    np.testing.assert_array_equal(probes[:, 0], np.argmax(data @ new.T, axis=1))
+    np.testing.assert_allclose(sims[:, 0], np.max(data @ new.T, axis=1), atol=1e-5)
+    assert np.bincount(probes[:, 0]).max() < sizes.max()
+
+
+def test_assignment_space_follows_the_variance_of_the_sample():
+    from ucal.cluster._ivf import _Quantizer
+
+    low = l2_normalize(_low_rank(3000, 100, 8, 200, 0.5, seed=15)[0])
+    spread = l2_normalize(clustered(3000, 100, 200, 1.0, seed=15)[0])
+    q = _Quantizer(low, 0.8)
+    assert q.basis is not None and q.n_components <= 8 and q.variance >= 0.8
+    assert q.embed(low[:5]).shape == (5, q.n_components)
+    np.testing.assert_allclose(np.linalg.norm(q.embed(low[:5]), axis=1), 1.0, rtol=1e-5)
+    # Without a low-dimensional structure, the lists are made in all dimensions.
+    q = _Quantizer(spread, 0.8)
+    assert q.basis is None and q.embed(spread[:5]).shape == (5, 200)
+    assert _Quantizer(spread, 20).n_components == 20
+    assert _Quantizer(spread, None).basis is None
+    with pytest.raises(InvalidParameterError, match="n_components"):
+        IVFSearch(n_components=1.5).kneighbors(spread, 3)

@@ -34,6 +34,9 @@ __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 # dense per-chunk accumulation buffer (8 bytes each).
 _MAX_TRIPLES = 4_000_000
 _MAX_BUFFER = 4_000_000
+# A chunk's meetings are summed by sorting their keys instead where the dense
+# buffer would have more than this many cells per meeting (large N).
+_SPARSE_RATIO = 64
 # Entries per column above which a column's meetings are summed densely.
 _HEAVY_COLUMN = 256
 
@@ -106,7 +109,10 @@ def _upper_distances(V, max_distance, n_rows=None):
     column (an inverted index: in CSC order they are the rest of the column
     after ``i`` itself). For a chunk of rows the ``min`` of each meeting is
     added into a dense per-chunk buffer with ``np.bincount``, much faster than
-    sorting the meetings into a sparse matrix. Entries above ``max_distance``
+    sorting the meetings into a sparse matrix, unless N is so large that the
+    buffer would be almost all empty cells: then the meetings' keys are
+    sorted and summed (the cost of each chunk stays O(meetings), not
+    O(rows x N)). Entries above ``max_distance``
     are dropped chunk by chunk, so they never use memory. With ``n_rows``,
     only pairs whose smaller index is below it are computed.
     """
@@ -143,9 +149,18 @@ def _upper_distances(V, max_distance, n_rows=None):
     start = 0
     while start < n_rows:
         width = n - start  # columns j >= start
-        last_entry = np.searchsorted(cum, cum[row_ptr[start]] + _MAX_TRIPLES, side="right") - 1
+        first_cum = cum[row_ptr[start]]
+        last_entry = np.searchsorted(cum, first_cum + _MAX_TRIPLES, side="right") - 1
         stop = int(np.searchsorted(row_ptr, last_entry, side="right")) - 1
-        stop = min(max(stop, start + 1), start + max(1, _MAX_BUFFER // width), n_rows)
+        stop = min(max(stop, start + 1), n_rows)
+        # The dense buffer holds (rows x width) cells. Where N is large it
+        # would hold a few rows only, almost all of its cells empty: then the
+        # chunk's meetings are summed by sorting their (row, column) keys.
+        dense_stop = min(stop, start + max(1, _MAX_BUFFER // width))
+        sparse_chunk = (dense_stop < stop and (dense_stop - start) * width
+                        > _SPARSE_RATIO * (cum[row_ptr[dense_stop]] - first_cum))
+        if not sparse_chunk:
+            stop = dense_stop
         e0, e1 = row_ptr[start], row_ptr[stop]
         cnt = light_cnt[e0:e1]
         total = int(cnt.sum())
@@ -158,14 +173,26 @@ def _upper_distances(V, max_distance, n_rows=None):
         mins = np.minimum(np.repeat(row_vals[e0:e1], cnt), csc_vals[pos])
         keys = local_row * width + (csc_rows[pos] - start)
         del pos, local_row
-        acc = np.bincount(keys, weights=mins, minlength=(stop - start) * width).astype(np.float64, copy=False)
-        del keys, mins
-        _add_heavy(acc, heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width)
-        hit = np.flatnonzero(acc >= min_shared)
+        if sparse_chunk:
+            hit, m = _sum_by_key(keys, mins, _heavy_meetings(
+                heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width,
+                drop_lower=True))
+            del keys, mins
+            keep = m >= min_shared
+            hit, m = hit[keep], m[keep]
+        else:
+            acc = np.bincount(keys, weights=mins, minlength=(stop - start) * width)
+            acc = acc.astype(np.float64, copy=False)
+            del keys, mins
+            for h_keys, h_mins in _heavy_meetings(heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1],
+                                                  csc_rows, csc_vals, start, width, drop_lower=False):
+                acc[h_keys] += h_mins
+            hit = np.flatnonzero(acc >= min_shared)
+            m = acc[hit]
+            del acc
         i = hit // width + start
         j = hit % width + start
-        m = acc[hit]
-        del acc, hit
+        del hit
         d = 1.0 - m / (totals[i] + totals[j] - m)
         np.clip(d, 0.0, 1.0, out=d)
         if max_distance is not None:
@@ -178,12 +205,15 @@ def _upper_distances(V, max_distance, n_rows=None):
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
-def _add_heavy(acc, heavy, pos, partners, csc_rows, csc_vals, start, width):
-    """Add the meetings of a chunk's heavy-column entries into ``acc``.
+def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width, *, drop_lower):
+    """Yield ``(keys, mins)`` of a chunk's heavy-column entries' meetings.
 
     The chunk's entries of one column are consecutive in CSC order (rows
     ascending), so its meetings are the upper triangle of one dense outer
-    minimum: (chunk entries) x (the rest of the column from the first).
+    minimum: (chunk entries) x (the rest of the column from the first). The
+    keys of one column are distinct (a row appears once per column). The
+    lower triangle's cells come with a zero minimum, or not at all with
+    ``drop_lower`` (a masked copy: slower to make than zeros are to add).
     """
     if not heavy.any():
         return
@@ -200,8 +230,30 @@ def _add_heavy(acc, heavy, pos, partners, csc_rows, csc_vals, start, width):
         keys = np.add.outer((csc_rows[p0:p1].astype(np.int64) - start) * width,
                             csc_rows[p0:end] - start)
         # the rectangle right of the run is all upper; within the run, only j >= i
-        mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
-        acc[keys] += mins
+        if drop_lower:
+            upper = np.ones(mins.shape, dtype=bool)
+            upper[:, : p1 - p0] = ~np.tri(p1 - p0, k=-1, dtype=bool)
+            yield keys[upper], mins[upper]
+        else:
+            mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
+            yield keys, mins
+
+
+def _sum_by_key(keys, values, more=()):
+    """Distinct keys (ascending) and the float64 sum of the values of each;
+    ``more`` yields further ``(keys, values)`` pairs to include."""
+    extra = list(more)
+    if extra:
+        keys = np.concatenate([keys] + [k for k, _ in extra])
+        values = np.concatenate([values] + [v for _, v in extra])
+    if keys.size == 0:
+        return keys, np.zeros(0)
+    order = np.argsort(keys)
+    keys = keys[order]
+    values = values[order].astype(np.float64)
+    del order
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[first], np.add.reduceat(values, first)
 
 
 def _symmetric_csr(i, j, d, n):

@@ -34,6 +34,8 @@ _MAX_COPY_BYTES = 2 * 2**30
 _NORMALIZE_BLOCK = 4096
 # Relative deviation of a row norm from 1 that still counts as unit-norm.
 _UNIT_TOLERANCE = 1e-4
+# Entries below this are never neighbour candidates: only -inf (a masked pair).
+_LOWEST = np.finfo(np.float32).min
 
 
 def l2_normalize(X, *, copy=True, dtype=np.float32, zero_rows="raise"):
@@ -282,7 +284,7 @@ def self_first(indices, sims):
     return indices, sims
 
 
-def merge_top_k(best_sim, best_idx, rows, block, cols, k, *, dedupe=False):
+def merge_top_k(best_sim, best_idx, rows, block, cols, k):
     """Merge the similarities ``block`` (len(rows) x len(cols)) into the running top-k.
 
     ``cols`` is an array of column indices, or an int: the index of the
@@ -290,9 +292,8 @@ def merge_top_k(best_sim, best_idx, rows, block, cols, k, *, dedupe=False):
     the entries at least as large as the row's current k-th best; where that
     bound is missing or loose (over ``4 k`` candidates in a row), a cheap
     ``np.partition`` finds the block's own k-th largest per row. Ties keep the earlier
-    entry (the running list first, then lower block columns). With
-    ``dedupe``, a column already in a row's list is not added twice (an
-    approximate search may meet a pair in two places).
+    entry (the running list first, then lower block columns). Entries of
+    ``-inf`` are never candidates (a caller masks pairs out with them).
     """
     n_rows, m = block.shape
     if n_rows == 0 or m == 0:
@@ -301,6 +302,7 @@ def merge_top_k(best_sim, best_idx, rows, block, cols, k, *, dedupe=False):
     if m > k and np.isneginf(threshold).any():
         # No bound yet for some rows: the block's own k-th largest is one.
         threshold = np.maximum(threshold, np.partition(block, m - k, axis=1)[:, m - k])
+    threshold = np.maximum(threshold, _LOWEST)
     flat = np.flatnonzero(block >= threshold[:, None])
     cand_r, cand_c = np.divmod(flat, m)
     counts = np.bincount(cand_r, minlength=n_rows)
@@ -316,13 +318,14 @@ def merge_top_k(best_sim, best_idx, rows, block, cols, k, *, dedupe=False):
     other = cand_c + cols if np.isscalar(cols) else np.asarray(cols)[cand_c]
     # Candidates come in row-major order (columns ascending within a row); the
     # stable sort in _merge_candidates orders them by value and keeps that tie order.
-    _merge_candidates(best_sim, best_idx, rows, counts, cand_r, other, values, k, dedupe)
+    _merge_candidates(best_sim, best_idx, rows, counts, cand_r, other, values, k)
 
 
-def merge_top_k_columns(best_sim, best_idx, cols, block, first_row, k):
-    """Merge ``block`` (rows ``first_row, first_row + 1, ...`` x ``cols``) into the
-    running top-k of its *columns*: :func:`merge_top_k` of ``block.T``, without
-    the transposed copy (only the few candidates are regrouped by column)."""
+def merge_top_k_columns(best_sim, best_idx, cols, block, rows, k):
+    """Merge ``block`` (``rows`` x ``cols``) into the running top-k of its
+    *columns*: :func:`merge_top_k` of ``block.T``, without the transposed
+    copy (only the few candidates are regrouped by column). ``rows`` is an
+    array of row indices, or an int: the index of the first of contiguous rows."""
     m, n_cols = block.shape
     if m == 0 or n_cols == 0:
         return
@@ -334,6 +337,7 @@ def merge_top_k_columns(best_sim, best_idx, cols, block, first_row, k):
 
     if m > k and np.isneginf(threshold).any():
         threshold = np.maximum(threshold, kth_of_columns())
+    threshold = np.maximum(threshold, _LOWEST)
     flat = np.flatnonzero(block >= threshold[None, :])
     counts = np.bincount(flat % n_cols, minlength=n_cols)
     if m > k and counts.max(initial=0) > 4 * k:
@@ -346,11 +350,11 @@ def merge_top_k_columns(best_sim, best_idx, cols, block, first_row, k):
     # by column, rows ascending within a column: the order merge_top_k sees in block.T
     by_col = np.argsort(cand_c, kind="stable")
     cand_r, cand_c = cand_r[by_col], cand_c[by_col]
-    _merge_candidates(best_sim, best_idx, cols, counts, cand_c, cand_r + first_row,
-                      block[cand_r, cand_c], k, False)
+    other = cand_r + rows if np.isscalar(rows) else np.asarray(rows)[cand_r]
+    _merge_candidates(best_sim, best_idx, cols, counts, cand_c, other, block[cand_r, cand_c], k)
 
 
-def _merge_candidates(best_sim, best_idx, owners, counts, cand_owner, other, values, k, dedupe):
+def _merge_candidates(best_sim, best_idx, owners, counts, cand_owner, other, values, k):
     """Merge candidates (grouped by owner, in tie order) into the owners' top-k lists.
 
     ``counts[o]`` candidates belong to ``owners[o]``; ``cand_owner`` gives each
@@ -369,14 +373,6 @@ def _merge_candidates(best_sim, best_idx, owners, counts, cand_owner, other, val
     target = owners[touched]
     all_sim = np.concatenate([best_sim[target], new_sim], axis=1)
     all_idx = np.concatenate([best_idx[target], new_idx], axis=1)
-    if dedupe:
-        by_index = np.argsort(all_idx, axis=1, kind="stable")
-        sorted_idx = np.take_along_axis(all_idx, by_index, axis=1)
-        repeat = np.zeros_like(sorted_idx, dtype=bool)
-        repeat[:, 1:] = (sorted_idx[:, 1:] == sorted_idx[:, :-1]) & (sorted_idx[:, 1:] >= 0)
-        r_rows, r_cols = np.nonzero(repeat)
-        all_sim[r_rows, by_index[r_rows, r_cols]] = -np.inf
-        all_idx[r_rows, by_index[r_rows, r_cols]] = -1
     order = np.argsort(-all_sim, axis=1, kind="stable")[:, :k]
     best_sim[target] = np.take_along_axis(all_sim, order, axis=1)
     best_idx[target] = np.take_along_axis(all_idx, order, axis=1)

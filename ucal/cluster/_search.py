@@ -17,7 +17,7 @@ clusterer's ``search`` can be tuned in a grid search (``search__n_probe``).
 """
 
 import logging
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -172,7 +172,7 @@ class IVFSearch(NeighborSearch):
 
     Parameters
     ----------
-    n_probe : int, default=64
+    n_probe : int, default=96
         Lists searched per row: the accuracy knob (more is slower and closer
         to exact).
     n_lists : int, default=None
@@ -181,8 +181,22 @@ class IVFSearch(NeighborSearch):
         assigning every row to them).
     n_iter : int, default=5
         k-means iterations.
+    n_components : int, float or None, default=0.8
+        Dimensions of the space in which the rows are assigned to lists and
+        choose the lists they probe: the rows minus their mean, projected on
+        the leading principal directions of the k-means sample. An int is
+        that many directions; a float in (0, 1) the fewest that hold that
+        share of the sample's variance, and all dimensions where that takes
+        half of them or more (features without a low-dimensional structure,
+        whose lists a projection would blur). None: all dimensions.
+        Assigning every row to every list is the largest cost at a million
+        rows, and falls with the dimension; the neighbours' similarities
+        stay exact, in all dimensions (``"numpy"`` backend).
     sample_size : int, default=None
-        Rows the k-means is trained on (None: ``5 * n_lists``, at most all).
+        Rows the k-means is trained on (None: ``32 * n_lists``, at most all).
+        k-means trained on few rows per list gives lists that follow
+        identities less closely (measured at N = 100,000: 5 rows per list
+        found 0.90 of the exact neighbours at 64 probes, all rows 0.94).
     backend : {"numpy", "faiss"}, default="numpy"
         ``"numpy"``: each list is scanned with one matrix product for all the
         rows that probe it, and updates the lists of both sides; no copy of
@@ -212,6 +226,9 @@ class IVFSearch(NeighborSearch):
         "n_probe": [Interval(Integral, 1, None, closed="left")],
         "n_lists": [Interval(Integral, 1, None, closed="left"), None],
         "n_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_components": [
+            Interval(Integral, 1, None, closed="left"), Interval(Real, 0, 1, closed="neither"), None,
+        ],
         "sample_size": [Interval(Integral, 1, None, closed="left"), None],
         "backend": [StrOptions({"numpy", "faiss"})],
         "random_state": ["random_state"],
@@ -221,10 +238,11 @@ class IVFSearch(NeighborSearch):
 
     def __init__(
         self,
-        n_probe=64,
+        n_probe=96,
         *,
         n_lists=None,
         n_iter=5,
+        n_components=0.8,
         sample_size=None,
         backend="numpy",
         random_state=None,
@@ -234,6 +252,7 @@ class IVFSearch(NeighborSearch):
         self.n_probe = n_probe
         self.n_lists = n_lists
         self.n_iter = n_iter
+        self.n_components = n_components
         self.sample_size = sample_size
         self.backend = backend
         self.random_state = random_state
@@ -243,7 +262,7 @@ class IVFSearch(NeighborSearch):
     def _search(self, rows, k):
         n = rows.n_samples
         n_lists = self.n_lists or default_n_lists(n)
-        sample_size = self.sample_size or 5 * n_lists
+        sample_size = self.sample_size or 32 * n_lists
         rng = check_random_state(self.random_state)
         if self.backend == "faiss":
             return self._search_faiss(rows, k, min(n_lists, n), sample_size, rng)
@@ -256,7 +275,8 @@ class IVFSearch(NeighborSearch):
             progress = None if bar is None else (lambda done: bar.update(done - bar.n))
             return ivf_knn(
                 rows, k, n_lists=n_lists, n_probe=self.n_probe, n_iter=self.n_iter,
-                sample_size=sample_size, rng=rng, progress=progress,
+                sample_size=sample_size, rng=rng, n_components=self.n_components,
+                progress=progress,
             )
         finally:
             if bar is not None:
@@ -341,7 +361,7 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
 
     ``"auto"``: :class:`ExactSearch` with the torch backend on ``device``
     when it is an accelerator; else NumPy exact search up to
-    ``AUTO_EXACT_MAX_SAMPLES`` samples, and :class:`IVFSearch` (64 probes,
+    ``AUTO_EXACT_MAX_SAMPLES`` samples, and :class:`IVFSearch` (96 probes,
     seed 0) above. The names ``"numpy"``, ``"faiss"`` and ``"torch"`` are
     exact searches, ``"ivf"`` and ``"hnsw"`` the approximate ones with their
     defaults; a :class:`NeighborSearch` is used as given. ``n_jobs`` is the
