@@ -174,7 +174,10 @@ class IVFSearch(NeighborSearch):
     ----------
     n_probe : int, default=96
         Lists searched per row: the accuracy knob (more is slower and closer
-        to exact).
+        to exact; at least the number of lists searches them all, exactly).
+        Measured at N = 100,000 on embeddings of a low intrinsic dimension:
+        96 probes found 0.96 of the exact neighbours, 160 probes 0.98, with
+        labels agreeing with the exact ones at pairwise F 0.985 and 0.992.
     n_lists : int, default=None
         Number of lists (None: lists of about 32 rows, at most
         ``2 * sqrt(32 * n_samples)`` lists, which bounds the cost of
