@@ -88,6 +88,14 @@ class _Quantizer:
         norms = np.linalg.norm(z, axis=1, keepdims=True)
         return z / np.where(norms > 0, norms, 1.0)
 
+    def embed_rows(self, rows, index):
+        """The rows ``index`` of ``rows`` (UnitRows) embedded, read a block at a
+        time: no full-dimension copy of them at once."""
+        return np.concatenate([
+            self.embed(rows.take(index[a : a + _ASSIGN_ROWS]))
+            for a in range(0, max(index.size, 1), _ASSIGN_ROWS)
+        ])
+
 
 def _top_columns(sims, n_top):
     """Per row, the ``n_top`` columns of ``sims`` with the largest values, largest
@@ -201,7 +209,7 @@ def _split_giant_lists(rows, quantizer, centroids, probes, sims, *, sample_size,
         if members.size > sample_size:
             members = np.sort(rng.choice(members, int(sample_size), replace=False))
         n_pieces = min(int(np.ceil(sizes[c] / mean_size)), members.size)
-        pieces.append(_lloyd(quantizer.embed(rows.take(members)), n_pieces, max(1, n_iter // 2), rng)[0])
+        pieces.append(_lloyd(quantizer.embed_rows(rows, members), n_pieces, max(1, n_iter // 2), rng)[0])
     pieces = np.concatenate(pieces)
     is_giant = np.zeros(n_lists, dtype=bool)
     is_giant[giant] = True
@@ -213,7 +221,7 @@ def _split_giant_lists(rows, quantizer, centroids, probes, sims, *, sample_size,
     probes[...] = renumber[probes]
     for start in range(0, affected.size, _ASSIGN_ROWS):
         idx = affected[start : start + _ASSIGN_ROWS]
-        near = quantizer.embed(rows.take(idx)) @ pieces.T
+        near = quantizer.embed_rows(rows, idx) @ pieces.T
         cand_sims = np.concatenate([np.where(hit[idx], -np.inf, sims[idx]), near], axis=1)
         cand_ids = np.concatenate([probes[idx], np.broadcast_to(piece_ids, near.shape)], axis=1)
         top, sims[idx] = _top_columns(cand_sims, n_probe)
@@ -261,12 +269,7 @@ def ivf_knn(rows, n_neighbors, *, n_lists, n_probe, n_iter, sample_size, rng, n_
     sample = np.sort(rng.choice(n, size=min(n, max(int(sample_size), n_lists)), replace=False))
     # The principal directions need far fewer rows than the k-means.
     quantizer = _Quantizer(rows.take(sample[:: max(1, sample.size // _PCA_ROWS)]), n_components)
-    embedded = np.concatenate([
-        quantizer.embed(rows.take(sample[a : a + _ASSIGN_ROWS]))
-        for a in range(0, sample.size, _ASSIGN_ROWS)
-    ])
-    centroids = spherical_kmeans(embedded, n_lists, n_iter=n_iter, rng=rng)
-    del embedded
+    centroids = spherical_kmeans(quantizer.embed_rows(rows, sample), n_lists, n_iter=n_iter, rng=rng)
     trained = time.perf_counter()
     # (k-means may have made more lists than asked: n_probe >= n_lists probes all)
     n_probe = max(1, min(int(n_probe), centroids.shape[0]))

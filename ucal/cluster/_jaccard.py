@@ -175,8 +175,7 @@ def _upper_distances(V, max_distance, n_rows=None):
         del pos, local_row
         if sparse_chunk:
             hit, m = _sum_by_key(keys, mins, _heavy_meetings(
-                heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width,
-                drop_lower=True))
+                heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width))
             del keys, mins
             keep = m >= min_shared
             hit, m = hit[keep], m[keep]
@@ -185,7 +184,7 @@ def _upper_distances(V, max_distance, n_rows=None):
             acc = acc.astype(np.float64, copy=False)
             del keys, mins
             for h_keys, h_mins in _heavy_meetings(heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1],
-                                                  csc_rows, csc_vals, start, width, drop_lower=False):
+                                                  csc_rows, csc_vals, start, width):
                 acc[h_keys] += h_mins
             hit = np.flatnonzero(acc >= min_shared)
             m = acc[hit]
@@ -205,15 +204,15 @@ def _upper_distances(V, max_distance, n_rows=None):
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
-def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width, *, drop_lower):
+def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width):
     """Yield ``(keys, mins)`` of a chunk's heavy-column entries' meetings.
 
     The chunk's entries of one column are consecutive in CSC order (rows
     ascending), so its meetings are the upper triangle of one dense outer
     minimum: (chunk entries) x (the rest of the column from the first). The
     keys of one column are distinct (a row appears once per column). The
-    lower triangle's cells come with a zero minimum, or not at all with
-    ``drop_lower`` (a masked copy: slower to make than zeros are to add).
+    lower triangle's cells come with a zero minimum (cheaper than a masked
+    copy; a zero sum never reaches the output).
     """
     if not heavy.any():
         return
@@ -230,13 +229,8 @@ def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width, *, d
         keys = np.add.outer((csc_rows[p0:p1].astype(np.int64) - start) * width,
                             csc_rows[p0:end] - start)
         # the rectangle right of the run is all upper; within the run, only j >= i
-        if drop_lower:
-            upper = np.ones(mins.shape, dtype=bool)
-            upper[:, : p1 - p0] = ~np.tri(p1 - p0, k=-1, dtype=bool)
-            yield keys[upper], mins[upper]
-        else:
-            mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
-            yield keys, mins
+        mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
+        yield keys.ravel(), mins.ravel()
 
 
 def _sum_by_key(keys, values, more=()):
