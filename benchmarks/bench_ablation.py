@@ -52,6 +52,12 @@ def _paper():
     return {k: params[k] for k in ("refiner", "memory_inference", "query_pacing")}
 
 
+def _selection(selection):
+    """The default refiner with another MPPS selection (pacing and all else the default's)."""
+    return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), selection=selection,
+                      random_state=0)
+
+
 def _control(selection):
     return dict(
         refiner=MPPSMerger(
@@ -73,6 +79,13 @@ BRANCHES = {
     "control: nearest pairs": (_control("nearest"), 0.0, "default"),
     "paper, 5% noisy annotator": (_paper(), 0.05, None),
     "default, 5% noisy annotator": (dict(refiner=None), 0.05, None),
+    # issue 25: the pair term and the uncertainty selection, every row at the same budget
+    "paper, 0.092 % budget": (_paper(), 0.0, 0.00092),
+    "default + pair term, 0.092 %": (dict(refiner=None, pair_weight=1.0), 0.0, 0.00092),
+    "uncertain + pair term, 0.092 %": (dict(refiner=_selection("uncertain"), pair_weight=1.0),
+                                       0.0, 0.00092),
+    "control: nearest + pair term, 0.092 %": (
+        dict(refiner=_selection("nearest"), pair_weight=1.0), 0.0, 0.00092),
 }
 
 
@@ -233,6 +246,9 @@ def main():
     parser.add_argument("--merge-from", default=None, metavar="STEM",
                         help="only merge the runs saved in results/STEM.json into the results")
     parser.add_argument("--stem", default="ablation", help="name of the results files")
+    parser.add_argument("--supervised-from", default=None, metavar="STEM",
+                        help="take the Supervised rows (the upper bound, which no refinement "
+                             "change touches) from results/STEM.json instead of training them")
     args = parser.parse_args()
     names = [n for n in (*BRANCHES, "Supervised") if args.only is None or n in args.only]
     if args.replot:
@@ -249,6 +265,11 @@ def main():
         start -= other["environment"]["wall_seconds"]
     else:
         _other_runs, _other_warmups = [], {}
+    if args.supervised_from:
+        saved = json.loads((RESULTS / f"{args.supervised_from}.json").read_text())
+        _other_runs = _other_runs + [r for r in saved["runs"] if r["method"] == "Supervised"
+                                     and r["seed"] in args.seeds]
+        names = [n for n in names if n != "Supervised"]
     root = tempfile.mkdtemp(prefix="ucal_ablation_")
     context = multiprocessing.get_context("spawn")
     runs, warmups, prepared = list(_other_runs), {int(k): v for k, v in _other_warmups.items()}, {}

@@ -173,3 +173,20 @@ def test_torchrun_runs_ucal_train_with_two_processes(tmp_path):
     assert (out / "model.joblib").is_file() and (out / "checkpoints" / "checkpoint.pt").is_file()
     # one log file, one table: rank 0 writes
     assert proc.stdout.count("| UCAL |") == 1
+
+
+def test_the_pair_term_trains_two_processes_as_one(tmp_path):
+    params = {"pair_weight": 1.0}
+    one, outputs = _launch(tmp_path, "one", 1, params=params)
+    _ok(outputs)
+    two, outputs = _launch(tmp_path, "two", 2, params=params)
+    _ok(outputs)
+    # rank 0 holds the answers; every rank's loss sees them (epoch 2: both kinds answered)
+    assert one[0]["history"][1]["pair_answers"] > 0
+    assert _history(two[0]) == _history(two[1])
+    assert two[0]["history"][1]["pair_answers"] == one[0]["history"][1]["pair_answers"]
+    assert two[0]["weights"] == two[1]["weights"]
+    # the same global batches' losses, the pair term's epoch included
+    assert len(one[0]["losses"]) == len(two[0]["losses"]) == 6
+    for a, b in zip(one[0]["losses"], two[0]["losses"]):
+        assert abs(a - b) < 1e-3, (one[0]["losses"], two[0]["losses"])

@@ -294,7 +294,11 @@ def test_held_out_answers_are_saved_beside_a_given_answers_file(data, tmp_path):
     model = _model(epochs=1).fit(data.train, data.train.pids, label_memory=str(answers))
     beside = tmp_path / "answers.validation.jsonl"
     assert len(LabelMemory(beside)) == len(model.validation_memory_) == 15
-    assert len(LabelMemory(answers)) + 15 == model.n_queries_
+    # the end-of-fit check's answers are held out beside it too
+    checked = len(model.start_check_memory_)
+    if checked:
+        assert len(LabelMemory(tmp_path / "answers.start_check.jsonl")) == checked
+    assert len(LabelMemory(answers)) + 15 + checked == model.n_queries_
 
 
 def test_validation_images_are_never_trained_on(data, monkeypatch):

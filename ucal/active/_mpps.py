@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..cluster._centers import cluster_centers, cluster_medoids
 from ._base import BaseRefiner
 from ._relations import DIFFERENT, OPEN, SAME, Groups, Votes, decide, fresh_pair
+from ._uncertainty import uncertainty_order
 
 __all__ = ["MPPSMerger"]
 
@@ -45,7 +46,8 @@ def candidate_pairs(centers, l_max, delta):
     ranked, ``d_l = s_l - s_{l+1}`` is min-max normalised along the list,
     and the pairs up to the first ``l`` with ``d*_l > delta`` are kept. With
     a single candidate, or a list without any gap (all ``d_l`` equal),
-    only the most similar centroid is kept.
+    only the most similar centroid is kept. ``delta=None`` keeps all
+    ``l_max`` (no cut).
 
     Returns
     -------
@@ -68,7 +70,7 @@ def candidate_pairs(centers, l_max, delta):
         rank = np.argsort(-top_sims, axis=1, kind="stable")
         top = np.take_along_axis(top, rank, axis=1)
         top_sims = np.take_along_axis(top_sims, rank, axis=1)
-        cut = gap_cut(top_sims, delta)
+        cut = np.full(len(top), L) if delta is None else gap_cut(top_sims, delta)
         keep = np.arange(L)[None, :] < cut[:, None]
         rows.append(np.broadcast_to((start + local)[:, None], top.shape)[keep])
         cols.append(top[keep])
@@ -115,11 +117,15 @@ class MPPSMerger(BaseRefiner):
         merging (paper: 20% per epoch). With ``cluster_inference``, merges
         the answers already settle do not count against it, and it is
         applied before asking: questions stop once it is reached.
-    selection : {"gap", "nearest", "random"}, default="gap"
-        Which centroid pairs are candidates: Eq. 5 and 6 (``"gap"``, the
-        paper's), each centroid's nearest only (``"nearest"``), or random
-        cluster pairs (``"random"``); the last two are controls for
-        benchmarks.
+    selection : {"gap", "uncertain", "nearest", "random"}, default="gap"
+        Which centroid pairs are candidates, in which order: Eq. 5 and 6
+        (``"gap"``, the paper's), most similar first; each centroid's
+        ``l_max`` nearest, the least certain answer first (``"uncertain"``:
+        ``P(same)`` calibrated on the answers so far by a logistic fit of
+        the shown pair's similarity, nearest even odds first, in rounds in
+        which each cluster appears once; see :mod:`ucal.active._uncertainty`);
+        each centroid's nearest only (``"nearest"``), or random cluster
+        pairs (``"random"``); the last two are controls for benchmarks.
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
         two clusters (votes, see :mod:`ucal.active`), keep apart groups a
@@ -213,7 +219,7 @@ class MPPSMerger(BaseRefiner):
         "l_max": [Interval(Integral, 1, None, closed="left")],
         "delta": [Interval(Real, 0, 1, closed="both")],
         "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],
-        "selection": [StrOptions({"gap", "nearest", "random"})],
+        "selection": [StrOptions({"gap", "uncertain", "nearest", "random"})],
         "cluster_inference": ["boolean"],
         "confirm_size": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
@@ -252,7 +258,7 @@ class MPPSMerger(BaseRefiner):
             return labels
         centers = cluster_centers(Xn, labels, n_clusters)
         medoids = cluster_medoids(Xn, labels, centers)
-        pairs = self._candidates(centers, session)
+        pairs = self._candidates(Xn, centers, medoids, session)
         limit = self.max_merge_ratio * n_clusters
         if self.cluster_inference:
             groups = self._merge_by_votes(Xn, labels, centers, medoids, pairs, limit, session, stage)
@@ -265,8 +271,15 @@ class MPPSMerger(BaseRefiner):
         )
         return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
 
-    def _candidates(self, centers, session):
-        """Cluster pairs to consider, most similar first (``selection``)."""
+    def _candidates(self, Xn, centers, medoids, session):
+        """Cluster pairs to consider, in the order they are asked (``selection``)."""
+        if self.selection == "uncertain":
+            pairs = candidate_pairs(centers, self.l_max, None)[0]
+            shown = np.einsum("ij,ij->i", Xn[medoids[pairs[:, 0]]], Xn[medoids[pairs[:, 1]]])
+            order, calibrated = uncertainty_order(pairs, shown, session.memory, Xn, len(centers))
+            if not calibrated:
+                logger.info("Too few answers to calibrate P(same): most similar pairs first.")
+            return pairs[order]
         if self.selection == "gap":
             return candidate_pairs(centers, self.l_max, self.delta)[0]
         if self.selection == "nearest":

@@ -8,6 +8,7 @@ from ._backbones import save_weights
 from ._callbacks import BestEpoch, Callback
 from ._device import set_num_threads
 from ._distributed import DistributedError
+from ._pair_loss import PairSupervision
 from ._estimator import UCALReID
 from ._loop import TrainingLoop
 
@@ -15,6 +16,7 @@ __all__ = [
     "BestEpoch",
     "Callback",
     "DistributedError",
+    "PairSupervision",
     "TrainingLoop",
     "UCALReID",
     "save_weights",

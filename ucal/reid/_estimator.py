@@ -114,6 +114,16 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         (SpCL). A float ``cm``: cluster-contrast's centroid memory, reset
         to the normalised member mean each epoch and then moved by every
         batch, ``c <- cm c + (1 - cm) f``.
+    pair_weight : float, default=0.0
+        Weight of the pair term (:class:`~ucal.reid.PairSupervision`): every
+        answered pair of the training memory (never a held-out validation
+        answer) enters the loss of every epoch as a verification term, the
+        binary cross-entropy of ``sigmoid(a (f_i . m_j - b))`` against the
+        answer, where ``m_j`` is the partner's memory feature and ``a``, ``b``
+        the boundary a logistic fit of the answers draws on the epoch's
+        features. It is summed over the batch's answered pairs and divided
+        by the batch size. 0 trains on the pseudo labels alone (the paper);
+        see :doc:`/answers` for what it buys.
     flip_prob : float, default=0.5
         Probability of a horizontal flip (training augmentation).
     pad : int, default=10
@@ -189,6 +199,13 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         With validation: at the end of the fit, put back the network of
         the epoch with the best ``val_auc`` (the starting network
         included) and say so in the log (see :class:`~ucal.reid.BestEpoch`).
+        Then, when that is a trained network, check it against the
+        starting network on retrieval questions drawn from both networks'
+        neighbours of the held-out images (as many as ``validation_size``,
+        at least 60, kept back from ``max_queries``; saved in
+        ``start_check.jsonl`` or ``<name>.start_check.jsonl``), and put the
+        starting network back unless the trained one wins by a standard
+        error (``start_check_``; see :doc:`/answers`).
     supervised : bool, default=False
         Train on the true identities ``y`` instead of pseudo labels (the
         paper's Supervised upper bound: same loss, labeling cost 100 %).
@@ -274,6 +291,13 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         holds (0 = the starting network). None without validation.
     validation_memory_ : LabelMemory or None
         The held-out answers (None without validation).
+    start_check_ : dict or None
+        What the end-of-fit check against the starting network found
+        (``map_start``, ``map_held``, ``diff_se``, ``n_anchors``,
+        ``n_pairs``, ``keep``); None when it did not run (no validation, or
+        the best-epoch rule already held the starting network).
+    start_check_memory_ : LabelMemory or None
+        The check's answers (held out like the validation answers).
     calibrated_params_ : dict or None
         The clustering parameters chosen by the calibrator before the first
         epoch (None without calibration).
@@ -329,6 +353,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "memory_refresh": [StrOptions({"stale", "all", "none"})],
         "outliers": [StrOptions({"instances", "drop"})],
         "centroid_momentum": [Interval(numbers.Real, 0, 1, closed="left"), None],
+        "pair_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "flip_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "pad": [Interval(numbers.Integral, 0, None, closed="left")],
         "erasing_prob": [Interval(numbers.Real, 0, 1, closed="both")],
@@ -373,6 +398,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         memory_refresh="stale",
         outliers="instances",
         centroid_momentum=None,
+        pair_weight=0.0,
         flip_prob=0.5,
         pad=10,
         erasing_prob=0.5,
@@ -414,6 +440,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.memory_refresh = memory_refresh
         self.outliers = outliers
         self.centroid_momentum = centroid_momentum
+        self.pair_weight = pair_weight
         self.flip_prob = flip_prob
         self.pad = pad
         self.erasing_prob = erasing_prob

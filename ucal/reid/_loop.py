@@ -37,6 +37,7 @@ from ._distributed import (
 )
 from ._features import extract_features
 from ._memory import FeatureMemory, centroid_contrastive_loss
+from ._pair_loss import PairSupervision
 from ._pseudo_labels import PseudoLabeler, default_refiner, innermost_clusterer
 from ._run_dir import RunDirectory, fingerprint
 from ._schedules import build_lr_scheduler, resume_cosine
@@ -175,6 +176,7 @@ class TrainingLoop:
         self.labels = None
         self.restored_epoch = None
         self.dist = DistributedContext()  # set by run(): one process, or several
+        self.pairs = None  # the epoch's PairSupervision (pair_weight > 0 with answers)
 
     # -------------------------------------------------------------- setup
     def _setup(self):
@@ -222,6 +224,7 @@ class TrainingLoop:
             checkpoint = dist.run_on_main(self.run_dir.load)
         self.label_memory = None
         self.validation_memory = None
+        self.check_memory = None
         if self.oracle is not None:
             # rank 0 alone reads and writes the answers; its failure ends every rank
             dist.run_on_main(self._open_memories, share=False)
@@ -246,13 +249,15 @@ class TrainingLoop:
             )
         self.calibrated_params = None
         self._seed = int(seeds[4])
+        self._net_seed = int(seeds[0])
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         elif self.resume and self.run_dir is not None and self.pseudo_labeler is not None:
             # Answers given before the first checkpoint of this run: human work, counted.
             # The held-out answers are always the run's own; the training ones when the
             # run owns its memory file.
-            n_answers = 0 if self.validation_memory is None else len(self.validation_memory)
+            n_answers = sum(len(m) for m in (self.validation_memory, self.check_memory)
+                            if m is not None)
             if self.run_dir.owns_memory and self.label_memory is not None:
                 n_answers += len(self.label_memory)
             self.pseudo_labeler.n_queries = n_answers
@@ -274,6 +279,7 @@ class TrainingLoop:
                 if self.pseudo_labeler is not None:
                     self.pseudo_labeler.n_queries = n_queries
         self.validation = dist.run_on_main(self._validation_set)
+        self.check_size = self._start_check_size()
         self.callbacks = self._callbacks()
         if checkpoint is not None:
             self._load_callback_states(checkpoint.get("callbacks") or [])
@@ -290,10 +296,16 @@ class TrainingLoop:
             self.given_memory, path=own, infer=self.estimator.memory_inference,
             n_samples=self.n_samples,
         )
-        self.validation_memory = self._open_validation_memory()
+        self.validation_memory = self._open_held_out_memory("validation")
+        if self.validation_memory is not None:
+            self.check_memory = self._open_held_out_memory("start_check")
 
-    def _open_validation_memory(self):
-        """The held-out answers' memory (None when the fit does not validate, and off rank 0)."""
+    def _open_held_out_memory(self, kind):
+        """A memory of held-out answers (None when the fit does not validate, and off rank 0).
+
+        ``kind`` is ``"validation"`` (asked before training) or ``"start_check"``
+        (asked at the end, see :mod:`ucal.reid._start_check`).
+        """
         est = self.estimator
         if self.oracle is None or est.validation_size == 0 or not self.dist.is_main:
             return None
@@ -301,12 +313,18 @@ class TrainingLoop:
 
         path = None
         if self.run_dir is not None:
-            path = self.run_dir.validation_path
+            path = self.run_dir.validation_path if kind == "validation" else self.run_dir.check_path
         elif getattr(self.label_memory, "path", None):
             # beside the user's answers file, so that no answer is lost with the process
             stem = os.path.splitext(self.label_memory.path)[0]
-            path = stem + ".validation.jsonl"
+            path = f"{stem}.{kind}.jsonl"
         return LabelMemory(path, infer=False)
+
+    def _held_out_pairs(self):
+        """Every pair of the held-out memories: never asked in training, never trained on."""
+        pairs = [_recorded_pairs(m, self.n_samples)
+                 for m in (self.validation_memory, self.check_memory) if m is not None]
+        return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
 
     def _budget_left(self):
         max_queries = self.estimator.max_queries
@@ -339,25 +357,29 @@ class TrainingLoop:
                     features, want, n_neighbors=10, exclude=exclude,
                     random_state=self._seed,
                 )
-                sent = self.validation_memory.n_queries
-                # An oracle that records answers itself (the web page) records these in
-                # the validation memory, never in the training one.
-                records = getattr(self.oracle, "label_memory", None) is self.label_memory
-                if records:
-                    self.oracle.label_memory = self.validation_memory
-                try:
-                    self.validation_memory.ask(pairs, self.oracle)
-                finally:
-                    if records:
-                        self.oracle.label_memory = self.label_memory
-                    self.pseudo_labeler.n_queries += self.validation_memory.n_queries - sent
+                self._ask_held_out(pairs, self.validation_memory)
             # never asked again, never used to train: held out of the training memory
             # ("not sure" answers included: they may not be asked there either)
-            self.label_memory.hold_out(_recorded_pairs(self.validation_memory, self.n_samples))
+            self.label_memory.hold_out(self._held_out_pairs())
             start["validation_queries"] = int(self.validation_memory.n_queries)
         if est.calibrator is not None:
             start.update(self._calibrate(features))
         return start
+
+    def _ask_held_out(self, pairs, memory):
+        """Ask ``pairs`` into a held-out ``memory`` (rank 0); count what the oracle was sent."""
+        sent = memory.n_queries
+        # An oracle that records answers itself (the web page) records these in
+        # the held-out memory, never in the training one.
+        records = getattr(self.oracle, "label_memory", None) is self.label_memory
+        if records:
+            self.oracle.label_memory = memory
+        try:
+            return memory.ask(pairs, self.oracle)
+        finally:
+            if records:
+                self.oracle.label_memory = self.label_memory
+            self.pseudo_labeler.n_queries += memory.n_queries - sent
 
     def _calibrate(self, features):
         """Choose the base clusterer's scale by agreement with the answered pairs."""
@@ -404,7 +426,7 @@ class TrainingLoop:
         inside = (pairs < self.n_samples).all(axis=1) if len(pairs) else np.zeros(0, bool)
         pairs, same = pairs[inside], same[inside]
         if self.label_memory is not None:
-            self.label_memory.hold_out(_recorded_pairs(self.validation_memory, self.n_samples))
+            self.label_memory.hold_out(self._held_out_pairs())
         if len(pairs) == 0:
             return None
         if same.all() or not same.any():
@@ -414,6 +436,104 @@ class TrainingLoop:
                 len(same), "same" if same.all() else "different",
             )
         return pairs, same
+
+    def _start_check_size(self):
+        """Pairs the end-of-fit check against the start network asks (0: no check).
+
+        The check belongs to the built-in best-epoch rule (validation answers,
+        ``keep_best``, no BestEpoch of the user's). Under ``max_queries`` its
+        questions are kept back from refinement, so that the check can ask them.
+        """
+        est = self.estimator
+        user_keeper = any(isinstance(c, BestEpoch) for c in est.callbacks or ())
+        if self.validation is None or not est.keep_best or user_keeper or est.supervised:
+            return 0
+        from ._start_check import MIN_QUESTIONS
+
+        n = max(len(self.validation[1]), MIN_QUESTIONS)
+        if est.max_queries is not None and self.pseudo_labeler is not None:
+            self.pseudo_labeler.max_queries = max(0, est.max_queries - n)
+        return n
+
+    def _check_against_start(self):
+        """Keep the start network unless the held one retrieves better on fair questions.
+
+        See :mod:`ucal.reid._start_check`: held-out images are paired with the
+        union of both networks' nearest training images, the pairs nobody
+        answered yet are asked (rank 0; a resumed fit answers them from its
+        memory), and the start network is put back unless the held one's
+        ranking of those answers wins by ``SIGNIFICANCE`` standard errors.
+        """
+        from ._start_check import draw_questions, duel
+
+        est = self.estimator
+        held = self._extract(self.source, "Checking against the start").cpu().numpy()
+        start_net = self._start_net()
+        start = self._extract(self.source, "Scoring the start", net=start_net).cpu().numpy()
+
+        def on_main():
+            anchors = np.unique(self.validation[0])
+            candidates = np.setdiff1d(np.arange(self.n_samples), anchors)
+            memories = (self.label_memory, self.validation_memory)
+            recorded = {tuple(p) for m in memories
+                        for p in _recorded_pairs(m, self.n_samples).tolist()}
+            mine = {tuple(p) for p in _recorded_pairs(self.check_memory, self.n_samples).tolist()}
+            # the check's own earlier questions (a resumed fit) count against its size,
+            # and are answered from its memory: the same draw, nothing asked twice
+            budget = self.check_size
+            if self._budget_left() is not None:
+                budget = min(budget, self._budget_left() + len(mine))
+            pairs = draw_questions(start, held, anchors, candidates, budget, recorded,
+                                   self._seed + 1)
+            keys = [(min(i, j), max(i, j)) for i, j in pairs.tolist()]
+            answers = np.full(len(pairs), -1, dtype=np.int8)
+            # what training or validation already asked is read, never asked again
+            old = np.array([key in recorded for key in keys], dtype=bool)
+            for memory in memories:
+                unknown = old & (answers < 0)
+                if unknown.any():
+                    answers[unknown] = memory.lookup(pairs[unknown])
+            if (~old).any():
+                answers[~old] = self._ask_held_out(pairs[~old], self.check_memory)
+            return pairs, answers, self.n_queries
+
+        pairs, answers, n_queries = self.dist.run_on_main(on_main)
+        if not self.dist.is_main:
+            self.pseudo_labeler.n_queries = n_queries
+        ok = answers >= 0
+        pairs, same = pairs[ok], answers[ok] == 1
+        result = duel(
+            pairs[:, 0],
+            np.einsum("ij,ij->i", start[pairs[:, 0]], start[pairs[:, 1]]),
+            np.einsum("ij,ij->i", held[pairs[:, 0]], held[pairs[:, 1]]),
+            same, random_state=self._seed,
+        )
+        if result["keep"] == "start":
+            self.net.load_state_dict(start_net.state_dict())
+            est.best_epoch_ = 0
+            logger.info(
+                "The start network is kept: on %d anchors' answers its mAP is %.3f against "
+                "%.3f for the trained one (standard error of the difference %.3f).",
+                result["n_anchors"], result["map_start"], result["map_held"], result["diff_se"],
+            )
+        else:
+            logger.info(
+                "The trained network beats the start network on %d anchors' answers: mAP "
+                "%.3f against %.3f (standard error of the difference %.3f).",
+                result["n_anchors"], result["map_held"], result["map_start"], result["diff_se"],
+            )
+        est.start_check_ = result
+        est.n_queries_ = int(self.n_queries)
+        est.cost_ = self._cost()
+
+    def _start_net(self):
+        """The network the fit started from, built again as ``_setup`` built it."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._net_seed)
+            net = build_net(self.estimator)
+        net = net.to(self.device, memory_format=self.precision.memory_format())
+        net.eval()
+        return net
 
     def _start_record(self, start):
         """Epoch 0 in the history: the starting network, before any training."""
@@ -532,7 +652,8 @@ class TrainingLoop:
             "clusterer": None if self.pseudo_labeler is None else self.pseudo_labeler.clusterer,
             "n_queries": self.n_queries,
             "n_memory_records": sum(
-                len(m) for m in (self.label_memory, self.validation_memory) if m is not None
+                len(m) for m in (self.label_memory, self.validation_memory, self.check_memory)
+                if m is not None
             ),
             "callbacks": [(type(c).__name__, c.state_dict()) for c in self.callbacks],
             "calibrated_params": self.calibrated_params,
@@ -578,7 +699,7 @@ class TrainingLoop:
                 # Answers recorded after the checkpoint (the interrupted epoch) were
                 # real questions to the oracle: count them once.
                 n_records = sum(
-                    len(m) for m in (self.label_memory, self.validation_memory)
+                    len(m) for m in (self.label_memory, self.validation_memory, self.check_memory)
                     if m is not None
                 )
                 n_queries += max(0, n_records - int(ckpt["n_memory_records"]))
@@ -663,6 +784,8 @@ class TrainingLoop:
             record["lr"] = float(self.optimizer.param_groups[0]["lr"])
             loss, iters = self._train_epoch(labels)
             self.scheduler.step()
+            if self.pairs is not None:
+                record["pair_answers"] = len(self.pairs)  # answered pairs the loss saw
             record["loss"] = loss
             record["iterations"] = iters
             record["n_queries"] = self.n_queries
@@ -686,6 +809,8 @@ class TrainingLoop:
         if keeper is not None:
             # the epoch whose network the model now holds
             est.best_epoch_ = keeper.best_epoch
+            if self.check_size and keeper.best_epoch != 0:
+                self._check_against_start()
 
     def _pseudo_labels(self, features, epoch, record):
         """The epoch's labels: recalibration, clustering and refinement, on rank 0."""
@@ -726,8 +851,11 @@ class TrainingLoop:
             return 1.0
         return labeling_cost(self.n_queries, self.n_samples)
 
-    def _extract(self, source, desc):
-        """Features of ``source``; with several processes each extracts a block, all get all."""
+    def _extract(self, source, desc, net=None):
+        """Features of ``source``; with several processes each extracts a block, all get all.
+
+        ``net`` defaults to the network being trained.
+        """
         est = self.estimator
         dist = self.dist
         if dist.enabled:
@@ -735,8 +863,8 @@ class TrainingLoop:
         error = features = None
         try:
             features = extract_features(
-                self.net, source, self.precision, est.inference_batch_size, est.num_workers,
-                est.verbose and dist.is_main, desc,
+                self.net if net is None else net, source, self.precision,
+                est.inference_batch_size, est.num_workers, est.verbose and dist.is_main, desc,
             )
         except BaseException as exc:  # an image only this rank reads: every rank stops
             error = exc
@@ -778,6 +906,31 @@ class TrainingLoop:
             self.memory.refresh(indices, None)
         return len(indices)
 
+    def _pair_supervision(self):
+        """The training memory's answered pairs for this epoch's pair term (None: off).
+
+        Read on rank 0 (which alone holds the answers) and shared with every
+        rank; the held-out validation images and their pairs stay out.
+        """
+        est = self.estimator
+        if not est.pair_weight or est.supervised or self.oracle is None:
+            return None
+
+        def on_main():
+            if self.label_memory is None:
+                return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=bool)
+            return self.label_memory.to_arrays()
+
+        pairs, same = self.dist.run_on_main(on_main)
+        if len(pairs) == 0:
+            return None
+        exclude = None if self.validation is None else np.unique(self.validation[0])
+        supervision = PairSupervision(
+            pairs, same, self.n_samples, self.memory.features.cpu().numpy(),
+            temperature=est.temperature, exclude=exclude,
+        )
+        return supervision if supervision.active else None
+
     def _train_epoch(self, labels):
         est = self.estimator
         if est.outliers == "instances" and not est.supervised:
@@ -791,6 +944,7 @@ class TrainingLoop:
             labels[np.unique(self.validation[0])] = -1
             labels = relabel(labels)
         self.memory.set_labels(labels)
+        self.pairs = self._pair_supervision()
         if not (labels >= 0).any():
             logger.warning("Epoch %d: every image is an outlier; nothing to train on.", self.epoch)
             self.n_batches = 0
@@ -818,6 +972,9 @@ class TrainingLoop:
             loss = centroid_contrastive_loss(
                 features, batch_targets, self.memory.centroids(), est.temperature
             )
+            if self.pairs is not None:
+                pair_sum, _ = self.pairs.loss(features, indices, self.memory)
+                loss = loss + est.pair_weight * pair_sum / len(indices)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -858,7 +1015,12 @@ class TrainingLoop:
                 features, batch_targets, self.memory.centroids(), est.temperature,
                 reduction="none",
             )
-            loss = per_sample.sum() * (dist.world_size / n_global)
+            loss_sum = per_sample.sum()
+            if self.pairs is not None:
+                # the pair term of this rank's rows; over the global batch, as one process has it
+                pair_sum, _ = self.pairs.loss(features, indices, self.memory)
+                loss_sum = loss_sum + est.pair_weight * pair_sum
+            loss = loss_sum * (dist.world_size / n_global)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -870,7 +1032,7 @@ class TrainingLoop:
             batch_features = torch.empty_like(gathered)
             batch_features[torch.as_tensor(order, device=gathered.device)] = gathered
             self.memory.update(batches[batch], batch_features)
-            mean_loss = dist.all_reduce_sum(per_sample.detach().sum()) / n_global
+            mean_loss = dist.all_reduce_sum(loss_sum.detach()) / n_global
             total += mean_loss
             self._notify("on_batch_end", batch, mean_loss)
         return float(total.item()) / max(1, len(batches)), len(batches)
@@ -898,4 +1060,6 @@ class TrainingLoop:
         if self.label_memory is not None:
             self.label_memory.hold_out(None)  # the memory goes back to the user unrestricted
         est.validation_memory_ = self.validation_memory
+        est.start_check_memory_ = self.check_memory
+        est.start_check_ = None
         est.calibrated_params_ = self.calibrated_params

@@ -3,8 +3,9 @@
 ``checkpoint_dir`` holds ``checkpoint.pt`` (rewritten atomically after every
 epoch, with a SHA-256 of its content in its first line), the one before it
 as ``checkpoint.prev.pt``, ``label_memory.jsonl`` (the oracle's answers,
-appended as they arrive) and ``validation_memory.jsonl`` (the held-out
-answers). A directory that already holds a run is never overwritten: it is
+appended as they arrive), ``validation_memory.jsonl`` (the held-out
+answers) and ``start_check.jsonl`` (the held-out answers of the end-of-fit
+check against the start network). A directory that already holds a run is never overwritten: it is
 resumed (``resume=True``) or refused. A damaged checkpoint is named and the
 previous one is used instead, when it is sound.
 """
@@ -40,6 +41,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the epoch before: the fallback
 LABEL_MEMORY_NAME = "label_memory.jsonl"
 VALIDATION_MEMORY_NAME = "validation_memory.jsonl"  # held-out answers, never trained on
+CHECK_MEMORY_NAME = "start_check.jsonl"  # the end-of-fit check's answers, never trained on
 
 # Parameters that define the training run: a resumed fit must use the same values.
 RESUME_PARAMS = (
@@ -178,6 +180,7 @@ class RunDirectory:
         self.memory_path = os.path.join(self.path, LABEL_MEMORY_NAME)
         self._newest_damaged = False
         self.validation_path = os.path.join(self.path, VALIDATION_MEMORY_NAME)
+        self.check_path = os.path.join(self.path, CHECK_MEMORY_NAME)
         given = getattr(given_memory, "path", given_memory)
         # A memory given on the run's own memory file counts as the run's memory.
         self.owns_memory = given_memory is None or (
@@ -208,9 +211,9 @@ class RunDirectory:
                 and os.path.isfile(self.memory_path)
                 and os.path.getsize(self.memory_path) > 0
             )
-            or (
-                os.path.isfile(self.validation_path)
-                and os.path.getsize(self.validation_path) > 0
+            or any(
+                os.path.isfile(path) and os.path.getsize(path) > 0
+                for path in (self.validation_path, self.check_path)
             )
         ):
             raise FileExistsError(

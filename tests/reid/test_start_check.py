@@ -1,0 +1,172 @@
+"""Never worse than the start: the held network against the start network on fair pairs."""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ucal.oracles import LabelOracle  # noqa: E402
+from ucal.reid import Callback, UCALReID, save_weights  # noqa: E402
+from ucal.reid._start_check import (  # noqa: E402
+    SIGNIFICANCE,
+    anchor_average_precision,
+    draw_questions,
+    duel,
+)
+
+from .test_estimator import RecordingOracle  # noqa: E402
+
+
+def test_average_precision_of_one_anchor():
+    same = np.array([True, False, True, False])
+    assert anchor_average_precision(np.array([0.9, 0.8, 0.7, 0.1]), same) == pytest.approx(
+        (1 + 2 / 3) / 2)
+    assert anchor_average_precision(np.array([0.9, 0.1, 0.8, 0.2]), same) == 1.0
+    # ties are not luck: a "different" at the same similarity ranks first
+    assert anchor_average_precision(np.array([0.5, 0.5, 0.5, 0.5]), same) < 1.0
+
+
+def _questions(n_anchors, quality, rng):
+    """Per anchor 2 "same" and 4 "different" candidates; similarity = quality x truth + noise."""
+    anchors = np.repeat(np.arange(n_anchors), 6)
+    same = np.tile([True, True, False, False, False, False], n_anchors)
+    return anchors, same, quality * same + rng.randn(len(same))
+
+
+def test_duel_keeps_the_held_network_only_when_it_clearly_wins():
+    rng = np.random.RandomState(0)
+    anchors, same, good = _questions(40, 3.0, rng)
+    _, _, noise = _questions(40, 0.0, rng)
+    won = duel(anchors, noise, good, same)
+    assert won["keep"] == "held" and won["map_held"] > 0.9 > won["map_start"]
+    assert won["n_anchors"] == 40 and won["n_pairs"] == 240
+    assert duel(anchors, good, noise, same)["keep"] == "start"
+    # the same network twice: no evidence that training helped
+    assert duel(anchors, good, good, same)["keep"] == "start"
+    # the rule is the documented one
+    _, _, better = _questions(40, 3.3, rng)
+    result = duel(anchors, good, better, same)
+    gain = result["map_held"] - result["map_start"]
+    assert (result["keep"] == "held") == (gain > SIGNIFICANCE * result["diff_se"])
+    # anchors with one kind of answer cannot rank: with none left, the start stays
+    single = duel(anchors, noise, good, np.ones(240, bool))
+    assert single["keep"] == "start" and single["n_anchors"] == 0
+
+
+def test_each_anchor_gets_both_networks_nearest_candidates():
+    rng = np.random.RandomState(1)
+    start, held = rng.randn(2, 60, 8)
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    held /= np.linalg.norm(held, axis=1, keepdims=True)
+    anchors, candidates = np.array([3, 10, 20]), np.arange(30, 60)
+    pairs = draw_questions(start, held, anchors, candidates, 100, set(), random_state=0, k=3)
+    for a in anchors:
+        got = set(pairs[pairs[:, 0] == a, 1].tolist())
+        want = set()
+        for f in (start, held):
+            sims = f[candidates] @ f[a]
+            want |= set(candidates[np.argsort(-sims)[:3]].tolist())
+        assert got == want
+    np.testing.assert_array_equal(
+        pairs, draw_questions(start, held, anchors, candidates, 100, set(), random_state=0, k=3))
+    # the budget counts only pairs not known yet, and anchors come whole
+    first = pairs[pairs[:, 0] == pairs[0, 0]]
+    assert len(draw_questions(start, held, anchors, candidates, len(first), set(), 0, k=3)) == \
+        len(first)
+    assert len(draw_questions(start, held, anchors, candidates, 0, set(), 0, k=3)) == 0
+    # a resumed check: what was asked before costs nothing, so no budget is needed
+    known = {(min(p), max(p)) for p in pairs.tolist()}
+    np.testing.assert_array_equal(
+        draw_questions(start, held, anchors, candidates, 0, known, 0, k=3), pairs)
+def _params(weights, **params):
+    defaults = dict(backbone="tiny", pretrained=weights, image_size=(32, 16), epochs=2,
+                    warmup_epochs=0, batch_size=16, iters_per_epoch=3, validation_size=12,
+                    inference_batch_size=64, random_state=0)
+    return {**defaults, **params}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Persons enough for 12 held-out pairs of both answers."""
+    from ucal.datasets import make_persons
+
+    return make_persons(n_identities=20, n_test_identities=4, n_images_per_camera=(3, 4),
+                        image_size=(32, 16), random_state=0)
+
+
+@pytest.fixture(scope="module")
+def good_start(data, tmp_path_factory):
+    """Weights trained on the true identities: a start that training can only spoil."""
+    model = UCALReID(**_params(False, supervised=True, epochs=6, iters_per_epoch=6))
+    model.fit(data.train, data.train.pids)
+    path = tmp_path_factory.mktemp("start") / "start.pt"
+    save_weights(model.backbone_, path)
+    return str(path)
+
+
+class Wreck(Callback):
+    """Wrecks the network after the last epoch (every image the same embedding: its
+    convolutions zeroed) and plants a perfect validation AUC there.
+
+    The best-epoch rule then holds the wrecked network: only the end-of-fit
+    check can give the start back.
+    """
+
+    def on_epoch_end(self, loop, record):
+        if loop.epoch == loop.estimator.epochs:
+            with torch.no_grad():
+                for module in loop.net.modules():
+                    if isinstance(module, torch.nn.Conv2d):
+                        module.weight.zero_()
+            record["val_auc"], record["val_auc_se"] = 1.0, 0.0
+
+
+@pytest.mark.filterwarnings("ignore::ucal.oracles.BudgetExhaustedWarning")
+def test_a_wrecked_network_gives_the_start_back(data, good_start, monkeypatch):
+    from ucal.reid import _start_check
+
+    monkeypatch.setattr(_start_check, "MIN_QUESTIONS", 150)  # anchors enough to show it
+    y = data.train.pids
+    oracle = RecordingOracle(y, len(y))
+    model = UCALReID(**_params(good_start, max_queries=250, callbacks=[Wreck()])).fit(
+        data.train, oracle=oracle, eval_set=data)
+    check = model.start_check_
+    assert check is not None and check["keep"] == "start" and model.best_epoch_ == 0, check
+    assert check["n_anchors"] >= 5 and check["map_start"] > check["map_held"]
+    # the start network itself, scored as at epoch 0
+    assert model.evaluate(data)["mAP"] == pytest.approx(model.history_[0]["mAP"], abs=1e-6)
+    # the check's questions are held out apart, inside the budget, counted, never repeated
+    checked = {tuple(p) for p in model.start_check_memory_.to_arrays()[0].tolist()}
+    trained = {tuple(p) for p in model.label_memory_.to_arrays()[0].tolist()}
+    held = {tuple(p) for p in model.validation_memory_.to_arrays()[0].tolist()}
+    assert checked and not checked & (trained | held)
+    assert model.n_queries_ == oracle.n_asked == len(oracle.pairs) <= 250
+
+
+def test_a_resumed_finished_fit_asks_nothing_again(data, good_start, tmp_path):
+    y = data.train.pids
+    run = str(tmp_path / "run")
+    first = RecordingOracle(y, len(y))
+    done = UCALReID(**_params(good_start, checkpoint_dir=run, callbacks=[Wreck()])).fit(
+        data.train, oracle=first)
+    assert done.start_check_ is not None
+    assert os.path.getsize(os.path.join(run, "start_check.jsonl")) > 0
+    again = RecordingOracle(y, len(y))
+    resumed = UCALReID(**_params(good_start, checkpoint_dir=run, callbacks=[Wreck()])).fit(
+        data.train, oracle=again, resume=True)
+    assert again.n_asked == 0
+    np.testing.assert_equal(resumed.start_check_, done.start_check_)  # NaN == NaN here
+    assert resumed.n_queries_ == done.n_queries_ == first.n_asked
+
+
+def test_no_check_without_the_built_in_best_epoch_rule(data, good_start):
+    from ucal.reid import BestEpoch
+
+    y = data.train.pids
+    for params in ({"keep_best": False}, {"callbacks": [BestEpoch(monitor="val_accuracy")]},
+                   {"validation_size": 0}):
+        model = UCALReID(**_params(good_start, lr=0.5, **params)).fit(
+            data.train, oracle=LabelOracle(y))
+        assert model.start_check_ is None
