@@ -130,7 +130,7 @@ def test_a_wrecked_network_gives_the_start_back(data, good_start, monkeypatch):
     monkeypatch.setattr(_start_check, "MIN_QUESTIONS", 150)  # anchors enough to show it
     y = data.train.pids
     oracle = RecordingOracle(y, len(y))
-    model = UCALReID(**_params(good_start, max_queries=250, callbacks=[Wreck()])).fit(
+    model = UCALReID(**_params(good_start, max_queries=1500, callbacks=[Wreck()])).fit(
         data.train, oracle=oracle, eval_set=data)
     check = model.start_check_
     assert check is not None and check["keep"] == "start" and model.best_epoch_ == 0, check
@@ -142,7 +142,7 @@ def test_a_wrecked_network_gives_the_start_back(data, good_start, monkeypatch):
     trained = {tuple(p) for p in model.label_memory_.to_arrays()[0].tolist()}
     held = {tuple(p) for p in model.validation_memory_.to_arrays()[0].tolist()}
     assert checked and not checked & (trained | held)
-    assert model.n_queries_ == oracle.n_asked == len(oracle.pairs) <= 250
+    assert model.n_queries_ == oracle.n_asked == len(oracle.pairs) <= 1500
 
 
 def test_a_resumed_finished_fit_asks_nothing_again(data, good_start, tmp_path):
@@ -170,3 +170,15 @@ def test_no_check_without_the_built_in_best_epoch_rule(data, good_start):
         model = UCALReID(**_params(good_start, lr=0.5, **params)).fit(
             data.train, oracle=LabelOracle(y))
         assert model.start_check_ is None
+
+
+@pytest.mark.filterwarnings("ignore::ucal.oracles.BudgetExhaustedWarning")
+def test_the_check_has_its_share_of_a_spent_budget(data, good_start):
+    y = data.train.pids
+    oracle = RecordingOracle(y, len(y))
+    model = UCALReID(**_params(good_start, max_queries=100, callbacks=[Wreck()])).fit(
+        data.train, oracle=oracle)
+    # refinement spends what it may; the check still asks its tenth of the budget
+    assert model.start_check_ is not None
+    assert 0 < len(model.start_check_memory_) <= 10
+    assert model.n_queries_ == oracle.n_asked <= 100

@@ -202,7 +202,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         Then, when that is a trained network, check it against the
         starting network on retrieval questions drawn from both networks'
         neighbours of the held-out images (as many as ``validation_size``,
-        at least 60, kept back from ``max_queries``; saved in
+        at least 60, at most a tenth of ``max_queries``, kept back from
+        refinement; saved in
         ``start_check.jsonl`` or ``<name>.start_check.jsonl``), and put the
         starting network back unless the trained one wins by a standard
         error (``start_check_``; see :doc:`/answers`).

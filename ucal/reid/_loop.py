@@ -441,8 +441,9 @@ class TrainingLoop:
         """Pairs the end-of-fit check against the start network asks (0: no check).
 
         The check belongs to the built-in best-epoch rule (validation answers,
-        ``keep_best``, no BestEpoch of the user's). Under ``max_queries`` its
-        questions are kept back from refinement, so that the check can ask them.
+        ``keep_best``, no BestEpoch of the user's): as many questions as the
+        validation set holds pairs, at least ``MIN_QUESTIONS``, at most a tenth
+        of ``max_queries``, which are kept back from refinement.
         """
         est = self.estimator
         user_keeper = any(isinstance(c, BestEpoch) for c in est.callbacks or ())
@@ -451,6 +452,8 @@ class TrainingLoop:
         from ._start_check import MIN_QUESTIONS
 
         n = max(len(self.validation[1]), MIN_QUESTIONS)
+        if est.max_queries is not None:
+            n = min(n, est.max_queries // 10)  # never more than a tenth of the budget
         if est.max_queries is not None and self.pseudo_labeler is not None:
             self.pseudo_labeler.max_queries = max(0, est.max_queries - n)
         return n
