@@ -86,6 +86,8 @@ BRANCHES = {
                                        0.0, 0.00092),
     "control: nearest + pair term, 0.092 %": (
         dict(refiner=_selection("nearest"), pair_weight=1.0), 0.0, 0.00092),
+    "default + pair term, 5% noisy, 0.092 %": (dict(refiner=None, pair_weight=1.0), 0.05,
+                                               0.00092),
 }
 
 

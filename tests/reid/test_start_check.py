@@ -173,12 +173,79 @@ def test_no_check_without_the_built_in_best_epoch_rule(data, good_start):
 
 
 @pytest.mark.filterwarnings("ignore::ucal.oracles.BudgetExhaustedWarning")
-def test_the_check_has_its_share_of_a_spent_budget(data, good_start):
+def test_the_check_has_its_share_of_the_budget_or_does_not_run(data, good_start, caplog):
     y = data.train.pids
     oracle = RecordingOracle(y, len(y))
-    model = UCALReID(**_params(good_start, max_queries=100, callbacks=[Wreck()])).fit(
+    model = UCALReID(**_params(good_start, max_queries=400, callbacks=[Wreck()])).fit(
         data.train, oracle=oracle)
-    # refinement spends what it may; the check still asks its tenth of the budget
+    # a tenth of the budget is the check's, whatever refinement would have spent
     assert model.start_check_ is not None
-    assert 0 < len(model.start_check_memory_) <= 10
-    assert model.n_queries_ == oracle.n_asked <= 100
+    assert 0 < len(model.start_check_memory_) <= 40
+    assert model.n_queries_ == oracle.n_asked <= 400
+    # a tenth too small to show anything: no check, and refinement may spend it all
+    small = RecordingOracle(y, len(y))
+    with caplog.at_level("INFO", logger="ucal.reid._loop"):
+        model = UCALReID(**_params(good_start, max_queries=100, callbacks=[Wreck()])).fit(
+            data.train, oracle=small)
+    assert model.start_check_ is None and model.best_epoch_ == 2
+    assert "too few questions to check" in caplog.text
+    assert model.n_queries_ == small.n_asked <= 100
+
+
+class UnsureAfterTraining(RecordingOracle):
+    """True answers during training; "not sure" to every question after the last epoch."""
+
+    def __init__(self, y, n_samples, last_epoch):
+        super().__init__(y, n_samples)
+        self.last_epoch = last_epoch
+        self.loop = None
+
+    def __call__(self, pairs):
+        answers = super().__call__(pairs).astype(np.int8)
+        if self.loop is not None and self.loop.epoch >= self.last_epoch:
+            answers[:] = -1
+        return answers
+
+
+class Watch(Callback):
+    def __init__(self, oracle):
+        self.oracle = oracle
+
+    def on_fit_begin(self, loop):
+        self.oracle.loop = loop
+
+
+def test_a_fit_killed_in_the_check_resumes_without_asking_twice(data, good_start, tmp_path,
+                                                                 monkeypatch):
+    from ucal.reid import _loop
+
+    y = data.train.pids
+    run = str(tmp_path / "run")
+    original = _loop.TrainingLoop._start_net
+
+    def killed(self):
+        raise KeyboardInterrupt  # the process dies as the check begins
+
+    monkeypatch.setattr(_loop.TrainingLoop, "_start_net", killed)
+    first = UnsureAfterTraining(y, len(y), last_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        UCALReID(**_params(good_start, checkpoint_dir=run,
+                           callbacks=[Wreck(), Watch(first)])).fit(data.train, oracle=first)
+    monkeypatch.setattr(_loop.TrainingLoop, "_start_net", original)
+    second = UnsureAfterTraining(y, len(y), last_epoch=2)
+    model = UCALReID(**_params(good_start, checkpoint_dir=run,
+                               callbacks=[Wreck(), Watch(second)])).fit(
+        data.train, oracle=second, resume=True)
+    # the check ran once, after the resume; every one of its answers was "not sure"
+    assert model.start_check_ is not None
+    assert len(model.start_check_memory_) > 0 and second.n_asked > 0
+    assert not first.pairs & second.pairs
+    assert model.n_queries_ == first.n_asked + second.n_asked
+    # not sure about everything: nothing to show, the start network is given back
+    assert model.start_check_["keep"] == "start" and model.best_epoch_ == 0
+    # a second resume asks nothing, not even the pairs answered "not sure"
+    third = UnsureAfterTraining(y, len(y), last_epoch=2)
+    again = UCALReID(**_params(good_start, checkpoint_dir=run,
+                               callbacks=[Wreck(), Watch(third)])).fit(
+        data.train, oracle=third, resume=True)
+    assert third.n_asked == 0 and again.n_queries_ == model.n_queries_

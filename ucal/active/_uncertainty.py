@@ -4,8 +4,9 @@ MPPS's gap rule (Eq. 5, 6) asks the most similar centroid pairs first, so its
 answers are mostly "same" the features already implied. The uncertainty rule
 asks where the current model cannot tell:
 
-1. ``P(same | s)`` is fitted, by a one-dimensional logistic regression, on the
-   cosine similarity ``s`` of every pair the memory holds an answer for
+1. ``P(same | s)`` is fitted, by a one-dimensional logistic regression
+   (standardised ``s``, a weak penalty), on the cosine similarity ``s`` of
+   every pair the memory holds an answer for
    (both answers present, at least ``min_answers`` of them; otherwise the
    rule falls back on the similarity order);
 2. a candidate cluster pair is scored by the similarity of the pair of
@@ -23,6 +24,8 @@ __all__ = ["diverse_rounds", "same_probability", "uncertainty_order"]
 
 # Fewer answers (or none of one kind) than this: no calibration, similarity order.
 MIN_ANSWERS = 10
+# Inverse penalty of the calibration's logistic fit, on standardised similarities.
+_C = 100.0
 
 
 def same_probability(similarity, memory, Xn, min_answers=MIN_ANSWERS):
@@ -52,8 +55,13 @@ def same_probability(similarity, memory, Xn, min_answers=MIN_ANSWERS):
     if len(same) < min_answers or same.all() or not same.any():
         return None
     s = np.einsum("ij,ij->i", Xn[pairs[:, 0]], Xn[pairs[:, 1]])
-    model = LogisticRegression(C=1.0).fit(s[:, None], same)
-    return model.predict_proba(np.asarray(similarity, dtype=float)[:, None])[:, 1]
+    # similarities span a narrow range: standardised, and barely penalised, so that the
+    # fitted boundary is the answers' (an L2 penalty on the raw scale shrinks the slope
+    # and pulls the boundary towards the majority answer)
+    mean, scale = s.mean(), max(float(s.std()), 1e-6)
+    model = LogisticRegression(C=_C).fit(((s - mean) / scale)[:, None], same)
+    z = (np.asarray(similarity, dtype=float) - mean) / scale
+    return model.predict_proba(z[:, None])[:, 1]
 
 
 def diverse_rounds(pairs, n_items):

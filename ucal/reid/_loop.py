@@ -268,6 +268,9 @@ class TrainingLoop:
             self.memory = FeatureMemory(
                 features, est.memory_momentum, centroid_momentum=est.centroid_momentum
             )
+        # the check's share of the budget is kept back before any question is asked
+        self.check_size = self._planned_check_size()
+        self._check_done = False
         start = None
         if checkpoint is None and self.oracle is not None:
             # questions are asked by rank 0 alone
@@ -279,7 +282,8 @@ class TrainingLoop:
                 if self.pseudo_labeler is not None:
                     self.pseudo_labeler.n_queries = n_queries
         self.validation = dist.run_on_main(self._validation_set)
-        self.check_size = self._start_check_size()
+        if self.validation is None and self.check_size:
+            self._release_check()  # nothing held out to check with: its share goes back
         self.callbacks = self._callbacks()
         if checkpoint is not None:
             self._load_callback_states(checkpoint.get("callbacks") or [])
@@ -327,8 +331,12 @@ class TrainingLoop:
         return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
 
     def _budget_left(self):
+        """Questions ``max_queries`` still allows, less the end-of-fit check's share."""
         max_queries = self.estimator.max_queries
-        return None if max_queries is None else max(0, max_queries - self.n_queries)
+        if max_queries is None:
+            return None
+        reserved = 0 if self._check_done else self.check_size
+        return max(0, max_queries - self.n_queries - reserved)
 
     def _ask_before_training(self):
         """Validation pairs, then calibration: the questions asked before epoch 1."""
@@ -352,7 +360,8 @@ class TrainingLoop:
                 want = min(want, self._budget_left())
             if want > 0:
                 trained, _ = self.label_memory.to_arrays()
-                exclude = [tuple(p) for p in held.tolist()] + [tuple(p) for p in trained.tolist()]
+                exclude = [tuple(p) for p in self._held_out_pairs().tolist()]
+                exclude += [tuple(p) for p in trained.tolist()]
                 pairs = near_neighbour_pairs(
                     features, want, n_neighbors=10, exclude=exclude,
                     random_state=self._seed,
@@ -437,26 +446,40 @@ class TrainingLoop:
             )
         return pairs, same
 
-    def _start_check_size(self):
-        """Pairs the end-of-fit check against the start network asks (0: no check).
+    def _planned_check_size(self):
+        """Questions the end-of-fit check against the start network may ask (0: no check).
 
-        The check belongs to the built-in best-epoch rule (validation answers,
-        ``keep_best``, no BestEpoch of the user's): as many questions as the
-        validation set holds pairs, at least ``MIN_QUESTIONS``, at most a tenth
-        of ``max_queries``, which are kept back from refinement.
+        The check belongs to the built-in best-epoch rule (an oracle, validation
+        answers, ``keep_best``, no BestEpoch of the user's): as many questions as
+        the validation set will hold pairs, at least ``MIN_QUESTIONS``, at most a
+        tenth of ``max_queries``, which refinement and calibration leave to it.
+        A share too small to show anything (``MIN_CHECK``) means no check.
         """
+        from ._start_check import MIN_CHECK, MIN_QUESTIONS
+
         est = self.estimator
         user_keeper = any(isinstance(c, BestEpoch) for c in est.callbacks or ())
-        if self.validation is None or not est.keep_best or user_keeper or est.supervised:
+        if (self.oracle is None or est.validation_size == 0 or not est.keep_best
+                or user_keeper or est.supervised or self.pseudo_labeler is None):
             return 0
-        from ._start_check import MIN_QUESTIONS
-
-        n = max(len(self.validation[1]), MIN_QUESTIONS)
+        n = max(min(est.validation_size, self.n_samples // 20), MIN_QUESTIONS)
         if est.max_queries is not None:
-            n = min(n, est.max_queries // 10)  # never more than a tenth of the budget
-        if est.max_queries is not None and self.pseudo_labeler is not None:
-            self.pseudo_labeler.max_queries = max(0, est.max_queries - n)
+            n = min(n, est.max_queries // 10)
+            if n < MIN_CHECK:
+                logger.info(
+                    "max_queries=%d leaves too few questions to check the trained network "
+                    "against the start (%d, fewer than %d): no check.",
+                    est.max_queries, n, MIN_CHECK,
+                )
+                return 0
+            self.pseudo_labeler.reserve = n
         return n
+
+    def _release_check(self):
+        """No check after all: its share of the budget goes back to refinement."""
+        self.check_size = 0
+        if self.pseudo_labeler is not None:
+            self.pseudo_labeler.reserve = 0
 
     def _check_against_start(self):
         """Keep the start network unless the held one retrieves better on fair questions.
@@ -469,7 +492,7 @@ class TrainingLoop:
         """
         from ._start_check import draw_questions, duel
 
-        est = self.estimator
+        self._check_done = True  # from here on the check spends its own share
         held = self._extract(self.source, "Checking against the start").cpu().numpy()
         start_net = self._start_net()
         start = self._extract(self.source, "Scoring the start", net=start_net).cpu().numpy()
@@ -477,20 +500,19 @@ class TrainingLoop:
         def on_main():
             anchors = np.unique(self.validation[0])
             candidates = np.setdiff1d(np.arange(self.n_samples), anchors)
-            memories = (self.label_memory, self.validation_memory)
+            memories = (self.label_memory, self.validation_memory, self.check_memory)
             recorded = {tuple(p) for m in memories
                         for p in _recorded_pairs(m, self.n_samples).tolist()}
-            mine = {tuple(p) for p in _recorded_pairs(self.check_memory, self.n_samples).tolist()}
-            # the check's own earlier questions (a resumed fit) count against its size,
-            # and are answered from its memory: the same draw, nothing asked twice
-            budget = self.check_size
+            # the check's earlier questions (a resumed fit) count against its share
+            n_mine = len(_recorded_pairs(self.check_memory, self.n_samples))
+            budget = max(0, self.check_size - n_mine)
             if self._budget_left() is not None:
-                budget = min(budget, self._budget_left() + len(mine))
+                budget = min(budget, self._budget_left())
             pairs = draw_questions(start, held, anchors, candidates, budget, recorded,
                                    self._seed + 1)
             keys = [(min(i, j), max(i, j)) for i, j in pairs.tolist()]
             answers = np.full(len(pairs), -1, dtype=np.int8)
-            # what training or validation already asked is read, never asked again
+            # a pair any memory holds ("not sure" included) is read, never asked again
             old = np.array([key in recorded for key in keys], dtype=bool)
             for memory in memories:
                 unknown = old & (answers < 0)
@@ -513,7 +535,6 @@ class TrainingLoop:
         )
         if result["keep"] == "start":
             self.net.load_state_dict(start_net.state_dict())
-            est.best_epoch_ = 0
             logger.info(
                 "The start network is kept: on %d anchors' answers its mAP is %.3f against "
                 "%.3f for the trained one (standard error of the difference %.3f).",
@@ -525,9 +546,7 @@ class TrainingLoop:
                 "%.3f against %.3f (standard error of the difference %.3f).",
                 result["n_anchors"], result["map_held"], result["map_start"], result["diff_se"],
             )
-        est.start_check_ = result
-        est.n_queries_ = int(self.n_queries)
-        est.cost_ = self._cost()
+        return result
 
     def _start_net(self):
         """The network the fit started from, built again as ``_setup`` built it."""
@@ -805,15 +824,22 @@ class TrainingLoop:
                 logger.info("A callback stopped training after epoch %d.", self.epoch)
                 break
         self._finish()
-        self._notify("on_fit_end")
         keeper = next(
             (c for c in self.callbacks if isinstance(c, BestEpoch) and c.restore), None
         )
         if keeper is not None:
+            keeper.on_fit_end(self)  # the best network is back before anyone else sees it
             # the epoch whose network the model now holds
             est.best_epoch_ = keeper.best_epoch
             if self.check_size and keeper.best_epoch != 0:
-                self._check_against_start()
+                est.start_check_ = self._check_against_start()
+                if est.start_check_["keep"] == "start":
+                    est.best_epoch_ = 0
+                est.n_queries_ = int(self.n_queries)
+                est.cost_ = self._cost()
+        for callback in self.callbacks:
+            if callback is not keeper:
+                callback.on_fit_end(self)
 
     def _pseudo_labels(self, features, epoch, record):
         """The epoch's labels: recalibration, clustering and refinement, on rank 0."""

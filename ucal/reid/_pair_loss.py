@@ -107,8 +107,9 @@ class PairSupervision:
         self.n_same = int(same.sum())
         self.slope = self.boundary = None
         if 0 < self.n_same < self.n_pairs:
-            f = np.asarray(features, dtype=np.float64)
-            sims = np.einsum("ij,ij->i", f[pairs[:, 0]], f[pairs[:, 1]])
+            f = np.asarray(features)  # only the answered rows are cast
+            sims = np.einsum("ij,ij->i", f[pairs[:, 0]].astype(np.float64),
+                             f[pairs[:, 1]].astype(np.float64))
             fit = LogisticRegression(C=1.0).fit(sims[:, None], same)
             coef, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
             if coef > 0:  # "same" answers sit at higher similarity: a boundary to learn

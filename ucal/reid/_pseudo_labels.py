@@ -63,6 +63,8 @@ class PseudoLabeler:
         self.epochs = epochs
         self.pacing = pacing
         self.n_queries = 0
+        # questions of max_queries kept for the end-of-fit check (set by the trainer)
+        self.reserve = 0
         self._budget_warned = False
         self._degenerate_warned = False
 
@@ -87,7 +89,7 @@ class PseudoLabeler:
         refiner = clone(self.refiner)
         query_limit = None
         if self.max_queries is not None:
-            query_limit = max(0, self.max_queries - self.n_queries)
+            query_limit = max(0, self.max_queries - self.reserve - self.n_queries)
             if self.pacing == "even" and self.epochs is not None:
                 # what is left, shared by the refinement epochs still to come
                 query_limit = int(np.ceil(query_limit / max(1, self.epochs - epoch)))

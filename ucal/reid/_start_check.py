@@ -27,7 +27,10 @@ import logging
 
 import numpy as np
 
-__all__ = ["K_NEAREST", "MIN_ANCHORS", "MIN_QUESTIONS", "SIGNIFICANCE", "anchor_average_precision", "draw_questions", "duel"]
+__all__ = [
+    "K_NEAREST", "MIN_ANCHORS", "MIN_CHECK", "MIN_QUESTIONS", "SIGNIFICANCE",
+    "anchor_average_precision", "draw_questions", "duel",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ K_NEAREST = 3
 MIN_ANCHORS = 5
 # The check asks as many questions as the validation set holds pairs, and at least this.
 MIN_QUESTIONS = 60
+# A share of the budget below this (5 anchors of up to 2 K candidates) cannot show anything.
+MIN_CHECK = MIN_ANCHORS * 2 * K_NEAREST
 _N_BOOTSTRAP = 2000
 
 
