@@ -201,9 +201,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         included) and say so in the log (see :class:`~ucal.reid.BestEpoch`).
         Then, when that is a trained network, check it against the
         starting network on retrieval questions drawn from both networks'
-        neighbours of the held-out images (as many as ``validation_size``,
-        at least 60, at most a tenth of ``max_queries``, kept back from
-        refinement; saved in
+        neighbours of the held-out images (as many as the validation set
+        holds pairs, at least 60, at most a tenth of ``max_queries``, kept
+        back from calibration and refinement; no check below 30; saved in
         ``start_check.jsonl`` or ``<name>.start_check.jsonl``), and put the
         starting network back unless the trained one wins by a standard
         error (``start_check_``; see :doc:`/answers`).
@@ -295,8 +295,10 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     start_check_ : dict or None
         What the end-of-fit check against the starting network found
         (``map_start``, ``map_held``, ``diff_se``, ``n_anchors``,
-        ``n_pairs``, ``keep``); None when it did not run (no validation, or
-        the best-epoch rule already held the starting network).
+        ``n_pairs``, ``keep``); None when it did not run (no validation,
+        ``keep_best=False``, a BestEpoch of your own, a budget share below
+        30 questions, or the best-epoch rule already held the starting
+        network).
     start_check_memory_ : LabelMemory or None
         The check's answers (held out like the validation answers).
     calibrated_params_ : dict or None

@@ -10,7 +10,10 @@ memory into the loss of every epoch as a verification term:
 - each epoch, a one-dimensional logistic regression on the answered pairs'
   memory similarities draws the boundary the answers set on the current
   features, ``P(same | s) = sigmoid(a (s - b))`` (``a`` kept between 1 and
-  ``1 / temperature``);
+  ``1 / temperature``). The fit keeps scikit-learn's default penalty
+  (``C=1``) on the raw similarities, which flattens the slope and pulls the
+  boundary towards the majority answer: a soft margin, and the form the
+  benchmarks measured;
 - every batch image ``i`` with answered partners ``j`` adds the binary
   cross-entropy of ``sigmoid(a (f_i . m_j - b))`` against the answer, where
   ``m_j`` is the partner's memory feature (a constant).
@@ -57,8 +60,9 @@ class PairSupervision:
     Attributes
     ----------
     slope, boundary : float or None
-        ``a`` and ``b`` of ``sigmoid(a (s - b))``; None until the answers
-        hold both kinds (then the term is off).
+        ``a`` and ``b`` of ``sigmoid(a (s - b))``; None (the term is off)
+        until the answers hold both kinds, and while "same" answers do not
+        sit at higher similarities than "different" ones.
 
     Examples
     --------
