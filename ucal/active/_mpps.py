@@ -123,9 +123,12 @@ class MPPSMerger(BaseRefiner):
         ``l_max`` nearest, the least certain answer first (``"uncertain"``:
         ``P(same)`` calibrated on the answers so far by a logistic fit of
         the shown pair's similarity, nearest even odds first, in rounds in
-        which each cluster appears once; see :mod:`ucal.active._uncertainty`);
-        each centroid's nearest only (``"nearest"``), or random cluster
-        pairs (``"random"``); the last two are controls for benchmarks.
+        which each cluster appears once; see :mod:`ucal.active._uncertainty`;
+        without ``cluster_inference`` all ``n_clusters * l_max`` candidates
+        are asked in one batch and merged in that order, so use it with
+        ``cluster_inference``); each centroid's nearest only
+        (``"nearest"``), or random cluster pairs (``"random"``); the last
+        two are controls for benchmarks.
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
         two clusters (votes, see :mod:`ucal.active`), keep apart groups a
