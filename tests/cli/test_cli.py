@@ -278,6 +278,25 @@ def test_refiner_from_flags_with_the_paper_preset():
     assert isinstance(only_snps, SNPSSplitter) and only_snps.cluster_inference is False
     assert isinstance(refiner_from_flags(no_snps=True).clusterer, AnswerConstraints)
     assert refiner_from_flags(no_snps=True, no_mpps=True, preset="paper") == "passthrough"
+    # --selection reaches MPPS, in the default chain, alone, and in the paper's
+    chain = refiner_from_flags(selection="uncertain")
+    assert chain.selection == "uncertain" and isinstance(chain.clusterer, SNPSSplitter)
+    assert isinstance(chain.clusterer.clusterer, AnswerConstraints)
+    assert refiner_from_flags(no_snps=True, selection="nearest").selection == "nearest"
+    assert refiner_from_flags(preset="paper", selection="uncertain").selection == "uncertain"
+    assert refiner_from_flags() is None  # no flag: the estimator's default
+
+
+def test_train_with_the_pair_term_and_the_uncertainty_selection(market, tmp_path):
+    import joblib
+
+    out = tmp_path / "pairs"
+    args = _train_args(market, out, "--pair-weight", "0.5", "--selection", "uncertain",
+                       "--epochs", "2")
+    assert main(args) == 0
+    model = joblib.load(out / "model.joblib")
+    assert model.pair_weight == 0.5 and model.refiner.selection == "uncertain"
+    assert model.n_queries_ > 0
 
 
 def test_train_with_the_paper_preset(market, tmp_path):

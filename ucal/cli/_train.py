@@ -19,9 +19,10 @@ from ._common import (
 logger = logging.getLogger(__name__)
 
 
-def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset="default"):
+def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset="default",
+                       selection=None):
     """The ``refiner`` of :class:`~ucal.reid.UCALReID` for ``--no-snps``,
-    ``--no-mpps``, ``--oracle`` and ``--preset``.
+    ``--no-mpps``, ``--oracle``, ``--preset`` and ``--selection``.
 
     Without a flag, the preset's (None for the default: the answers
     applied, then SNPS, then MPPS); MPPS alone with ``--no-snps``; SNPS
@@ -29,17 +30,19 @@ def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset=
     unsupervised Baseline) with both or ``--oracle none``. With ``--preset
     paper`` the modules are the paper's (medoid pairs asked once, ``k_max``
     rounded down, nothing carried over); otherwise the answers are applied
-    to each clustering first.
+    to each clustering first. ``selection`` (None: the preset's) sets the
+    MPPS candidates (:class:`~ucal.active.MPPSMerger`'s ``selection``).
     """
     from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
 
     if oracle == "none" or (no_snps and no_mpps):
         return "passthrough"
     paper = preset == "paper"
+    mpps = {} if selection is None else {"selection": selection}
     if no_snps:
         if paper:
-            return MPPSMerger(cluster_inference=False, confirm_size=None)
-        return MPPSMerger(clusterer=AnswerConstraints())
+            return MPPSMerger(cluster_inference=False, confirm_size=None, **mpps)
+        return MPPSMerger(clusterer=AnswerConstraints(), **mpps)
     if no_mpps:
         if paper:
             return SNPSSplitter(k_max_rule="floor", cluster_inference=False)
@@ -47,7 +50,9 @@ def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset=
     if paper:
         from ucal.reid._presets import preset_params
 
-        return preset_params("paper")["refiner"]
+        return preset_params("paper")["refiner"].set_params(**mpps)
+    if mpps:
+        return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), **mpps)
     return None
 
 
@@ -158,7 +163,7 @@ def _train(args):
         clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1, search=args.search),
         refiner=refiner_from_flags(
             no_snps=args.no_snps, no_mpps=args.no_mpps, oracle=args.oracle,
-            preset=args.preset,
+            preset=args.preset, selection=args.selection,
         ),
         max_queries=args.max_queries,
         device=args.device,
@@ -177,6 +182,8 @@ def _train(args):
         params["calibrator"] = ClusteringCalibrator()
     if args.keep_last:
         params["keep_best"] = False
+    if args.pair_weight is not None:
+        params["pair_weight"] = args.pair_weight
     model = UCALReID.from_preset(args.preset, **params)
     train = data.train
     y = None
@@ -281,6 +288,11 @@ def add_parser(commands):
     train.add_argument("--preset", choices=("default", "paper"), default="default",
                        help="paper: the paper's method literally (UCALReID.from_preset), for "
                        "Table 2 comparisons; default: ucal's defaults")
+    train.add_argument("--pair-weight", type=float, default=None, metavar="W",
+                       help="weight of the answered pairs' term in the loss (pair_weight; "
+                       "default: the preset's)")
+    train.add_argument("--selection", choices=("gap", "uncertain", "nearest"), default=None,
+                       help="which centroid pairs MPPS asks about (default: the preset's)")
     train.add_argument("--no-snps", action="store_true", help="ablation: no splitting")
     train.add_argument("--no-mpps", action="store_true", help="ablation: no merging")
     train.add_argument("--no-eval", action="store_true", help="skip per-epoch evaluation")
