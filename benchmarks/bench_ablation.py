@@ -49,7 +49,7 @@ def _paper():
     from ucal.reid._presets import preset_params
 
     params = preset_params("paper")
-    return {k: params[k] for k in ("refiner", "memory_inference", "query_pacing")}
+    return {k: params[k] for k in ("refiner", "memory_inference", "query_pacing", "pair_weight")}
 
 
 def _selection(selection):

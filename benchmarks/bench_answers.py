@@ -68,7 +68,7 @@ def _params(method, pair_weight):
     if method == "paper":
         paper = preset_params("paper")
         keep = ("refiner", "memory_inference", "query_pacing", "calibrator",
-                "validation_size", "keep_best")
+                "validation_size", "keep_best", "pair_weight")
         return {k: paper[k] for k in keep}
     name, _, pairs = method.partition(" + ")
     params = {"refiner": _refiner(name), "pair_weight": pair_weight if pairs else 0.0}

@@ -151,7 +151,7 @@ def run(seed, name, weights):
         elif name == "UCAL, paper":
             paper = preset_params("paper")
             keep = ("refiner", "memory_inference", "query_pacing", "calibrator",
-                    "validation_size", "keep_best")
+                    "validation_size", "keep_best", "pair_weight")
             model = _model(seed, weights, max_queries=budget, **{k: paper[k] for k in keep},
                            clusterer=_fixed_k1())
             model.fit(data.train, data.train.pids, eval_set=data)

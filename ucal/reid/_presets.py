@@ -18,6 +18,8 @@ def _paper():
             confirm_size=None,
         ),
         "memory_inference": False,
+        # the answers reach the network through the pseudo labels alone
+        "pair_weight": 0.0,
         "query_pacing": "greedy",
         # no questions before training: no calibration, no held-out validation
         "calibrator": None,
