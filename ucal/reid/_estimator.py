@@ -114,7 +114,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         (SpCL). A float ``cm``: cluster-contrast's centroid memory, reset
         to the normalised member mean each epoch and then moved by every
         batch, ``c <- cm c + (1 - cm) f``.
-    pair_weight : float, default=0.0
+    pair_weight : float, default=1.0
         Weight of the pair term (:class:`~ucal.reid.PairSupervision`): every
         answered pair of the training memory (never a held-out validation
         answer) enters the loss of every epoch as a verification term, the
@@ -122,8 +122,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         answer, where ``m_j`` is the partner's memory feature and ``a``, ``b``
         the boundary a logistic fit of the answers draws on the epoch's
         features. It is summed over the batch's answered pairs and divided
-        by the batch size. 0 trains on the pseudo labels alone (the paper);
-        see :doc:`/answers` for what it buys.
+        by the batch size. 0 trains on the pseudo labels alone (the paper,
+        and the ``paper`` preset); see :doc:`/answers` for what it buys.
     flip_prob : float, default=0.5
         Probability of a horizontal flip (training augmentation).
     pad : int, default=10
@@ -401,7 +401,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         memory_refresh="stale",
         outliers="instances",
         centroid_momentum=None,
-        pair_weight=0.0,
+        pair_weight=1.0,
         flip_prob=0.5,
         pad=10,
         erasing_prob=0.5,
