@@ -59,13 +59,7 @@ def _selection(selection):
 
 
 def _control(selection):
-    return dict(
-        refiner=MPPSMerger(
-            clusterer=SNPSSplitter(clusterer=AnswerConstraints()), selection=selection,
-            random_state=0,
-        ),
-        query_pacing="greedy",
-    )
+    return dict(refiner=_selection(selection), query_pacing="greedy")
 
 
 # name -> (UCALReID parameters, annotator error rate, budget): the budget is None, the

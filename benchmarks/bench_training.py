@@ -281,32 +281,26 @@ def main(argv=None):
                         help="the pair term's share of an epoch (results: training_pairs)")
     args = parser.parse_args(argv)
     configs = CONFIGS[:1] if args.quick else CONFIGS
-    if args.pair_term:
-        rows = run_pairs(CONFIGS[:2] if not args.quick else CONFIGS[:1], args.threads,
-                         max(args.repeats, 5), args.seed)
-        result = {"machine": _machine(), "threads": args.threads,
-                  "repeats": max(args.repeats, 5), "seed": args.seed, "rows": rows}
-        if not args.no_save:
-            os.makedirs(RESULTS, exist_ok=True)
-            with open(os.path.join(RESULTS, "training_pairs.json"), "w") as f:
-                json.dump(result, f, indent=2)
-            with open(os.path.join(RESULTS, "training_pairs.md"), "w") as f:
-                f.write(_markdown_pairs(result))
-        return result
-    rows = run(configs, args.threads, args.repeats, args.seed)
+    if args.pair_term:  # the small CNN and ResNet-18, 5 epochs each at least
+        measure, stem, markdown = run_pairs, "training_pairs", _markdown_pairs
+        configs, repeats = CONFIGS[:1] if args.quick else CONFIGS[:2], max(args.repeats, 5)
+    else:
+        measure, stem, markdown = run, "training", _markdown
+        repeats = args.repeats
+    rows = measure(configs, args.threads, repeats, args.seed)
     result = {
         "machine": _machine(),
         "threads": args.threads,
-        "repeats": args.repeats,
+        "repeats": repeats,
         "seed": args.seed,
         "rows": rows,
     }
     if not args.no_save:
         os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "training.json"), "w") as f:
+        with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
             json.dump(result, f, indent=2)
-        with open(os.path.join(RESULTS, "training.md"), "w") as f:
-            f.write(_markdown(result))
+        with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+            f.write(markdown(result))
     return result
 
 

@@ -501,11 +501,10 @@ class TrainingLoop:
             anchors = np.unique(self.validation[0])
             candidates = np.setdiff1d(np.arange(self.n_samples), anchors)
             memories = (self.label_memory, self.validation_memory, self.check_memory)
-            recorded = {tuple(p) for m in memories
-                        for p in _recorded_pairs(m, self.n_samples).tolist()}
+            known_pairs = [_recorded_pairs(m, self.n_samples) for m in memories]
+            recorded = {tuple(p) for pairs in known_pairs for p in pairs.tolist()}
             # the check's earlier questions (a resumed fit) count against its share
-            n_mine = len(_recorded_pairs(self.check_memory, self.n_samples))
-            budget = max(0, self.check_size - n_mine)
+            budget = max(0, self.check_size - len(known_pairs[-1]))
             if self._budget_left() is not None:
                 budget = min(budget, self._budget_left())
             pairs = draw_questions(start, held, anchors, candidates, budget, recorded,

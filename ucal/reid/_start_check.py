@@ -23,16 +23,12 @@ no anchor has both answers, the start network is put back: the answers
 could not show that training beat it.
 """
 
-import logging
-
 import numpy as np
 
 __all__ = [
     "K_NEAREST", "MIN_ANCHORS", "MIN_CHECK", "MIN_QUESTIONS", "SIGNIFICANCE",
     "anchor_average_precision", "draw_questions", "duel",
 ]
-
-logger = logging.getLogger(__name__)
 
 # The held network must beat the start network by this many standard errors.
 SIGNIFICANCE = 1.0
