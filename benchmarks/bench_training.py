@@ -20,14 +20,20 @@ loop with and without it, interleaved, on answers as dense as a run at
 0.1 % of all pairs on Market-1501 (1.5 answered pairs per image, half
 "same"). The target is at most 10 %.
 
+``--bases`` measures what each unsupervised base (``loss``, ``pooling``; see
+``docs/bases.rst``) costs an epoch against SpCL's centroids: the same loop,
+interleaved epochs, 8 images per pseudo identity spread over 6 cameras. The
+target is within 15 %.
+
 Usage::
 
     python benchmarks/bench_training.py              # all configurations
     python benchmarks/bench_training.py --quick      # small CNN only
     python benchmarks/bench_training.py --pair-term  # the pair term's cost
+    python benchmarks/bench_training.py --bases      # each base's epoch time
 
 Writes ``benchmarks/results/training.json`` and ``training.md``
-(``training_pairs`` with ``--pair-term``).
+(``training_pairs`` with ``--pair-term``, ``training_bases`` with ``--bases``).
 """
 
 import argparse
@@ -56,9 +62,13 @@ CONFIGS = [
 ]
 
 
-def _trainer(backbone, size, batch, n_images, mixed, seed):
+def _trainer(backbone, size, batch, n_images, mixed, seed, **params):
     rng = np.random.RandomState(seed)
     X = rng.randint(0, 256, size=(n_images, *size, 3), dtype=np.uint8)
+    if params.pop("cameras", False):
+        from ucal.datasets import ReIDSplit
+
+        X = ReIDSplit(X, np.arange(n_images) // 8, np.arange(n_images) % 6)
     est = UCALReID(
         backbone=backbone,
         pretrained=False,
@@ -68,6 +78,7 @@ def _trainer(backbone, size, batch, n_images, mixed, seed):
         device="cpu",
         refiner="passthrough",
         random_state=seed,
+        **params,
     )
     est._validate_params()
     trainer = TrainingLoop(est, as_image_source(X, size), None, None, None, None, False)
@@ -158,6 +169,69 @@ def run_pairs(configs, threads, repeats, seed):
         print(f"{backbone:9s} b{batch:<3d} without {a:7.1f} img/s  with {b:7.1f} img/s  "
               f"pair term {100 * row['cost']:5.1f}% of the epoch", flush=True)
     return rows
+
+
+# name -> (loss, pooling), as in bench_bases.py
+BASES = {
+    "SpCL centroids": ("centroid", "avg"),
+    "cluster memory": ("cluster_memory", "avg"),
+    "cluster memory, hard": ("cluster_memory_hard", "avg"),
+    "camera proxies": ("camera_proxies", "avg"),
+    "SpCL centroids + GeM": ("centroid", "gem"),
+    "cluster memory + GeM": ("cluster_memory", "gem"),
+}
+
+
+def run_bases(configs, threads, repeats, seed):
+    """Epoch loop throughput of each base, interleaved, against SpCL's centroids."""
+    torch.set_num_threads(threads)
+    rows = []
+    for backbone, size, batch, iters in configs:
+        n_images = max(512, 4 * batch)
+        trainers = {pooling: _trainer(backbone, size, batch, n_images, "auto", seed,
+                                      pooling=pooling, cameras=True)
+                    for pooling in ("avg", "gem")}
+        speeds = {name: [] for name in BASES}
+        for _ in range(repeats):
+            for name, (loss, pooling) in BASES.items():
+                trainer, labels = trainers[pooling]
+                trainer.estimator.loss = loss
+                speeds[name].append(_time_loop(trainer, labels, iters))
+        reference = float(np.median(speeds["SpCL centroids"]))
+        for name, runs in speeds.items():
+            speed = float(np.median(runs))
+            row = {"backbone": backbone, "image_size": list(size), "batch_size": batch,
+                   "iterations": iters, "precision": trainers["avg"][0].precision.name,
+                   "base": name, "images_per_s": speed, "epoch_time_ratio": reference / speed,
+                   "runs": runs}
+            rows.append(row)
+            print(f"{backbone:9s} {name:22s} {speed:7.1f} img/s  epoch time "
+                  f"x{row['epoch_time_ratio']:.3f}", flush=True)
+    return rows
+
+
+def _markdown_bases(result):
+    m = result["machine"]
+    lines = [
+        "# What each unsupervised base costs an epoch",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {result['threads']} torch "
+        f"threads; torch {m['torch']}. Median of {result['repeats']} interleaved epochs each, "
+        "the same loop (sampler, augmentation, forward, the base's loss, backward, memory "
+        "updates) on 512 images of 64 pseudo identities over 6 cameras. Epoch time: the "
+        "base's over SpCL centroids' (target: within 15 %). Produced by "
+        "`benchmarks/bench_training.py --bases`.",
+        "",
+        "| backbone | input | batch | precision | base | img/s | epoch time vs SpCL |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['backbone']} | {r['image_size'][0]}x{r['image_size'][1]} | {r['batch_size']} "
+            f"| {r['precision']} | {r['base']} | {r['images_per_s']:.1f} "
+            f"| {r['epoch_time_ratio']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _markdown_pairs(result):
@@ -279,9 +353,14 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--pair-term", action="store_true",
                         help="the pair term's share of an epoch (results: training_pairs)")
+    parser.add_argument("--bases", action="store_true",
+                        help="each unsupervised base's epoch time (results: training_bases)")
     args = parser.parse_args(argv)
     configs = CONFIGS[:1] if args.quick else CONFIGS
-    if args.pair_term:  # the small CNN and ResNet-18, 5 epochs each at least
+    if args.bases:  # the small CNN and ResNet-18, 5 epochs each at least
+        measure, stem, markdown = run_bases, "training_bases", _markdown_bases
+        configs, repeats = CONFIGS[:1] if args.quick else CONFIGS[:2], max(args.repeats, 5)
+    elif args.pair_term:  # the small CNN and ResNet-18, 5 epochs each at least
         measure, stem, markdown = run_pairs, "training_pairs", _markdown_pairs
         configs, repeats = CONFIGS[:1] if args.quick else CONFIGS[:2], max(args.repeats, 5)
     else:

@@ -299,6 +299,22 @@ def test_train_with_the_pair_term_and_the_uncertainty_selection(market, tmp_path
     assert model.n_queries_ > 0
 
 
+def test_train_on_another_unsupervised_base(market, tmp_path):
+    import joblib
+
+    out = tmp_path / "base"
+    args = _train_args(market, out, "--loss", "camera_proxies", "--pooling", "gem",
+                       "--num-instances", "2", "--centroid-momentum", "0.3", "--outliers",
+                       "drop", "--memory-refresh", "all", "--no-self-paced", "--epochs", "2")
+    assert main(args) == 0
+    model = joblib.load(out / "model.joblib")
+    assert (model.loss, model.pooling, model.num_instances, model.centroid_momentum) == (
+        "camera_proxies", "gem", 2, 0.3)
+    assert (model.outliers, model.memory_refresh) == ("drop", "all")
+    assert model.clusterer.self_paced is False
+    assert hasattr(model.backbone_, "pool")
+
+
 def test_train_with_the_paper_preset(market, tmp_path):
     out = tmp_path / "paper"
     assert main(_train_args(market, out, "--preset", "paper")) == 0

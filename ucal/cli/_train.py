@@ -160,7 +160,8 @@ def _train(args):
         warmup_epochs=args.warmup_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1, search=args.search),
+        clusterer=SelfPacedDBSCAN(eps=args.eps, k1=args.k1, search=args.search,
+                                  self_paced=not args.no_self_paced),
         refiner=refiner_from_flags(
             no_snps=args.no_snps, no_mpps=args.no_mpps, oracle=args.oracle,
             preset=args.preset, selection=args.selection,
@@ -184,6 +185,11 @@ def _train(args):
         params["keep_best"] = False
     if args.pair_weight is not None:
         params["pair_weight"] = args.pair_weight
+    # the unsupervised base (docs/bases.rst); the preset's where no flag is given
+    for flag in ("loss", "pooling", "centroid_momentum", "num_instances", "outliers",
+                 "memory_refresh"):
+        if getattr(args, flag) is not None:
+            params[flag] = getattr(args, flag)
     model = UCALReID.from_preset(args.preset, **params)
     train = data.train
     y = None
@@ -264,6 +270,25 @@ def add_parser(commands):
                        help="iterations per epoch (default: one pass over the clustered "
                        "images; 400 with --preset paper)")
     train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--num-instances", type=int, default=None, metavar="K",
+                       help="images per pseudo identity in a batch (default 4)")
+    train.add_argument("--loss", default=None,
+                       choices=("centroid", "cluster_memory", "cluster_memory_hard",
+                                "camera_proxies"),
+                       help="the unsupervised base's loss (default: the preset's, centroid: "
+                       "SpCL's Eq. 1; see docs/bases.rst)")
+    train.add_argument("--pooling", choices=("avg", "gem"), default=None,
+                       help="the neck's pooling (default: the preset's, avg)")
+    train.add_argument("--centroid-momentum", type=float, default=None, metavar="M",
+                       help="momentum of the class prototypes (default: the base's own)")
+    train.add_argument("--outliers", choices=("instances", "drop"), default=None,
+                       help="un-clustered images: single-image classes (SpCL, the default) "
+                       "or left out of the epoch (cluster-contrast)")
+    train.add_argument("--memory-refresh", choices=("stale", "all", "none"), default=None,
+                       help="memory slots re-extracted before each clustering (default stale)")
+    train.add_argument("--no-self-paced", action="store_true",
+                       help="plain DBSCAN on the Jaccard distance, without SpCL's "
+                       "reliability criterion (cluster-contrast's clustering)")
     train.add_argument("--lr", type=float, default=3.5e-4)
     train.add_argument("--backbone", choices=("resnet50", "resnet18", "small", "tiny"), default="resnet50")
     train.add_argument("--pretrained", default="imagenet",

@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONES", "ReIDNet", "build_backbone", "save_weights"]
+__all__ = ["BACKBONES", "POOLINGS", "GeneralizedMeanPooling", "ReIDNet", "build_backbone",
+           "save_weights"]
 
 logger = logging.getLogger(__name__)
 
 # Named backbones; a torch.nn.Module instance is accepted as well.
 BACKBONES = ("resnet50", "resnet18", "small", "tiny")
+
+# How the neck pools a feature map into a vector.
+POOLINGS = ("avg", "gem")
 
 # torchvision's original ImageNet weights, the ones SpCL and the paper start from.
 _IMAGENET_WEIGHTS = {
@@ -27,13 +31,56 @@ _IMAGENET_WEIGHTS = {
 _PROBE_TIMEOUT = 5.0
 
 
+class GeneralizedMeanPooling(nn.Module):
+    """GeM pooling: ``(mean(x ** p)) ** (1 / p)`` over the spatial positions.
+
+    ``p = 1`` is average pooling and large ``p`` tends to max pooling; ``p``
+    is learnt, starting at 3 (Radenovic et al., TPAMI 2019; the pooling
+    cluster-contrast offers beside average pooling). Activations are
+    clamped at ``eps`` first, so that the power is defined.
+
+    Parameters
+    ----------
+    p : float, default=3.0
+        Initial exponent.
+    eps : float, default=1e-6
+        Lower clamp of the activations.
+
+    Attributes
+    ----------
+    p : torch.nn.Parameter
+        The exponent.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ucal.reid import GeneralizedMeanPooling
+    >>> maps = torch.ones(2, 5, 4, 3)
+    >>> GeneralizedMeanPooling()(maps).shape
+    torch.Size([2, 5])
+    """
+
+    def __init__(self, p=3.0, eps=1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = float(eps)
+
+    def forward(self, maps):
+        """Pool ``maps`` (B, C, H, W) into (B, C)."""
+        # float32 whatever the autocast: x ** 3 of bf16 activations loses the small ones
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            p = self.p.float()
+            pooled = maps.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3))
+            return pooled.pow(1.0 / p)
+
+
 class ReIDNet(nn.Module):
     """A body followed by the SpCL neck.
 
     The body maps an image batch (B, 3, H, W) to feature maps (B, C, h, w)
-    or vectors (B, C). Feature maps are globally average pooled; the
-    vectors go through BatchNorm1d (bias frozen at 0, as in SpCL) and are
-    L2-normalised, in float32 whatever the autocast setting.
+    or vectors (B, C). Feature maps are pooled (global average, or GeM);
+    the vectors go through BatchNorm1d (bias frozen at 0, as in SpCL) and
+    are L2-normalised, in float32 whatever the autocast setting.
 
     Parameters
     ----------
@@ -41,12 +88,20 @@ class ReIDNet(nn.Module):
         The feature extractor.
     feature_dim : int
         Number of channels ``C`` the body outputs.
+    pooling : {"avg", "gem"}, default="avg"
+        Global average pooling (SpCL's), or :class:`GeneralizedMeanPooling`.
     """
 
-    def __init__(self, body, feature_dim):
+    def __init__(self, body, feature_dim, pooling="avg"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         self.body = body
         self.feature_dim = int(feature_dim)
+        self.pooling = pooling
+        # average pooling has no parameter: no module, so its state dict keys stay SpCL's
+        if pooling == "gem":
+            self.pool = GeneralizedMeanPooling()
         self.neck = nn.BatchNorm1d(self.feature_dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)
@@ -57,7 +112,7 @@ class ReIDNet(nn.Module):
         if isinstance(features, (tuple, list)):
             features = features[0]
         if features.dim() == 4:
-            features = features.mean(dim=(2, 3))
+            features = self.pool(features) if self.pooling == "gem" else features.mean(dim=(2, 3))
         elif features.dim() != 2:
             raise ValueError(
                 "The backbone must return feature maps (B, C, H, W) or vectors "
@@ -204,7 +259,7 @@ def _reset_parameters(module):
             sub.reset_parameters()
 
 
-def build_backbone(backbone, pretrained, image_size, *, verbose=False):
+def build_backbone(backbone, pretrained, image_size, *, pooling="avg", verbose=False):
     """Build a :class:`ReIDNet` from a backbone name or module.
 
     Parameters
@@ -219,6 +274,10 @@ def build_backbone(backbone, pretrained, image_size, *, verbose=False):
         :class:`ReIDNet`. ``False``: random initialisation.
     image_size : tuple of int
         ``(height, width)`` used to find the body's output width.
+    pooling : {"avg", "gem"}, default="avg"
+        The neck's pooling (see :class:`ReIDNet`). A whole-network state
+        dict saved without GeM loads into a GeM network, whose exponent
+        then starts at 3.
     verbose : bool, default=False
         Show a download progress bar.
 
@@ -259,12 +318,20 @@ def build_backbone(backbone, pretrained, image_size, *, verbose=False):
         )
 
     feature_dim = _output_dim(body, image_size)
-    net = ReIDNet(body, feature_dim)
+    net = ReIDNet(body, feature_dim, pooling=pooling)
     if path is not None:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state_dict, dict):
             raise ValueError(f"{path!r} does not hold a state dict (a dict of tensors).")
         if any(k.startswith("body.") for k in state_dict):
+            if pooling == "gem" and "pool.p" not in state_dict:
+                # weights of an average-pooled network: GeM starts from its own p
+                state_dict = {**state_dict, "pool.p": net.pool.p.detach().clone()}
+            elif pooling == "avg" and "pool.p" in state_dict:
+                raise ValueError(
+                    f"{path!r} holds a network with GeM pooling (pool.p); build it with "
+                    "pooling='gem'."
+                )
             _load_into(net, state_dict, repr(path))
         else:
             # A body-only dict: torchvision ResNet keys (fc ignored) or the module's own.

@@ -16,11 +16,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ucal.oracles import as_label_memory, check_identities, resolve_oracle
 
-from ._backbones import BACKBONES
+from ._backbones import BACKBONES, POOLINGS
 from ._data import as_image_source, check_image_size
 from ._device import resolve_device, resolve_precision
 from ._features import check_eval_set, extract_features, reid_scores
-from ._loop import TrainingLoop, build_net
+from ._loop import LOSSES, TrainingLoop, build_net
 from ._schedules import LR_SCHEDULES
 
 __all__ = ["UCALReID"]
@@ -109,11 +109,31 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         ``"instances"`` (SpCL): each is a class of its own in Eq. 1, its
         memory feature its centroid, sampled once per visit;
         ``"drop"`` (cluster-contrast): they sit the epoch out.
+    loss : {"centroid", "cluster_memory", "cluster_memory_hard", "camera_proxies"}, default="centroid"
+        The unsupervised base's loss on the pseudo identities (see
+        :doc:`/bases`). ``"centroid"``: Eq. 1, a softmax over centroids
+        that are the mean memory features of their members (SpCL, the
+        paper's base). ``"cluster_memory"``: cluster-contrast's memory, one
+        prototype per cluster set to the member mean each epoch and then
+        moved by every batch feature (:class:`~ucal.reid.ClusterMemory`);
+        ``"cluster_memory_hard"``: moved by each cluster's hardest instance
+        of the batch only. ``"camera_proxies"``: CAP's per-camera proxies
+        with an intra-camera and an inter-camera term
+        (:class:`~ucal.reid.CameraProxyMemory`); it needs the images'
+        camera ids (a split's, or ``camids`` of an image list) and without
+        two known cameras trains the cluster memory, with a log line. The
+        answers, SNPS, MPPS and the pair term work the same on each.
+    pooling : {"avg", "gem"}, default="avg"
+        How the neck pools the feature maps: global average (SpCL's), or
+        GeM with a learnt exponent (:class:`~ucal.reid.GeneralizedMeanPooling`).
     centroid_momentum : float or None, default=None
-        None: a centroid of Eq. 1 is the mean memory feature of its members
-        (SpCL). A float ``cm``: cluster-contrast's centroid memory, reset
-        to the normalised member mean each epoch and then moved by every
-        batch, ``c <- cm c + (1 - cm) f``.
+        Momentum of the class prototypes. With ``loss="centroid"``: None, a
+        centroid of Eq. 1 is the mean memory feature of its members (SpCL);
+        a float ``cm``, the centroids are reset to the normalised member
+        mean each epoch and then moved by the mean of each batch's members,
+        ``c <- cm c + (1 - cm) f``. With the other losses: the prototypes'
+        momentum, None the peer's (0.1 for the cluster memory, 0.2 for the
+        camera proxies).
     pair_weight : float, default=1.0
         Weight of the pair term (:class:`~ucal.reid.PairSupervision`): every
         answered pair of the training memory (never a held-out validation
@@ -355,6 +375,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "memory_momentum": [Interval(numbers.Real, 0, 1, closed="left")],
         "memory_refresh": [StrOptions({"stale", "all", "none"})],
         "outliers": [StrOptions({"instances", "drop"})],
+        "loss": [StrOptions(set(LOSSES))],
+        "pooling": [StrOptions(set(POOLINGS))],
         "centroid_momentum": [Interval(numbers.Real, 0, 1, closed="left"), None],
         "pair_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "flip_prob": [Interval(numbers.Real, 0, 1, closed="both")],
@@ -400,6 +422,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         memory_momentum=0.2,
         memory_refresh="stale",
         outliers="instances",
+        loss="centroid",
+        pooling="avg",
         centroid_momentum=None,
         pair_weight=1.0,
         flip_prob=0.5,
@@ -442,6 +466,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.memory_momentum = memory_momentum
         self.memory_refresh = memory_refresh
         self.outliers = outliers
+        self.loss = loss
+        self.pooling = pooling
         self.centroid_momentum = centroid_momentum
         self.pair_weight = pair_weight
         self.flip_prob = flip_prob

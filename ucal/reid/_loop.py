@@ -36,6 +36,8 @@ from ._distributed import (
     unsync_batchnorm,
 )
 from ._features import extract_features
+from ._camera_proxies import CameraProxyMemory
+from ._cluster_memory import ClusterMemory
 from ._memory import FeatureMemory, centroid_contrastive_loss
 from ._pair_loss import PairSupervision
 from ._pseudo_labels import PseudoLabeler, default_refiner, innermost_clusterer
@@ -101,6 +103,43 @@ def default_calibration_grid(clusterer, n_samples):
     return grid
 
 
+# The unsupervised bases' class-level losses (``UCALReID(loss=...)``).
+LOSSES = ("centroid", "cluster_memory", "cluster_memory_hard", "camera_proxies")
+# The peers' prototype momentum where ``centroid_momentum`` is None.
+_PEER_MOMENTUM = {"cluster_memory": 0.1, "cluster_memory_hard": 0.1, "camera_proxies": 0.2}
+
+
+def has_cameras(camids):
+    """Whether at least two cameras are known (None or -1 = unknown)."""
+    if camids is None:
+        return False
+    camids = np.asarray(camids)
+    return len(np.unique(camids[camids >= 0])) >= 2
+
+
+def build_objective(est, labels, features, camids):
+    """The epoch's class-level loss for ``est.loss``, its prototypes started from ``features``.
+
+    None for ``"centroid"``: Eq. 1 on the feature memory's member-mean
+    centroids. ``"camera_proxies"`` without two known cameras is the cluster
+    memory (the caller logs it).
+    """
+    if est.loss == "centroid":
+        return None
+    momentum = est.centroid_momentum
+    if momentum is None:
+        momentum = _PEER_MOMENTUM[est.loss]
+    if est.loss == "camera_proxies" and has_cameras(camids):
+        return CameraProxyMemory(labels, camids, features, est.temperature, momentum=momentum)
+    update = "hard" if est.loss == "cluster_memory_hard" else "average"
+    return ClusterMemory(labels, features, est.temperature, momentum=momentum, update=update)
+
+
+def _memory_centroid_momentum(est):
+    """The feature memory's own centroid momentum: only Eq. 1's centroids use it."""
+    return est.centroid_momentum if est.loss == "centroid" else None
+
+
 def build_net(est, pretrained_override=False):
     """The ReIDNet for ``est``; on unpickling, named backbones start empty."""
     pretrained = est.pretrained
@@ -108,7 +147,8 @@ def build_net(est, pretrained_override=False):
         # Weights come from the pickle: no download; a module keeps its own.
         pretrained = isinstance(est.backbone, torch.nn.Module)
     return build_backbone(
-        est.backbone, pretrained, check_image_size(est.image_size), verbose=est.verbose
+        est.backbone, pretrained, check_image_size(est.image_size), pooling=est.pooling,
+        verbose=est.verbose,
     )
 
 
@@ -177,11 +217,15 @@ class TrainingLoop:
         self.restored_epoch = None
         self.dist = DistributedContext()  # set by run(): one process, or several
         self.pairs = None  # the epoch's PairSupervision (pair_weight > 0 with answers)
+        self.objective = None  # the epoch's cluster memory or proxies (loss != "centroid")
 
     # -------------------------------------------------------------- setup
     def _setup(self):
         est = self.estimator
         dist = self.dist
+        if est.loss == "camera_proxies" and not has_cameras(self.source.camids):
+            logger.info("loss='camera_proxies' needs camera ids of at least two cameras; "
+                        "the images have none, so the cluster memory is trained instead.")
         self.device = dist.device(resolve_device(est.device))
         self.precision = resolve_precision(est.mixed_precision, self.device)
         seeds = check_random_state(est.random_state).randint(np.iinfo(np.int32).max, size=5)
@@ -266,7 +310,7 @@ class TrainingLoop:
         if self.memory is None:
             features = self._extract(self.source, "Initialising the memory")
             self.memory = FeatureMemory(
-                features, est.memory_momentum, centroid_momentum=est.centroid_momentum
+                features, est.memory_momentum, centroid_momentum=_memory_centroid_momentum(est)
             )
         # the check's share of the budget is kept back before any question is asked
         self.check_size = self._planned_check_size()
@@ -703,7 +747,7 @@ class TrainingLoop:
         self.memory = FeatureMemory(
             ckpt["memory"].to(self.device),
             est.memory_momentum,
-            centroid_momentum=est.centroid_momentum,
+            centroid_momentum=_memory_centroid_momentum(est),
             normalize=False,
         )
         self.memory.fresh.copy_(ckpt["memory_fresh"].to(self.device))
@@ -972,6 +1016,7 @@ class TrainingLoop:
             labels[np.unique(self.validation[0])] = -1
             labels = relabel(labels)
         self.memory.set_labels(labels)
+        self.objective = build_objective(est, labels, self.memory.features, self.source.camids)
         self.pairs = self._pair_supervision()
         if not (labels >= 0).any():
             logger.warning("Epoch %d: every image is an outlier; nothing to train on.", self.epoch)
@@ -996,10 +1041,7 @@ class TrainingLoop:
             x = x.contiguous(memory_format=memory_format)
             with self.precision.autocast():
                 features = net(x)
-            batch_targets = targets[torch.as_tensor(indices, device=self.device)]
-            loss = centroid_contrastive_loss(
-                features, batch_targets, self.memory.centroids(), est.temperature
-            )
+            loss = self._class_loss(features, indices, targets)
             if self.pairs is not None:
                 pair_sum, _ = self.pairs.loss(features, indices, self.memory)
                 loss = loss + est.pair_weight * pair_sum / len(indices)
@@ -1008,9 +1050,21 @@ class TrainingLoop:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.memory.update(indices, features)
+            if self.objective is not None:
+                self.objective.update(indices, features)
             total += loss.detach()
             self._notify("on_batch_end", batch, loss.detach())
         return float(total.item()) / max(1, len(batches)), len(batches)
+
+    def _class_loss(self, features, indices, targets, reduction="mean"):
+        """The base's loss of the batch: Eq. 1, or the cluster memory's or the proxies'."""
+        if self.objective is not None:
+            return self.objective.loss(features, indices, reduction=reduction)
+        batch_targets = targets[torch.as_tensor(indices, device=self.device)]
+        return centroid_contrastive_loss(
+            features, batch_targets, self.memory.centroids(), self.estimator.temperature,
+            reduction=reduction,
+        )
 
     def _train_epoch_shared(self, batches, group_sizes, targets):
         """The epoch's steps with several processes: each trains on its identities of a batch.
@@ -1038,11 +1092,7 @@ class TrainingLoop:
             x = x.contiguous(memory_format=memory_format)
             with self.precision.autocast():
                 features = self.train_net(x)
-            batch_targets = targets[torch.as_tensor(indices, device=self.device)]
-            per_sample = centroid_contrastive_loss(
-                features, batch_targets, self.memory.centroids(), est.temperature,
-                reduction="none",
-            )
+            per_sample = self._class_loss(features, indices, targets, reduction="none")
             loss_sum = per_sample.sum()
             if self.pairs is not None:
                 # the pair term of this rank's rows; over the global batch, as one process has it
@@ -1060,6 +1110,8 @@ class TrainingLoop:
             batch_features = torch.empty_like(gathered)
             batch_features[torch.as_tensor(order, device=gathered.device)] = gathered
             self.memory.update(batches[batch], batch_features)
+            if self.objective is not None:
+                self.objective.update(batches[batch], batch_features)
             mean_loss = dist.all_reduce_sum(loss_sum.detach()) / n_global
             total += mean_loss
             self._notify("on_batch_end", batch, mean_loss)

@@ -18,6 +18,10 @@ def _paper():
             confirm_size=None,
         ),
         "memory_inference": False,
+        # SpCL's base exactly: Eq. 1 on member-mean centroids, average pooling
+        "loss": "centroid",
+        "pooling": "avg",
+        "centroid_momentum": None,
         # the answers reach the network through the pseudo labels alone
         "pair_weight": 0.0,
         "query_pacing": "greedy",

@@ -59,12 +59,15 @@ RESUME_PARAMS = (
     "memory_refresh",
     "outliers",
     "centroid_momentum",
+    "loss",
+    "pooling",
     "supervised",
     "validation_size",
 )
 
 # Values of fingerprint keys that checkpoints written before the key existed lack.
-_FINGERPRINT_DEFAULTS = {"lr_schedule": "step", "validation_size": 0}
+_FINGERPRINT_DEFAULTS = {"lr_schedule": "step", "validation_size": 0, "loss": "centroid",
+                         "pooling": "avg"}
 # Keys not compared when a checkpoint written before they existed lacks them.
 _OPTIONAL_KEYS = ("data",)
 
