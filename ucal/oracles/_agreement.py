@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import os
 
 import numpy as np
 
@@ -16,7 +17,8 @@ def cohen_kappa(a, b):
     Parameters
     ----------
     a, b : sequence of bool
-        The two people's answers, question by question.
+        The two people's answers, question by question (True/False, or
+        1/0; anything else is refused).
 
     Returns
     -------
@@ -32,7 +34,7 @@ def cohen_kappa(a, b):
     >>> round(cohen_kappa([True, True, False, False], [True, False, False, False]), 3)
     0.5
     """
-    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    a, b = _yes_no(a, "a"), _yes_no(b, "b")
     if len(a) != len(b):
         raise ValueError(f"a and b must have the same length, got {len(a)} and {len(b)}.")
     n = len(a)
@@ -44,6 +46,21 @@ def cohen_kappa(a, b):
     if chance >= 1.0:
         return math.nan
     return (observed - chance) / (1.0 - chance)
+
+
+def _yes_no(answers, name):
+    """Answers as bools: True/False (or 1/0); anything else is not a yes/no answer."""
+    out = []
+    for k, x in enumerate(answers):
+        if isinstance(x, (bool, np.bool_)):
+            out.append(bool(x))
+        elif isinstance(x, (int, np.integer)) and x in (0, 1):
+            out.append(bool(x))
+        else:
+            raise ValueError(
+                f"{name}[{k}] is {x!r}: answers must be True/False (or 1/0), one per question."
+            )
+    return out
 
 
 # The source of an answer asked only because two people disagreed on the pair.
@@ -82,7 +99,7 @@ def annotator_agreement(memory, *, exclude_sources=(TIEBREAK, "correction")):
     Parameters
     ----------
     memory : LabelMemory or str or path-like
-        The memory, or the path of its answers file.
+        The memory, or the path of its answers file (which must exist).
     exclude_sources : sequence of str, default=("tiebreak", "correction")
         Answers left out. A third person's answer asked only because two
         disagreed (``source="tiebreak"``, as the teams record it), and a
@@ -112,6 +129,10 @@ def annotator_agreement(memory, *, exclude_sources=(TIEBREAK, "correction")):
     (('ann', 'bob'), 0.75)
     """
     if not isinstance(memory, LabelMemory):
+        if not os.path.exists(os.fspath(memory)):
+            raise FileNotFoundError(
+                f"No label memory at {os.fspath(memory)!r}: the answers file does not exist."
+            )
         memory = LabelMemory(memory)
     latest = _latest_answers(memory, tuple(exclude_sources))
     names = sorted(latest)

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from ._protocol import (
     _coerce_answers,
     check_pairs,
     check_person,
+    check_regular_file,
     query_oracle,
 )
 
@@ -76,8 +78,9 @@ def _check_seconds(seconds, m):
         raise ValueError(f"seconds must be one number or {m} numbers (one per pair), got shape {values.shape}.")
     out = []
     for value in values.tolist():
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value >= 0:
-            raise ValueError(f"seconds must be numbers >= 0, got {value!r}.")
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+                or not 0 <= value < math.inf):
+            raise ValueError(f"seconds must be finite numbers >= 0, got {value!r}.")
         out.append(float(value))
     return out
 
@@ -139,6 +142,41 @@ def _file_lock(fd):
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _identity(record):
+    """What makes two records the same record (times to the microsecond)."""
+    return (record.i, record.j, record.same, record.unsure, record.source, record.annotator,
+            round(record.time, 6), record.seconds)
+
+
+def _checked_record(record):
+    """``record`` as an :class:`AnswerRecord` a memory file can hold, or ValueError."""
+    if not isinstance(record, AnswerRecord):
+        raise TypeError(f"expected an AnswerRecord, got {type(record).__name__}")
+    line = {"i": record.i, "j": record.j, "same": record.same, "unsure": record.unsure,
+            "source": record.source, "time": record.time, "annotator": record.annotator,
+            "seconds": record.seconds}
+    if not isinstance(record.source, str) or not record.source:
+        raise ValueError(f"'source' must be a non-empty string, got {record.source!r}")
+    check_person(record.annotator)
+    try:
+        record.source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"'source' {record.source!r} cannot be written as UTF-8") from None
+    if isinstance(record.time, bool) or not isinstance(record.time, (int, float)) or not (
+        math.isfinite(record.time)
+    ):
+        raise ValueError(f"'time' must be a finite number, got {record.time!r}")
+    if record.seconds is not None and (
+        isinstance(record.seconds, bool) or not isinstance(record.seconds, (int, float))
+        or not 0 <= record.seconds < math.inf
+    ):
+        raise ValueError(f"'seconds' must be a finite number >= 0, got {record.seconds!r}")
+    parsed = LabelMemory._parse(json.dumps(line).encode("utf-8"))
+    if not record.i < record.j:
+        raise ValueError(f"the pair must be two samples, i < j, got ({record.i}, {record.j})")
+    return parsed
 
 
 class AnswerRecord(NamedTuple):
@@ -325,6 +363,7 @@ class LabelMemory:
         self.n_contradictions_ = 0
         self._held_out = np.empty(0, dtype=np.int64)  # sorted keys never sent by ask()
         if self.path is not None and os.path.exists(self.path):
+            check_regular_file(self.path, "a label memory's answers file")
             self._replay()
 
     # -- persistence ---------------------------------------------------------
@@ -399,6 +438,8 @@ class LabelMemory:
             isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0
         ):
             raise ValueError(f"'seconds' must be a number >= 0, got {seconds!r}")
+        if seconds is not None and not math.isfinite(seconds):
+            seconds = None  # written as Infinity by an older version: the answer stands
         return AnswerRecord(
             i, j, same, str(source), float(stamp) if isinstance(stamp, (int, float)) else 0.0,
             unsure, annotator, None if seconds is None else float(seconds),
@@ -469,15 +510,18 @@ class LabelMemory:
         if tail.endswith(b"\n"):
             return b""
         cut = tail.rfind(b"\n")
+        while cut < 0 and start > 0:  # a last line longer than the window: read further back
+            step = min(start, _MAX_TAIL)
+            start -= step
+            os.lseek(fd, start, os.SEEK_SET)
+            tail = _read_exactly(fd, step) + tail
+            cut = tail.rfind(b"\n")
         line = tail[cut + 1:]
-        if cut < 0 and start > 0:
-            line = b""  # a last line longer than any record: not ours
-        else:
-            try:
-                self._parse(line)
-                return b"\n"
-            except ValueError:
-                pass
+        try:
+            self._parse(line)
+            return b"\n"
+        except ValueError:
+            pass
         if line and _is_torn_record(line):
             if repair:
                 os.ftruncate(fd, size - len(line))
@@ -867,6 +911,68 @@ class LabelMemory:
                 self._append(new)
             for r in new:
                 self._apply(r)
+            return len(new)
+
+    def merge(self, records):
+        """Add records of another memory's history, as they are (an import).
+
+        Each :class:`AnswerRecord` keeps its answer, source, annotator, time
+        and seconds; retractions and "not sure" answers are records like
+        the others. The whole list is checked first: a bad record raises
+        and nothing is added. A record this memory already holds (same
+        pair, answer, source, annotator, time to the microsecond and
+        seconds) is not added again, so merging the same history twice
+        changes nothing. The new records are appended to ``path`` in one
+        durable write, then applied in the order given, after the records
+        the memory holds.
+
+        Parameters
+        ----------
+        records : iterable of AnswerRecord
+
+        Returns
+        -------
+        n_added : int
+            Records added.
+
+        Raises
+        ------
+        ValueError
+            A record is not a valid answer (its position in ``records`` is
+            named).
+
+        Examples
+        --------
+        >>> from ucal.oracles import LabelMemory
+        >>> memory = LabelMemory()
+        >>> _ = memory.record([[0, 1]], [True], annotator="ann")
+        >>> _ = memory.retract([[0, 1]], annotator="ann")
+        >>> copy = LabelMemory()
+        >>> copy.merge(memory), copy.merge(memory)
+        (2, 0)
+        >>> copy.lookup([[0, 1]])
+        array([-1], dtype=int8)
+        """
+        checked = []
+        for number, record in enumerate(records):
+            try:
+                checked.append(_checked_record(record))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"record {number}: {exc}") from None
+        with self._lock:
+            seen = {_identity(r) for r in self._records}
+            new = []
+            for record in checked:
+                key = _identity(record)
+                if key not in seen:
+                    seen.add(key)
+                    new.append(record)
+            if not new:
+                return 0
+            if self.path is not None:
+                self._append(new)
+            for record in new:
+                self._apply(record)
             return len(new)
 
     def _ask(self, pairs, oracle, *, max_queries=None, context=None, source="oracle"):

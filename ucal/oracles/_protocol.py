@@ -13,6 +13,8 @@ context images next to the two samples of a pair.
 """
 
 import numbers
+import os
+import stat
 
 import numpy as np
 
@@ -99,10 +101,34 @@ def _describe(oracle, limit=80):
 
 
 def check_person(name, what="annotator"):
-    """``name`` of a person (an annotator, a reviewer): a non-empty str or None, else ValueError."""
+    """``name`` of a person (an annotator, a reviewer): a non-empty str or None, else ValueError.
+
+    The name must be writable as UTF-8 (no lone surrogate), so that every
+    file it is stored in or exported to can hold it.
+    """
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"{what} must be a non-empty string or None, got {name!r}.")
+    if name is not None:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} {name!r} cannot be written as UTF-8 (it holds a lone surrogate)."
+            ) from None
     return name
+
+
+def check_regular_file(path, what="the file"):
+    """Raise ValueError unless ``path`` (which exists) is a regular file.
+
+    A named pipe or a device would block or never end when read.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(
+            f"{path!r} is not a regular file ({what} must be one; a named pipe or a "
+            "device would block or never end)."
+        )
 
 
 def check_pairs(pairs, n_samples=None):

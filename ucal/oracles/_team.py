@@ -94,6 +94,8 @@ def assign_pairs(n_pairs, annotators, *, double_fraction=0.0, random_state=None,
     >>> assign_pairs(4, ["ann", "bob"], double_fraction=0.5, random_state=0)
     [('bob', 'ann'), ('ann',), ('ann', 'bob'), ('bob',)]
     """
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 0:
+        raise ValueError(f"n_pairs must be an integer >= 0, got {n_pairs!r}.")
     names = check_team(annotators, double_fraction)
     rng = check_random_state(random_state)
     load = {} if load is None else load
