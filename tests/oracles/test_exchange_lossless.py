@@ -60,15 +60,15 @@ def test_latest_resolution_keeps_the_latest_answer_of_the_file(tmp_path, fmt, na
     assert copy.lookup([[0, 1]]).tolist() == memory.lookup([[0, 1]]).tolist() == [0]
 
 
-def test_csv_rows_are_applied_in_the_order_of_their_times(tmp_path):
+def test_csv_rows_are_applied_in_the_order_of_the_file_with_their_times(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("i,j,answer,annotator,source,time,seconds\n"
                     "0,1,different,ann,web,200.0,\n"
                     "0,1,same,bob,web,100.0,\n")
     memory = LabelMemory()
     import_answers(path, memory)
-    assert memory.lookup([[0, 1]]).tolist() == [0]  # ann's answer came last
-    assert [r.time for r in memory] == [100.0, 200.0]
+    assert memory.lookup([[0, 1]]).tolist() == [1]  # bob's row comes last in the file
+    assert [r.time for r in memory] == [200.0, 100.0]
 
 
 # -- 3. all or nothing, and the error names the row ---------------------------------
@@ -315,3 +315,102 @@ def test_random_histories_survive_export_and_import(tmp_path, fmt, name, seed, r
 def _agreement(memory):
     result = annotator_agreement(memory)
     return json.dumps(result, sort_keys=True, default=str).replace("NaN", "nan")
+
+
+# -- found by review: repeated records, file order, files without times, sources, edits --
+@pytest.mark.parametrize("fmt, name", FORMATS)
+def test_repeated_answers_of_one_call_all_survive(tmp_path, fmt, name):
+    memory = LabelMemory()
+    memory.record([[0, 1]] * 3, [1, 0, 1])  # one call: one time on all three
+    memory.record([[2, 3]] * 2, [-1, -1])
+    out = tmp_path / name
+    export_answers(memory, out, format=fmt)
+    copy = LabelMemory()
+    assert import_answers(out, copy) == len(memory)
+    assert _state(copy) == _state(memory)
+    assert copy.lookup([[0, 1]]).tolist() == [1] and copy.n_unsure_ == memory.n_unsure_
+    assert import_answers(out, copy) == 0
+
+
+@pytest.mark.parametrize("fmt, name", FORMATS)
+def test_an_older_answer_merged_later_stays_later(tmp_path, fmt, name):
+    from ucal.oracles import AnswerRecord
+
+    memory = LabelMemory()
+    memory.record([[0, 1]], [0], source="web")
+    memory.merge([AnswerRecord(0, 1, True, "web", 10.0)])  # an old answer, applied last
+    assert memory.lookup([[0, 1]]).tolist() == [1]
+    out = tmp_path / name
+    export_answers(memory, out, format=fmt)
+    copy = LabelMemory()
+    import_answers(out, copy)
+    assert copy.lookup([[0, 1]]).tolist() == [1]
+
+
+@pytest.mark.parametrize("content, name", [
+    ("i,j,answer\n0,1,same\n0,1,different\n", "a.csv"),
+    (json.dumps([{"data": {"i": 0, "j": 1}, "annotations": [
+        {"result": [{"value": {"choices": ["Same"]}}], "completed_by": "ann"}]}]), "t.json"),
+])
+def test_a_file_without_times_imports_once(tmp_path, content, name):
+    path = tmp_path / name
+    path.write_text(content)
+    memory = LabelMemory()
+    n = import_answers(path, memory)
+    assert n >= 1 and import_answers(path, memory) == 0 and len(memory) == n
+    assert all(r.time == 0.0 for r in memory)  # unknown, not the import's time
+
+
+def test_an_empty_source_is_refused_when_recorded():
+    memory = LabelMemory()
+    with pytest.raises(ValueError, match="source"):
+        memory.record([[0, 1]], [1], source="")
+    with pytest.raises(ValueError, match="source"):
+        memory.retract([[0, 1]], source="")
+
+
+def test_a_change_made_in_label_studio_is_imported_after_the_original(tmp_path):
+    memory = LabelMemory()
+    memory.record([[0, 1], [2, 3]], [1, 0], annotator="ann")
+    out = tmp_path / "t.json"
+    export_answers(memory, out, format="label-studio")
+    tasks = json.loads(out.read_text())
+    tasks[0]["annotations"][0]["result"][0]["value"]["choices"] = ["Different"]
+    tasks[1]["annotations"][0]["was_cancelled"] = True
+    out.write_text(json.dumps(tasks))
+    copy = LabelMemory()
+    assert import_answers(out, copy) == 4
+    assert copy.lookup([[0, 1], [2, 3]]).tolist() == [0, -1]
+    assert import_answers(out, copy) == 0
+    # into the memory that made the file: only the two changes are new
+    assert import_answers(out, memory) == 2
+    assert memory.lookup([[0, 1], [2, 3]]).tolist() == [0, -1]
+
+
+def test_times_out_of_calendar_range_do_not_break_the_label_studio_export(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("i,j,answer,time\n0,1,same,1e12\n2,3,same,1e20\n")
+    memory = LabelMemory()
+    import_answers(csv_path, memory)
+    out = tmp_path / "t.json"
+    export_answers(memory, out, format="label-studio")
+    copy = LabelMemory()
+    import_answers(out, copy)
+    assert [r.time for r in copy] == [1e12, 1e20]
+
+
+@pytest.mark.parametrize("row, match", [("\u00b2,1,same", "line 2: i must be"),
+                                        ("\u0663,1,same", "line 2: i must be"),
+                                        ("0,1,same,1_000", "line 2: time must be")])
+def test_only_plain_numbers_are_read(tmp_path, row, match):
+    path = tmp_path / "a.csv"
+    path.write_text("i,j,answer,time\n" + row + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        import_answers(path, LabelMemory())
+
+
+def test_deeply_nested_json_gets_a_clear_error(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="not Label Studio JSON"):
+        import_answers(path, LabelMemory())

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import os
-import time
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -40,6 +40,9 @@ _WORDS = {"same": (True, False), "different": (False, False), "unsure": (None, T
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 # Key of ucal's own fields in a Label Studio annotation (Label Studio keeps unknown keys).
 _UCAL_KEY = "ucal"
+# Plain ASCII numbers only: int() and float() also take "٣", "²"-like digits and "1_000".
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # Biggest CSV field read (a very long name is still a name).
 _MAX_FIELD = 64 * 1024 * 1024
 
@@ -142,7 +145,7 @@ def export_answers(memory, path, *, format="csv", image_urls=None):
                 "value": {"choices": [_CHOICES[None if r.unsure else r.same]]},
             }],
             "completed_by": r.annotator or r.source,
-            "created_at": datetime.fromtimestamp(r.time, timezone.utc).isoformat(),
+            "created_at": _iso(r.time),
             "lead_time": r.seconds,
             _UCAL_KEY: {"order": order, "kind": _answer_word(r), "time": r.time,
                         "source": r.source, "annotator": r.annotator, "seconds": r.seconds},
@@ -153,6 +156,16 @@ def export_answers(memory, path, *, format="csv", image_urls=None):
     payload = json.dumps(list(tasks.values()), indent=1, allow_nan=False).encode("utf-8")
     atomic_write(path, lambda f: f.write(payload))
     return len(records)
+
+
+def _iso(stamp):
+    """ISO date of a time, or None where it has none (0.0: unknown; out of range)."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _write_csv(path, header, rows):
@@ -180,10 +193,14 @@ def import_answers(path, memory, *, format=None, source="import"):
     before anything is recorded; then every new record is appended in one
     durable write. A record the memory already holds (same pair, answer,
     annotator, source, time and seconds) is skipped, so importing a file
-    twice changes nothing. Records keep the file's times, seconds (unknown
-    stays unknown), sources and retractions, and are applied in the order
-    of the file's records (ucal's exports carry it; other files: by time,
-    then file order), after the records the memory already holds.
+    twice changes nothing. Records keep the file's times (none: 0, unknown),
+    seconds (unknown stays unknown), sources and retractions, and are
+    applied after the records the memory already holds, in the file's
+    order: a CSV's rows as they come; in Label Studio, the annotations ucal
+    wrote in their recorded order, then those made in Label Studio by
+    ``created_at``. A ucal annotation changed in Label Studio (another
+    choice, or cancelled) keeps its original record and adds the change
+    after it.
 
     Parameters
     ----------
@@ -235,12 +252,12 @@ def import_answers(path, memory, *, format=None, source="import"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"No file to import at {path!r}.")
     check_regular_file(path, "an answers export")
-    now = time.time()
     if format == "csv":
-        entries = _read_csv(path, source, now)
+        entries = _read_csv(path, source)
     else:
-        entries = _read_label_studio(path, source, now)
-    # (order, where, record): ucal's own order where the file carries it, else time
+        entries = _read_label_studio(path, source)
+    # (order, where, record): the file's order (Label Studio: ucal's order, then the
+    # annotations made in Label Studio by time)
     entries.sort(key=lambda e: e[0])
     for _, where, record in entries:  # what the memory would refuse, named by line or task
         try:
@@ -252,8 +269,8 @@ def import_answers(path, memory, *, format=None, source="import"):
 
 
 def _index(value, name, where, *, text=False):
-    """A sample index: an int (or, from CSV text, digits), 0 <= value < 2**31."""
-    if text and isinstance(value, str) and value.strip().isdigit():
+    """A sample index: an int (or, from CSV text, ASCII digits), 0 <= value < 2**31."""
+    if text and isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     elif isinstance(value, float) and value.is_integer() and not text:
         value = int(value)
@@ -279,7 +296,7 @@ def _number(value, name, where, *, minimum=None):
     """A finite float from a cell or a JSON value, None when empty."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, str) and not _DECIMAL.fullmatch(value.strip())):
         raise ValueError(f"{where}: {name} must be a number, got {value!r}.")
     try:
         number = float(value)
@@ -291,7 +308,7 @@ def _number(value, name, where, *, minimum=None):
     return number
 
 
-def _read_csv(path, default_source, now):
+def _read_csv(path, default_source):
     entries = []
     previous = csv.field_size_limit()
     csv.field_size_limit(_MAX_FIELD)
@@ -315,8 +332,8 @@ def _read_csv(path, default_source, now):
                 stamp = _number(row.get("time"), "time", where)
                 seconds = _number(row.get("seconds"), "seconds", where, minimum=0)
                 record = _record(where, row["i"], row["j"], same, unsure, source,
-                                 now if stamp is None else stamp, annotator, seconds)
-                entries.append(((record.time, number), where, record))
+                                 0.0 if stamp is None else stamp, annotator, seconds)
+                entries.append(((number,), where, record))
     except csv.Error as exc:
         raise ValueError(f"{path!r}: not a readable CSV ({exc}).") from None
     except UnicodeDecodeError as exc:
@@ -326,11 +343,11 @@ def _read_csv(path, default_source, now):
     return entries
 
 
-def _read_label_studio(path, default_source, now):
+def _read_label_studio(path, default_source):
     with open(path, encoding="utf-8-sig") as f:
         try:
             tasks = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"{path!r} is not Label Studio JSON: {exc}.") from None
     if not isinstance(tasks, list):
         raise ValueError(f"{path!r}: Label Studio tasks must be a JSON list, got {type(tasks).__name__}.")
@@ -351,23 +368,60 @@ def _read_label_studio(path, default_source, now):
             if not isinstance(annotation, dict):
                 raise ValueError(f"{here}: an annotation must be a JSON object, got {annotation!r}.")
             mine = annotation.get(_UCAL_KEY)
+            cancelled = bool(annotation.get("was_cancelled"))
             if mine is not None:
-                entries.append(_ucal_entry(here, i, j, mine))
+                entry = _ucal_entry(here, i, j, mine)
+                entries.append(entry)
+                change = _changed_in_label_studio(here, entry[2], annotation, cancelled)
+                if change is not None:  # edited in Label Studio: the change comes after
+                    entries.append(((entry[0][0], entry[0][1], 1), here, change))
                 continue
-            if annotation.get("was_cancelled"):
+            if cancelled:
                 continue  # skipped in Label Studio: no answer
-            choice = _choice(here, annotation.get("result"))
-            who = annotation.get("completed_by")
-            if isinstance(who, dict):  # Label Studio's own export: the user object
-                who = who.get("email") or who.get("id")
-            stamp = _created_at(here, annotation.get("created_at"))
-            seconds = _number(annotation.get("lead_time"), "lead_time", here, minimum=0)
-            same, unsure = _WORDS[choice]
-            record = _record(here, i, j, same, unsure, default_source,
-                             now if stamp is None else stamp, None if who is None else str(who),
-                             seconds)
-            entries.append(((math.inf, record.time, number, k), here, record))
+            record = _foreign_record(here, i, j, annotation, default_source)
+            entries.append(((1, record.time, number, k), here, record))
     return entries
+
+
+def _who(annotation):
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):  # Label Studio's own export: the user object
+        who = who.get("email") or who.get("id")
+    return None if who is None else str(who)
+
+
+def _foreign_record(where, i, j, annotation, default_source):
+    """An annotation made in Label Studio: its choice, person, time and lead time."""
+    choice = _choice(where, annotation.get("result"))
+    stamp = _created_at(where, annotation.get("updated_at") or annotation.get("created_at"))
+    seconds = _number(annotation.get("lead_time"), "lead_time", where, minimum=0)
+    same, unsure = _WORDS[choice]
+    return _record(where, i, j, same, unsure, default_source, 0.0 if stamp is None else stamp,
+                   _who(annotation), seconds)
+
+
+def _changed_in_label_studio(where, original, annotation, cancelled):
+    """The record of a change made in Label Studio to an annotation ucal wrote, or None."""
+    was_retraction = original.same is None and not original.unsure
+    if was_retraction:
+        return None  # a retraction has no choice to change
+    if cancelled:  # cancelled in Label Studio: the answer is taken back
+        return AnswerRecord(original.i, original.j, None, original.source,
+                            _changed_time(where, annotation, original), False,
+                            original.annotator, None)
+    choice = _choice(where, annotation.get("result"))
+    same, unsure = _WORDS[choice]
+    if (same, unsure) == (original.same, original.unsure):
+        return None
+    seconds = _number(annotation.get("lead_time"), "lead_time", where, minimum=0)
+    return AnswerRecord(original.i, original.j, same, original.source,
+                        _changed_time(where, annotation, original), unsure,
+                        original.annotator, seconds)
+
+
+def _changed_time(where, annotation, original):
+    stamp = _created_at(where, annotation.get("updated_at"))
+    return original.time if stamp is None else stamp
 
 
 def _ucal_entry(where, i, j, mine):
@@ -392,7 +446,7 @@ def _ucal_entry(where, i, j, mine):
     seconds = _number(mine.get("seconds"), "seconds", where, minimum=0)
     same, unsure = _WORDS[kind]
     record = _record(where, i, j, same, unsure, source, stamp, annotator, seconds)
-    return ((-math.inf, order), where, record)  # before any annotation made in Label Studio
+    return ((0, order, 0), where, record)  # before any annotation made in Label Studio
 
 
 def _choice(where, result):

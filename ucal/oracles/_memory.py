@@ -1,5 +1,6 @@
 """The label memory: every answer given, and what the answers imply."""
 
+import collections
 import contextlib
 import errno
 import json
@@ -144,8 +145,21 @@ def _file_lock(fd):
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _identity(record):
-    """What makes two records the same record (times to the microsecond)."""
+def _check_source(source):
+    """``source`` of a record: a non-empty string writable as UTF-8."""
+    source = str(source)
+    if not source:
+        raise ValueError("source must be a non-empty string (what answered: 'web', 'snps'...).")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"source {source!r} cannot be written as UTF-8.") from None
+    return source
+
+
+def _content(record):
+    """A record's content (times to the microsecond): equal records are told apart by
+    their rank among the equal ones (one call of record() stamps one time on all)."""
     return (record.i, record.j, record.same, record.unsure, record.source, record.annotator,
             round(record.time, 6), record.seconds)
 
@@ -440,8 +454,9 @@ class LabelMemory:
             raise ValueError(f"'seconds' must be a number >= 0, got {seconds!r}")
         if seconds is not None and not math.isfinite(seconds):
             seconds = None  # written as Infinity by an older version: the answer stands
+        known = isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp)
         return AnswerRecord(
-            i, j, same, str(source), float(stamp) if isinstance(stamp, (int, float)) else 0.0,
+            i, j, same, str(source), float(stamp) if known else 0.0,
             unsure, annotator, None if seconds is None else float(seconds),
         )
 
@@ -814,6 +829,7 @@ class LabelMemory:
                 f"record() got {problem}; answers must be bool or ints in {{-1, 0, 1}}."
             )
         check_person(annotator)
+        _check_source(source)
         took = _check_seconds(seconds, len(pairs))
         pairs, _ = _canonical(pairs)
         if np.any((pairs[:, 0] == pairs[:, 1]) & (codes == 0)):
@@ -890,6 +906,7 @@ class LabelMemory:
         """
         pairs, _ = _canonical(check_pairs(pairs))
         check_person(annotator)
+        _check_source(source)
         now = time.time()
         with self._lock:
             new = []
@@ -919,10 +936,12 @@ class LabelMemory:
         Each :class:`AnswerRecord` keeps its answer, source, annotator, time
         and seconds; retractions and "not sure" answers are records like
         the others. The whole list is checked first: a bad record raises
-        and nothing is added. A record this memory already holds (same
-        pair, answer, source, annotator, time to the microsecond and
-        seconds) is not added again, so merging the same history twice
-        changes nothing. The new records are appended to ``path`` in one
+        and nothing is added. Records are matched by content (pair,
+        answer, source, annotator, time to the microsecond and seconds)
+        and count: the k-th record of a content is added only when the
+        memory holds fewer than k of them, so merging the same history
+        twice changes nothing while repeated answers (a "not sure" given
+        twice in one call) all survive. The new records are appended to ``path`` in one
         durable write, then applied in the order given, after the records
         the memory holds.
 
@@ -960,12 +979,14 @@ class LabelMemory:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"record {number}: {exc}") from None
         with self._lock:
-            seen = {_identity(r) for r in self._records}
+            # the k-th record of a content is new only if the memory holds fewer than k
+            held = collections.Counter(_content(r) for r in self._records)
+            incoming = collections.Counter()
             new = []
             for record in checked:
-                key = _identity(record)
-                if key not in seen:
-                    seen.add(key)
+                key = _content(record)
+                incoming[key] += 1
+                if incoming[key] > held[key]:
                     new.append(record)
             if not new:
                 return 0
