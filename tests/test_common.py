@@ -4,6 +4,7 @@ from sklearn.cluster import KMeans
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ucal import ClusteringCalibrator, MPPSMerger, SelfPacedDBSCAN, SNPSSplitter
+from ucal.search import GalleryIndex
 
 
 def _tiny_clusterer():
@@ -21,6 +22,7 @@ ESTIMATORS = [
     ClusteringCalibrator(
         _tiny_clusterer(), param_grid={"n_clusters": [2, 3]}, n_queries=20, random_state=0
     ),
+    GalleryIndex(backend="numpy"),
 ]
 
 

@@ -25,6 +25,7 @@ PUBLIC_MODULES = [
     "ucal.datasets",
     "ucal.metrics",
     "ucal.reid",
+    "ucal.search",
 ]
 
 # numpydoc validation codes that make a docstring wrong rather than terse.

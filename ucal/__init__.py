@@ -24,7 +24,7 @@ _LAZY_ATTRS = {
     "UCALReID": "ucal.reid",
 }
 _SUBMODULES = {
-    "active", "annotation", "cli", "cluster", "datasets", "metrics", "oracles", "reid"
+    "active", "annotation", "cli", "cluster", "datasets", "metrics", "oracles", "reid", "search"
 }
 
 __all__ = sorted(_LAZY_ATTRS) + ["__version__"]

@@ -43,6 +43,11 @@ def _train_args(market, out, *extra):
 def _check_demo_output(out, stdout):
     for name in ("results.json", "history.json", "results.md", "map_vs_cost.png", "demo.log"):
         assert (out / name).is_file(), name
+    # the models and the test images that docs/deploy.rst starts from
+    for kind in ("ucal", "baseline", "supervised"):
+        assert (out / "runs" / kind / "model.joblib").is_file(), kind
+    market = out / "images" / "Market-1501-v15.09.15"
+    assert any((market / "query").iterdir()) and any((market / "bounding_box_test").iterdir())
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["results"]]
     assert methods == ["Start (pretrained, no training)", "Baseline", "UCAL", "Supervised"]
@@ -73,6 +78,16 @@ def test_demo_quick_in_process(tmp_path, capsys):
     assert results["precision"] == "float32 on cpu"
     start = json.loads((out / "history.json").read_text())["ucal"][0]
     assert start["calibration_queries"] > 0 and "calibrated" in start
+    # docs/deploy.rst's commands, on this demo's output
+    market = out / "images" / "Market-1501-v15.09.15"
+    assert main(["export", str(out / "runs" / "ucal"), "--format", "torchscript", "-q"]) == 0
+    assert main(["index", str(out / "runs" / "ucal"), str(market / "bounding_box_test"),
+                 "--out", str(out / "gallery"), "--pattern", r"(?P<pid>-?\d+)_c(?P<camid>\d+)",
+                 "-q"]) == 0
+    capsys.readouterr()
+    query = sorted((market / "query").iterdir())[0]
+    assert main(["search", str(out / "gallery"), str(query), "--top", "3", "--json", "-q"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["matches"]) == 3
 
 
 def test_demo_quick_parallel_runs(tmp_path):

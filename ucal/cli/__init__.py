@@ -1,4 +1,5 @@
-"""The ``ucal`` command: ``demo``, ``train``, ``evaluate`` and ``annotate``.
+"""The ``ucal`` command: ``demo``, ``train``, ``evaluate``, ``annotate``, ``export``,
+``index`` and ``search``.
 
 One module per command (``_demo``, ``_train``, ``_evaluate``,
 ``_annotate``), each adding its sub-parser and running it; what they share
@@ -15,14 +16,14 @@ import argparse
 import logging
 import sys
 
-from . import _annotate, _demo, _evaluate, _train
+from . import _annotate, _demo, _evaluate, _export, _index, _search, _train
 from ._common import check_dataset_arguments
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-_COMMANDS = (_demo, _train, _evaluate, _annotate)
+_COMMANDS = (_demo, _train, _evaluate, _annotate, _export, _index, _search)
 
 # What a command may fail with, expectedly: a missing or existing file, a
 # disk that refuses a write, bad data or settings. Anything else is a bug

@@ -3,6 +3,7 @@ table, the thread count and the argument groups (verbosity, dataset)."""
 
 import json
 import logging
+import os
 import sys
 
 import numpy as np
@@ -124,3 +125,56 @@ def load_data(args):
     if args.dataset == "folder":
         return load_dataset("folder", args.root, pattern=args.pattern)
     return load_dataset(args.dataset, args.root)
+
+
+def load_model(run):
+    """The UCALReID of a run folder (its ``model.joblib``) or of a model file, or a clear error."""
+    import joblib
+
+    from ucal.reid import UCALReID
+
+    path = os.path.join(run, "model.joblib") if os.path.isdir(run) else run
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No model at {run!r}: give the output folder of ucal train or ucal demo (holding "
+            "model.joblib) or the model file itself."
+        )
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # whatever a file that is not a joblib pickle raises
+        raise ValueError(
+            f"{path!r} is not a model saved by ucal train (model.joblib): it cannot be read "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
+    if not isinstance(model, UCALReID):
+        raise ValueError(f"{path!r} holds a {type(model).__name__}, not a UCALReID.")
+    return model, os.path.abspath(path)
+
+
+def image_paths(location, pattern=None):
+    """Image files of a folder (recursively, sorted) or one file; with ``pattern``, the
+    ``pid`` and ``camid`` groups of each name (-1 where a group is absent)."""
+    import re
+
+    from ucal.datasets._folder import _walk_images
+
+    if os.path.isdir(location):
+        paths = [os.path.join(location, p) for p in _walk_images(location)]
+    elif os.path.isfile(location):
+        paths = [location]
+    else:
+        raise FileNotFoundError(f"No image or folder at {location!r}.")
+    if not paths:
+        raise ValueError(f"{location!r} holds no image file (.jpg, .png, ...).")
+    ids = cams = None
+    if pattern:
+        regex = re.compile(pattern)
+        ids, cams = [], []
+        for path in paths:
+            match = regex.search(os.path.basename(path))
+            if match is None:
+                raise ValueError(f"--pattern {pattern!r} does not match {path!r}.")
+            groups = match.groupdict()
+            ids.append(int(groups["pid"]) if groups.get("pid") is not None else -1)
+            cams.append(int(groups["camid"]) if groups.get("camid") is not None else -1)
+    return paths, ids, cams

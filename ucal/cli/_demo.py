@@ -139,6 +139,10 @@ def _demo_run(task):
         else:  # baseline: no oracle, no refinement; y only feeds the pseudo-label diagnostics
             model = _demo_model(settings, run_dir, refiner="passthrough")
         model.fit(train, train.pids, eval_set=data)
+    import joblib
+
+    # the trained model, for `ucal export`, `ucal index` and `ucal search` (docs/deploy.rst)
+    joblib.dump(model, os.path.join(run_dir, "model.joblib"))
     # the figures of the network the model holds (UCAL keeps its best validated epoch)
     last = held_record(model)
     begin = model.history_[0] if model.history_[0]["epoch"] == 0 else None
@@ -320,6 +324,12 @@ def cmd_demo(args):
         "precision": results["ucal"]["precision"],
     }
     write_json(os.path.join(out, "results.json"), summary)
+    # the test people as image files, to index and search (docs/deploy.rst)
+    from ucal.datasets import ReIDDataset, ReIDSplit, save_market1501
+
+    empty = ReIDSplit(data.query.images[:0], [], [], "train")
+    save_market1501(ReIDDataset(empty, data.query, data.gallery, "persons"),
+                    os.path.join(out, "images"), image_format="png")
     write_json(
         os.path.join(out, "history.json"),
         {kind: results[kind]["history"] for kind in ("baseline", "ucal", "supervised")},
