@@ -66,7 +66,17 @@ class GeneralizedMeanPooling(nn.Module):
         self.eps = float(eps)
 
     def forward(self, maps):
-        """Pool ``maps`` (B, C, H, W) into (B, C)."""
+        """Pool feature maps over their spatial positions.
+
+        Parameters
+        ----------
+        maps : torch.Tensor of shape (batch, channels, height, width)
+
+        Returns
+        -------
+        pooled : torch.Tensor of shape (batch, channels)
+            In float32.
+        """
         # float32 whatever the autocast: x ** 3 of bf16 activations loses the small ones
         with torch.autocast(device_type=maps.device.type, enabled=False):
             p = self.p.float()

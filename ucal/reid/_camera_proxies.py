@@ -146,7 +146,15 @@ class CameraProxyMemory:
 
     @torch.no_grad()
     def update(self, indices, features):
-        """Move the proxies of the batch's images, one image after another, in batch order."""
+        """Move the proxies of the batch's images, one image after another, in batch order.
+
+        Parameters
+        ----------
+        indices : ndarray of shape (batch,)
+            Training-image indices of the batch.
+        features : torch.Tensor of shape (batch, dim)
+            Their features (the global batch's, with several processes).
+        """
         ids = self.proxy_of[np.asarray(indices)]
         keep = ids >= 0
         features = features.detach().float()

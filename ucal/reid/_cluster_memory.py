@@ -158,7 +158,15 @@ class ClusterMemory:
 
     @torch.no_grad()
     def update(self, indices, features):
-        """Move the prototypes of the batch's clusters (the whole batch, in batch order)."""
+        """Move the prototypes of the batch's clusters (the whole batch, in batch order).
+
+        Parameters
+        ----------
+        indices : ndarray of shape (batch,)
+            Training-image indices of the batch.
+        features : torch.Tensor of shape (batch, dim)
+            Their features (the global batch's, with several processes).
+        """
         ids = self.labels[np.asarray(indices)]
         keep = ids >= 0
         features = features.detach().float()
