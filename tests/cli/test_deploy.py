@@ -96,3 +96,25 @@ def test_bad_input_gets_one_clear_line(run, capsys, args, message):
     (root / "empty").mkdir(exist_ok=True)
     assert main([a.format(root=root) for a in args] + ["-q"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_search_serve_shows_the_page_until_interrupted(run, tmp_path, capsys, monkeypatch):
+    import time
+    import urllib.request
+
+    root, model, market = run
+    out = tmp_path / "index"
+    assert main(["index", str(root / "run"), str(market / "bounding_box_test"), "--out",
+                 str(out), "-q"]) == 0
+    seen = {}
+
+    def sleep(seconds):  # the page is up: read its state, then "press Ctrl-C"
+        url = capsys.readouterr().err.split()[-1]
+        with urllib.request.urlopen(url.replace("/?", "/api/state?")) as reply:
+            seen.update(json.loads(reply.read()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    query = sorted((market / "query").iterdir())[0]
+    assert main(["search", str(out), str(query), "--top", "4", "--serve", "-q"]) == 0
+    assert seen["mode"] == "matches" and len(seen["results"][0]["matches"]) == 4

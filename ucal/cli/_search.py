@@ -41,6 +41,8 @@ def cmd_search(args):
             for r, (s, i) in enumerate(zip(row_s, row_i)) if i >= 0
         ]
         results.append({"query": os.path.abspath(path), "matches": matches})
+    if args.serve:
+        return _serve(results, args, index)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=1) + "\n")
     else:
@@ -48,6 +50,30 @@ def cmd_search(args):
             sys.stdout.write(f"{result['query']}\n")
             for m in result["matches"]:
                 sys.stdout.write(f"  {m['rank']:3d}  {m['similarity']:.3f}  {m['image']}\n")
+    return 0
+
+
+def _serve(results, args, index):
+    """Show the results on a local page until Ctrl-C."""
+    import time
+
+    from ucal.annotation._matches import serve_matches
+    from ucal.annotation._server import show_url
+
+    if index.names_ is None:
+        raise ValueError("The gallery has no image names to show (indexed from embeddings).")
+    server = serve_matches(results, args.top, len(index.names_), host=args.host, port=args.port)
+    with server:
+        show_url("Search results (Ctrl-C to stop):", server.url)
+        if args.open_browser:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -66,6 +92,11 @@ def add_parser(commands):
     search.add_argument("--model", default=None, metavar="RUN",
                         help="the model (default: the one the gallery was indexed with)")
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
+    search.add_argument("--serve", action="store_true",
+                        help="show each query beside its matches on a local page (Ctrl-C ends)")
+    search.add_argument("--host", default="127.0.0.1", help="--serve: address")
+    search.add_argument("--port", type=int, default=0, help="--serve: port (0: any free)")
+    search.add_argument("--open-browser", action="store_true", help="--serve: open the page")
     add_threads(search)
     add_verbosity(search)
     search.set_defaults(func=cmd_search)

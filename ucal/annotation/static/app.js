@@ -482,10 +482,60 @@
         " (" + overall.n_common + " comparisons)" : "none yet") + ".";
   }
 
+  // -- matches mode (ucal search --serve) ----------------------------------
+  function matchFigure(match) {
+    const figure = document.createElement("figure");
+    figure.className = "match";
+    const img = document.createElement("img");
+    img.src = imageUrl(match.image);
+    img.alt = "match " + match.rank;
+    const caption = document.createElement("figcaption");
+    const parts = ["#" + match.rank, match.similarity.toFixed(3)];
+    if (match.camera !== undefined) parts.push("cam " + match.camera);
+    if (match.id !== undefined) parts.push("id " + match.id);
+    caption.textContent = parts.join(" \u00b7 ");
+    caption.title = match.name || "";
+    figure.append(img, caption);
+    return figure;
+  }
+
+  function renderMatches() {
+    $("matches").hidden = false;
+    $("help-ask").hidden = true;
+    $("help-save").hidden = true;
+    $("help-matches").hidden = false;
+    $("bar").hidden = true;
+    $("mode-title").textContent = "search";
+    $("progress-text").textContent = state.results.length + " queries, top " + state.top +
+      " of " + state.n_gallery + " gallery images";
+    $("match-list").replaceChildren(...state.results.map((result) => {
+      const item = document.createElement("li");
+      item.className = "match-row";
+      const query = document.createElement("figure");
+      query.className = "match query";
+      const img = document.createElement("img");
+      img.src = imageUrl(result.query);
+      img.alt = "query";
+      const caption = document.createElement("figcaption");
+      caption.textContent = "query";
+      caption.title = result.name || "";
+      query.append(img, caption);
+      item.append(query, ...result.matches.map(matchFigure));
+      if (!result.matches.length) {
+        const none = document.createElement("p");
+        none.className = "muted";
+        none.textContent = "no match left after the camera filter";
+        item.append(none);
+      }
+      return item;
+    }));
+  }
+
   function render() {
     if (!state) return;
     renderTeam();
-    if (state.mode === "review") renderReview();
+    if (state.mode === "matches") renderMatches();
+    else if (state.mode === "review") renderReview();
     else {
       renderProgress();
       renderAsk();
@@ -506,12 +556,13 @@
 
   async function poll() {
     // A review of a file is still; a team's review changes as people answer.
-    if (!busy && (!state || state.mode !== "review" || state.team)) await refresh();
+    const still = state && (state.mode === "matches" || (state.mode === "review" && !state.team));
+    if (!busy && !still) await refresh();
     window.setTimeout(poll, POLL_MS);
   }
 
   document.addEventListener("keydown", (event) => {
-    if (!state || state.mode === "review") return;
+    if (!state || state.mode === "review" || state.mode === "matches") return;
     // A held-down key must not answer one pair after another.
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     const tag = event.target && event.target.tagName;
