@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 
 # backend="auto" builds a faiss inverted file from this many gallery images (exact below).
 IVF_MIN_GALLERY = 200_000
-# Query rows per block of the NumPy path (bounds the block of similarities in memory).
-_QUERY_BLOCK = 1024
+# Bytes of one block of query x gallery similarities (the NumPy path's working memory).
+_BLOCK_BYTES = 256 * 1024 * 1024
 # Version of the saved layout.
 _FORMAT = 1
 
@@ -264,8 +264,9 @@ class GalleryIndex(BaseEstimator):
         n_q = Q.shape[0]
         sims = np.full((n_q, k), -np.inf, dtype=np.float32)
         idx = np.full((n_q, k), -1, dtype=np.int64)
-        for start in range(0, n_q, _QUERY_BLOCK):
-            rows = np.arange(start, min(start + _QUERY_BLOCK, n_q))
+        step = max(1, min(n_q, _BLOCK_BYTES // (4 * self.embeddings_.shape[0])))
+        for start in range(0, n_q, step):
+            rows = np.arange(start, min(start + step, n_q))
             if self._index is None:
                 block = Q[rows] @ self.embeddings_.T
                 excluded = self._excluded(q_cams, q_ids, rows)
@@ -274,7 +275,6 @@ class GalleryIndex(BaseEstimator):
                 top = _top_k(block, k)
                 sims[rows] = np.take_along_axis(block, top, axis=1)
                 idx[rows] = top
-                idx[rows][~np.isfinite(sims[rows])] = -1
             else:
                 s, i = self._search_faiss(Q[rows], k, q_cams, q_ids, rows)
                 sims[rows], idx[rows] = s, i
