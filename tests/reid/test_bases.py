@@ -278,3 +278,36 @@ def test_unknown_bases_are_refused(data, name, value):
 
     with pytest.raises(InvalidParameterError, match=name):
         _fit(data, **{name: value})
+
+
+def test_a_rows_proxy_loss_does_not_depend_on_the_rest_of_its_batch():
+    feats, labels, cams = _proxy_case()  # 5 proxies: fewer than the 50 hard negatives
+    memory = CameraProxyMemory(labels, cams, feats, temperature=0.1)
+    batch = _unit(4, 6, seed=3)
+    indices = np.array([0, 3, 5, 1])
+    together = memory.loss(batch, indices, reduction="none")
+    alone = torch.cat([memory.loss(batch[k:k + 1], indices[k:k + 1], reduction="none")
+                       for k in range(4)])
+    torch.testing.assert_close(together, alone)
+
+
+def test_gem_needs_feature_maps():
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    with pytest.raises(ValueError, match="feature maps"):
+        build_backbone(Flat(), True, (16, 8), pooling="gem")
+
+
+def test_a_model_pickled_before_the_bases_existed_loads(data):
+    import pickle
+
+    model = _fit(data, epochs=1)
+    state = model.__getstate__()
+    for name in ("loss", "pooling"):
+        state.pop(name)
+    old = UCALReID.__new__(UCALReID)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert (old.loss, old.pooling) == ("centroid", "avg")
+    np.testing.assert_allclose(old.transform(data.query), model.transform(data.query), atol=1e-6)

@@ -109,3 +109,30 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         GalleryIndex.load(tmp_path / "nothing")
     with pytest.raises(ValueError, match="one entry per image"):
         GalleryIndex().fit(G, cameras=[0, 1])
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_ties_go_to_the_lower_index_on_every_backend(backend):
+    G = np.tile(np.eye(4, dtype=np.float32), (50, 1))  # every image copied 50 times
+    index = GalleryIndex(backend, n_probe=10_000).fit(G)
+    assert index.kneighbors(np.array([[1, 0, 0, 0]], np.float32), 5)[1].tolist() == [
+        [0, 4, 8, 12, 16]]
+
+
+def test_reranking_a_gallery_smaller_than_its_depth():
+    G, Q, *_ = _data(n=50)
+    sims, idx = GalleryIndex("numpy", rerank=True).fit(G).kneighbors(Q[:2], 5)
+    assert idx.shape == (2, 5) and (idx >= 0).all()
+
+
+def test_a_tiny_gallery_gets_an_inverted_file_and_probes_can_change_after_fit():
+    pytest.importorskip("faiss")
+    G, Q, *_ = _data(n=10)
+    index = GalleryIndex("faiss-ivf").fit(G)
+    assert index.kneighbors(Q, 3)[1].shape == (len(Q), 3)
+    G, Q, *_ = _data(n=4000)
+    index = GalleryIndex("faiss-ivf", n_probe=1).fit(G)
+    few = index.kneighbors(Q, 10)[1]
+    index.set_params(n_probe=10_000)
+    np.testing.assert_array_equal(index.kneighbors(Q, 10)[1], _brute(G, Q, 10)[1])
+    assert not np.array_equal(few, _brute(G, Q, 10)[1])

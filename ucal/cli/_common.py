@@ -169,6 +169,8 @@ def image_paths(location, pattern=None):
     ids = cams = None
     if pattern:
         regex = re.compile(pattern)
+        if not {"pid", "camid"} & set(regex.groupindex):
+            raise ValueError(f"--pattern {pattern!r} has no group named pid or camid.")
         ids, cams = [], []
         for path in paths:
             match = regex.search(os.path.basename(path))
@@ -177,4 +179,7 @@ def image_paths(location, pattern=None):
             groups = match.groupdict()
             ids.append(int(groups["pid"]) if groups.get("pid") is not None else -1)
             cams.append(int(groups["camid"]) if groups.get("camid") is not None else -1)
+        # a group the pattern lacks is not known: no filtering on it
+        ids = ids if "pid" in regex.groupindex else None
+        cams = cams if "camid" in regex.groupindex else None
     return paths, ids, cams

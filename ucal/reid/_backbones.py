@@ -327,7 +327,12 @@ def build_backbone(backbone, pretrained, image_size, *, pooling="avg", verbose=F
             f"backbone must be one of {BACKBONES} or a torch.nn.Module, got {backbone!r}."
         )
 
-    feature_dim = _output_dim(body, image_size)
+    feature_dim, n_dims = _output_dim(body, image_size)
+    if pooling == "gem" and n_dims != 4:
+        raise ValueError(
+            "pooling='gem' pools feature maps, but the backbone returns vectors (B, C): "
+            "use pooling='avg' (vectors are taken as they are)."
+        )
     net = ReIDNet(body, feature_dim, pooling=pooling)
     if path is not None:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -371,7 +376,7 @@ def _output_dim(body, image_size):
             "The backbone must map an image batch to feature maps (B, C, H, W) or "
             f"vectors (B, C); it returned {shape}."
         )
-    return out.shape[1]
+    return out.shape[1], out.dim()
 
 
 def save_weights(module, path):

@@ -132,11 +132,10 @@ class CameraProxyMemory:
                                 reduction="none")
         # inter-camera: all proxies of the cluster against the hardest other-cluster proxies
         positive = proxy_label[None, :] == labels[:, None]
-        n_hard = min(HARD_NEGATIVES, self.n_proxies - int(positive.sum(1).max()))
-        if n_hard > 0:
-            hard = logits.masked_fill(positive, float("-inf")).topk(n_hard, dim=1).values
-        else:
-            hard = logits[:, :0]
+        # each row's own hardest negatives: a row with fewer gets -inf fillers, which add
+        # nothing, so a row's loss never depends on the other rows of its batch
+        n_hard = min(HARD_NEGATIVES, self.n_proxies)
+        hard = logits.masked_fill(positive, float("-inf")).topk(n_hard, dim=1).values
         pos_logits = logits.masked_fill(~positive, float("-inf"))
         denominator = torch.logsumexp(torch.cat([pos_logits, hard], dim=1), dim=1)
         n_pos = positive.sum(1)

@@ -31,7 +31,8 @@ _HOOKS = ("on_fit_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_
 
 
 # Parameters newer than the first saved models, with the value that keeps their behaviour.
-_PARAMS_ADDED_SINCE_0_1 = {"distributed": "auto", "sync_batchnorm": True}
+_PARAMS_ADDED_SINCE_0_1 = {"distributed": "auto", "sync_batchnorm": True, "loss": "centroid",
+                           "pooling": "avg"}
 
 
 class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

@@ -172,7 +172,8 @@ class GalleryIndex(BaseEstimator):
             self._index.add(self.embeddings_)
         else:
             n = self.embeddings_.shape[0]
-            n_lists = max(1, int(4 * np.sqrt(n)))
+            # about 4 sqrt(n) lists, with the 39 training points per list faiss asks for
+            n_lists = max(1, min(int(4 * np.sqrt(n)), n // 39))
             quantizer = faiss.IndexFlatIP(self.n_features_in_)
             index = faiss.IndexIVFFlat(quantizer, self.n_features_in_, n_lists,
                                        faiss.METRIC_INNER_PRODUCT)
@@ -244,8 +245,11 @@ class GalleryIndex(BaseEstimator):
             )
         if q_cams is not None and self.cameras_ is None:
             raise ValueError("cameras was given, but the gallery was indexed without cameras.")
-        k = min(int(n_neighbors), self.embeddings_.shape[0])
-        depth = max(k, int(self.rerank_depth)) if self.rerank else k
+        n_gallery = self.embeddings_.shape[0]
+        k = min(int(n_neighbors), n_gallery)
+        depth = min(max(k, int(self.rerank_depth)), n_gallery) if self.rerank else k
+        if self.backend_ == "faiss-ivf":
+            self._index.nprobe = int(self.n_probe)  # set_params after fit counts too
         sims, idx = self._search(Q, depth, q_cams, q_ids)
         if self.rerank:
             sims, idx = self._rerank(Q, sims, idx)
@@ -264,7 +268,9 @@ class GalleryIndex(BaseEstimator):
         n_q = Q.shape[0]
         sims = np.full((n_q, k), -np.inf, dtype=np.float32)
         idx = np.full((n_q, k), -1, dtype=np.int64)
-        step = max(1, min(n_q, _BLOCK_BYTES // (4 * self.embeddings_.shape[0])))
+        # NumPy holds a block of queries x gallery similarities; faiss only its top lists
+        step = (max(1, min(n_q, _BLOCK_BYTES // (4 * self.embeddings_.shape[0])))
+                if self._index is None else max(1, n_q))
         for start in range(0, n_q, step):
             rows = np.arange(start, min(start + step, n_q))
             if self._index is None:
@@ -301,7 +307,8 @@ class GalleryIndex(BaseEstimator):
         out_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
         out_i = np.full((len(rows), k), -1, dtype=np.int64)
         for r in range(len(rows)):
-            keep = np.flatnonzero(valid[r])[:k]
+            keep = np.flatnonzero(valid[r])
+            keep = keep[np.lexsort((i[r, keep], -s[r, keep]))][:k]  # ties: lower index first
             out_s[r, :len(keep)], out_i[r, :len(keep)] = s[r, keep], i[r, keep]
         return out_s, out_i
 
@@ -427,10 +434,14 @@ def _per_image(values, n, name):
 
 def _top_k(block, k):
     """Column indices of each row's k largest values, best first (ties: lower index)."""
-    if k >= block.shape[1]:
-        part = np.tile(np.arange(block.shape[1]), (block.shape[0], 1))
-    else:
-        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(block, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    n = block.shape[1]
+    if k >= n:
+        return np.lexsort((np.tile(np.arange(n), (block.shape[0], 1)), -block), axis=1)
+    out = np.empty((block.shape[0], k), dtype=np.int64)
+    kth = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+    for r in range(block.shape[0]):
+        # every column tied with the k-th value competes, so that ties go to the lower index
+        candidates = np.flatnonzero(block[r] >= kth[r])
+        order = np.lexsort((candidates, -block[r, candidates]))
+        out[r] = candidates[order[:k]]
+    return out
