@@ -192,11 +192,13 @@ def test_the_pair_term_trains_two_processes_as_one(tmp_path):
         assert abs(a - b) < 1e-3, (one[0]["losses"], two[0]["losses"])
 
 
-# one option each: their combination stays within float noise of one process, but the
-# hard choices (top-k negatives, hardest instances) turn that noise into 1e-2 after 6 steps
-@pytest.mark.parametrize("params", [{"loss": "camera_proxies"}, {"pooling": "gem"},
-                                    {"loss": "cluster_memory_hard"}])
-def test_the_other_bases_train_two_processes_as_one(tmp_path, params):
+# The first step starts from the same weights: its loss matches to float precision. Later
+# steps differ by the rounding of the averaged gradients, which the hard choices (the top-k
+# negative proxies, the hardest instances) can turn into 1e-3 after a few steps.
+@pytest.mark.parametrize("params, tolerance", [({"loss": "camera_proxies"}, 1e-2),
+                                               ({"pooling": "gem"}, 1e-3),
+                                               ({"loss": "cluster_memory_hard"}, 1e-2)])
+def test_the_other_bases_train_two_processes_as_one(tmp_path, params, tolerance):
     one, outputs = _launch(tmp_path, "one", 1, params=params)
     _ok(outputs)
     two, outputs = _launch(tmp_path, "two", 2, params=params)
@@ -205,5 +207,6 @@ def test_the_other_bases_train_two_processes_as_one(tmp_path, params):
     assert two[0]["weights"] == two[1]["weights"]
     # each rank's loss of its rows, and the prototypes moved by the whole batch in order
     assert len(one[0]["losses"]) == len(two[0]["losses"]) == 6
+    assert abs(one[0]["losses"][0] - two[0]["losses"][0]) < 1e-5
     for a, b in zip(one[0]["losses"], two[0]["losses"]):
-        assert abs(a - b) < 1e-3, (one[0]["losses"], two[0]["losses"])
+        assert abs(a - b) < tolerance, (one[0]["losses"], two[0]["losses"])
