@@ -291,19 +291,21 @@ def test_a_rows_proxy_loss_does_not_depend_on_the_rest_of_its_batch():
     torch.testing.assert_close(together, alone)
 
 
-def test_gem_needs_feature_maps():
+def test_gem_leaves_a_backbone_that_returns_vectors_alone():
     class Flat(torch.nn.Module):
         def forward(self, x):
             return x.mean(dim=(2, 3))
 
-    with pytest.raises(ValueError, match="feature maps"):
-        build_backbone(Flat(), True, (16, 8), pooling="gem")
+    net = build_backbone(Flat(), True, (16, 8), pooling="gem")
+    # no exponent that nothing trains (DistributedDataParallel would refuse it)
+    assert not hasattr(net, "pool") and net.pooling == "avg"
+    assert all(p.requires_grad is False or p.grad is None for p in net.parameters())
 
 
 def test_a_model_pickled_before_the_bases_existed_loads(data):
     import pickle
 
-    model = _fit(data, epochs=1)
+    model = _fit(data, epochs=1, pooling="avg")  # what every model was before GeM
     state = model.__getstate__()
     for name in ("loss", "pooling"):
         state.pop(name)

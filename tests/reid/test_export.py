@@ -79,3 +79,18 @@ def test_export_errors(model, tmp_path):
         UCALReID().export(tmp_path / "m.onnx")
     with pytest.raises(FileNotFoundError, match="No export description"):
         read_export_info(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_images_of_another_size_are_refused(model, data, tmp_path, format):
+    path = tmp_path / ("m.pt" if format == "torchscript" else "m.onnx")
+    model.export(path, format=format)
+    wrong = np.zeros((2, 64, 32, 3), np.uint8)
+    if format == "torchscript":
+        with pytest.raises(Exception, match=r"expected uint8 images of shape \(batch, 32, 16, 3\)"):
+            torch.jit.load(str(path))(torch.from_numpy(wrong))
+    else:
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with pytest.raises(Exception, match="(?i)invalid dimensions|dimension"):
+            session.run(["embeddings"], {"images": wrong})

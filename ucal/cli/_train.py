@@ -278,7 +278,7 @@ def add_parser(commands):
                        help="the unsupervised base's loss (default: the preset's, centroid: "
                        "SpCL's Eq. 1; see docs/bases.rst)")
     train.add_argument("--pooling", choices=("avg", "gem"), default=None,
-                       help="the neck's pooling (default: the preset's, avg)")
+                       help="the neck's pooling (default: the preset's: gem; --preset paper: avg)")
     train.add_argument("--centroid-momentum", type=float, default=None, metavar="M",
                        help="momentum of the class prototypes (default: the base's own)")
     train.add_argument("--outliers", choices=("instances", "drop"), default=None,

@@ -329,10 +329,10 @@ def build_backbone(backbone, pretrained, image_size, *, pooling="avg", verbose=F
 
     feature_dim, n_dims = _output_dim(body, image_size)
     if pooling == "gem" and n_dims != 4:
-        raise ValueError(
-            "pooling='gem' pools feature maps, but the backbone returns vectors (B, C): "
-            "use pooling='avg' (vectors are taken as they are)."
-        )
+        # vectors are taken as they are: a GeM exponent would be a parameter no loss reaches
+        # (an error for DistributedDataParallel)
+        logger.info("The backbone returns vectors: no pooling, pooling='gem' does not apply.")
+        pooling = "avg"
     net = ReIDNet(body, feature_dim, pooling=pooling)
     if path is not None:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)

@@ -56,8 +56,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         The network body. ``"small"`` is a 1.2 M-parameter residual CNN for
         CPU runs. A module must map an image batch (B, 3, H, W) to feature
         maps (B, C, h, w) or vectors (B, C); it is copied, not modified.
-        The SpCL neck follows: last stride 1 (ResNets), global average
-        pooling, BatchNorm1d, L2 normalisation.
+        The SpCL neck follows: last stride 1 (ResNets), pooling (see
+        ``pooling``), BatchNorm1d, L2 normalisation.
     pretrained : bool or path-like, default=True
         ``True``: torchvision's ImageNet weights for the ResNets (from the
         torch cache, ``$TORCH_HOME``, or downloaded; offline without a
@@ -124,9 +124,14 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         camera ids (a split's, or ``camids`` of an image list) and without
         two known cameras trains the cluster memory, with a log line. The
         answers, SNPS, MPPS and the pair term work the same on each.
-    pooling : {"avg", "gem"}, default="avg"
-        How the neck pools the feature maps: global average (SpCL's), or
-        GeM with a learnt exponent (:class:`~ucal.reid.GeneralizedMeanPooling`).
+    pooling : {"gem", "avg"}, default="gem"
+        How the neck pools the feature maps: GeM with a learnt exponent
+        (:class:`~ucal.reid.GeneralizedMeanPooling`), or global average
+        pooling (SpCL's and the paper's; the ``paper`` preset keeps it).
+        GeM is the default by measurement (:doc:`/bases`): on the ablation's
+        data its Baseline is +4.7 ± 2.7 mAP above average pooling's and UCAL
+        on it +7.3 ± 2.0 at the same budget, better on every seed, for 4 %
+        more time per step. A backbone that returns vectors is not pooled.
     centroid_momentum : float or None, default=None
         Momentum of the class prototypes. With ``loss="centroid"``: None, a
         centroid of Eq. 1 is the mean memory feature of its members (SpCL);
@@ -424,7 +429,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         memory_refresh="stale",
         outliers="instances",
         loss="centroid",
-        pooling="avg",
+        pooling="gem",
         centroid_momentum=None,
         pair_weight=1.0,
         flip_prob=0.5,

@@ -44,6 +44,27 @@ class _Deployable(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+class _SizeChecked(nn.Module):
+    """Refuses images of another size than the model's (a traced graph would embed them)."""
+
+    def __init__(self, inner, height, width):
+        super().__init__()
+        self.inner = inner
+        self.height = height
+        self.width = width
+
+    def forward(self, images):
+        if images.dim() != 4 or images.shape[1] != self.height or (
+            images.shape[2] != self.width or images.shape[3] != 3
+        ):
+            raise RuntimeError(
+                "ucal model: expected uint8 images of shape (batch, " + str(self.height)
+                + ", " + str(self.width) + ", 3), resized as the model's description says; got "
+                + str(list(images.shape))
+            )
+        return self.inner(images)
+
+
 def model_fingerprint(net):
     """SHA-256 (hex) of a network's weights and buffers, in state-dict order."""
     digest = hashlib.sha256()
@@ -69,7 +90,8 @@ def export_network(net, path, image_size, format, *, extra_info=None):
     else:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # PyTorch's note that jit is deprecated
-            traced = torch.jit.trace(module, example)
+            traced = torch.jit.script(_SizeChecked(torch.jit.trace(module, example),
+                                                   int(height), int(width)))
         tmp = path + ".part"
         traced.save(tmp)
         os.replace(tmp, path)

@@ -5,6 +5,6 @@ Needs no torch: index the embeddings that :meth:`UCALReID.transform
 and search it anywhere.
 """
 
-from ._gallery import IVF_MIN_GALLERY, GalleryIndex
+from ._gallery import GalleryIndex
 
-__all__ = ["GalleryIndex", "IVF_MIN_GALLERY"]
+__all__ = ["GalleryIndex"]
