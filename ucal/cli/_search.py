@@ -27,6 +27,8 @@ def cmd_search(args):
     paths = []
     for query in args.queries:
         paths += image_paths(query)[0]
+    if args.verbose >= 0 and len(paths) > 1:
+        model.set_params(verbose=1)  # a progress bar over the queries
     embeddings = model.transform(paths)
     cameras = None if args.camera is None else [args.camera] * len(paths)
     sims, idx = index.kneighbors(embeddings, args.top, cameras=cameras,
