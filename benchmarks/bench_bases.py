@@ -53,6 +53,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from bench_ablation import _json_default, _mean_sd  # the ablation's table helpers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -159,19 +160,6 @@ def run(setup, seed, base, kind, weights):
 
 
 # ----------------------------------------------------------------- report
-def _mean_sd(values):
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
-
-
 def _per_step(run):
     """Seconds per training step of each epoch with more than one step."""
     steps = [h["iterations"] for h in run["history"] if h.get("iterations", 0) > 1]

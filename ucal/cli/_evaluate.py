@@ -8,6 +8,7 @@ from ._common import (
     add_threads,
     add_verbosity,
     load_data,
+    load_model,
     results_table,
     set_threads,
     setup_logging,
@@ -17,26 +18,9 @@ from ._common import (
 
 def cmd_evaluate(args):
     """``ucal evaluate``: CMC and mAP of a saved model."""
-    import joblib
-
-    from ucal.reid import UCALReID
-
     setup_logging(args.verbose)
     set_threads(args.threads)
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"No model file {args.model!r}.")
-    try:
-        model = joblib.load(args.model)
-    except Exception as exc:  # whatever a file that is not a joblib pickle raises
-        raise ValueError(
-            f"{args.model!r} is not a model saved by ucal train (model.joblib): "
-            f"it cannot be read ({type(exc).__name__}: {exc})."
-        ) from exc
-    if not isinstance(model, UCALReID):
-        raise ValueError(
-            f"{args.model!r} holds a {type(model).__name__}, not a UCALReID saved by "
-            "ucal train (model.joblib)."
-        )
+    model, _ = load_model(args.model)
     if args.device is not None:
         import pickle
 

@@ -2,11 +2,10 @@
 
 import itertools
 import math
-import os
 
 import numpy as np
 
-from ._memory import LabelMemory
+from ._memory import existing_memory
 
 __all__ = ["annotator_agreement", "cohen_kappa"]
 
@@ -128,12 +127,7 @@ def annotator_agreement(memory, *, exclude_sources=(TIEBREAK, "correction")):
     >>> result["pairs"][0]["annotators"], result["pairs"][0]["agreement"]
     (('ann', 'bob'), 0.75)
     """
-    if not isinstance(memory, LabelMemory):
-        if not os.path.exists(os.fspath(memory)):
-            raise FileNotFoundError(
-                f"No label memory at {os.fspath(memory)!r}: the answers file does not exist."
-            )
-        memory = LabelMemory(memory)
+    memory = existing_memory(memory)
     latest = _latest_answers(memory, tuple(exclude_sources))
     names = sorted(latest)
     pairs = []

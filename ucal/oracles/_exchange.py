@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from ..utils import atomic_write
-from ._memory import AnswerRecord, LabelMemory, _checked_record
+from ._memory import AnswerRecord, LabelMemory, _checked_record, existing_memory
 from ._protocol import MAX_INDEX, check_person, check_regular_file
 
 __all__ = ["export_answers", "export_labels", "import_answers"]
@@ -53,16 +53,6 @@ def _answer_word(record):
     if record.same is None:
         return "retracted"
     return "same" if record.same else "different"
-
-
-def _as_memory(memory):
-    """A LabelMemory; a path must name an existing answers file (no silent empty memory)."""
-    if isinstance(memory, LabelMemory):
-        return memory
-    path = os.fspath(memory)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No label memory at {path!r}: the answers file does not exist.")
-    return LabelMemory(path)
 
 
 def _safe_cell(text):
@@ -127,7 +117,7 @@ def export_answers(memory, path, *, format="csv", image_urls=None):
     """
     if format not in ("csv", "label-studio"):
         raise ValueError(f"format must be 'csv' or 'label-studio', got {format!r}.")
-    records = list(_as_memory(memory))
+    records = list(existing_memory(memory))
     if format == "csv":
         rows = [
             [r.i, r.j, _answer_word(r), _safe_cell(r.annotator or ""), _safe_cell(r.source),

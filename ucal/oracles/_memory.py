@@ -145,6 +145,20 @@ def _file_lock(fd):
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def existing_memory(memory):
+    """``memory`` as a LabelMemory; a path must name an existing answers file.
+
+    For readers (agreement, export): a mistyped path is an error, not an
+    empty memory.
+    """
+    if isinstance(memory, LabelMemory):
+        return memory
+    path = os.fspath(memory)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No label memory at {path!r}: the answers file does not exist.")
+    return LabelMemory(path)
+
+
 def _check_source(source):
     """``source`` of a record: a non-empty string writable as UTF-8."""
     source = str(source)

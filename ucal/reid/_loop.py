@@ -1015,8 +1015,9 @@ class TrainingLoop:
             labels = labels.copy()
             labels[np.unique(self.validation[0])] = -1
             labels = relabel(labels)
-        self.memory.set_labels(labels)
         self.objective = build_objective(est, labels, self.memory.features, self.source.camids)
+        if self.objective is None:  # only Eq. 1 reads the memory's own centroids
+            self.memory.set_labels(labels)
         self.pairs = self._pair_supervision()
         if not (labels >= 0).any():
             logger.warning("Epoch %d: every image is an outlier; nothing to train on.", self.epoch)
