@@ -18,16 +18,24 @@ in the temporary folder and memory-mapped):
   latent space mapped to 2,048 dimensions, as the embeddings of a trained
   network have a low intrinsic dimension) and ``isotropic`` (the clustering
   benchmark's features: identity centres and noise in all 2,048 dimensions).
+* ``--part backends`` -- every engine side by side on the same features, one
+  process per row, compared with exact NumPy search as in ``compare``: faiss
+  flat (exact), faiss HNSW, faiss's inverted file (``IVFSearch(backend=
+  "faiss")``) at 32, 96 and 256 probes and with 8-bit and PQ codes, and
+  ucal's NumPy inverted file at 64, 96 and 160 probes. ``--n`` sets the size
+  (12,936: Market-1501; 100,000); results ``search_backends_<n>``.
 * ``--part million`` -- N = 1,000,000 at d = 2,048 (8 GB of float32
-  features), ``search="auto"`` (``IVFSearch`` with its defaults: 96 probes,
-  lists assigned in 256 principal components, k-means on 32 rows per list):
-  time, split (with the search's own phases) and peak memory above the
-  features.
+  features), ``search="auto"`` (faiss's inverted file where faiss is
+  installed, else ucal's ``IVFSearch`` with its defaults) or the searches
+  named by ``--searches``: time, split (with the search's own phases) and
+  peak memory above the features.
 
 Usage::
 
     python benchmarks/bench_search.py --part floor
     python benchmarks/bench_search.py --part compare
+    python benchmarks/bench_search.py --part backends --n 12936   # 2 min
+    python benchmarks/bench_search.py --part backends              # about 25 min
     python benchmarks/bench_search.py --part million      # about 20 min, 14 GB
 
 Results: ``benchmarks/results/search_{floor,compare,million}.{json,md}``.
@@ -124,6 +132,10 @@ def wide_features(n, out, seed=0, group=1000, hubs=40):
     return g
 
 
+# --part backends: every engine side by side (issue 27).
+BACKENDS = ["faiss", "hnsw", "fivf32", "fivf96", "fivf256", "fivf256-r2", "fivf96-sq8", "fivf96-pq-r2",
+            "ivf64", "ivf96", "ivf160"]
+
 GENERATORS = {"structured": structured_features, "isotropic": isotropic_features, "wide": wide_features}
 
 
@@ -141,10 +153,21 @@ def features(kind, n):
 
 
 def _search(spec):
-    from ucal.cluster import IVFSearch
+    """A search from its short name: ``numpy`` / ``faiss`` (exact), ``hnsw``,
+    ``ivf96`` (ucal's NumPy inverted file, 96 probes), ``fivf96`` (faiss's,
+    flat codes), ``fivf96-sq8-r2`` (faiss's, 8-bit codes, 2 candidates per
+    neighbour rescored), ``auto``."""
+    from ucal.cluster import HNSWSearch, IVFSearch
 
     if spec.startswith("ivf"):
         return IVFSearch(n_probe=int(spec[3:]), random_state=0)
+    if spec.startswith("fivf"):
+        probe, *rest = spec[4:].split("-")
+        kw = {"encoding": next((r for r in rest if not r.startswith("r")), "flat")}
+        kw.update({"refine": float(r[1:]) for r in rest if r.startswith("r")})
+        return IVFSearch(n_probe=int(probe), backend="faiss", random_state=0, **kw)
+    if spec == "hnsw":
+        return HNSWSearch()
     return spec
 
 
@@ -196,7 +219,7 @@ def _log_phases():
 
     class Collect(logging.Handler):
         def emit(self, record):
-            if record.name.endswith("_ivf"):
+            if record.name.endswith("_ivf") or record.getMessage().startswith("faiss IVF"):
                 phases.append(record.getMessage())
 
     log = logging.getLogger("ucal.cluster")
@@ -282,23 +305,23 @@ def part_compare(args):
             exact = json.loads(cached.read_text())  # an earlier run's exact path, same features
             exact["reused"] = True
         else:
-            exact = _child("fit", kind, n, "numpy", tmp / f"ucal_cmp_{kind}_exact")
+            exact = _child("fit", kind, n, "numpy", tmp / f"ucal_cmp_{kind}_{n}_exact")
             if "error" not in exact:
                 cached.write_text(json.dumps(exact))
         if "error" in exact:
             rows.append(exact)
             continue
-        e_labels = outliers_as_singletons(np.load(tmp / f"ucal_cmp_{kind}_exact_labels.npy"))
-        e_knn = np.load(tmp / f"ucal_cmp_{kind}_exact_knn.npy")
+        e_labels = outliers_as_singletons(np.load(tmp / f"ucal_cmp_{kind}_{n}_exact_labels.npy"))
+        e_knn = np.load(tmp / f"ucal_cmp_{kind}_{n}_exact_knn.npy")
         e_pairs = _recip_pairs(e_knn)
         exact["pairwise_f_truth"] = prf(ids, e_labels)[2]
         rows.append(exact)
         print(json.dumps(exact), flush=True)
-        for probe in args.probes:
-            r = _child("fit", kind, n, f"ivf{probe}", tmp / f"ucal_cmp_{kind}_ivf")
+        for spec in args.searches or [f"ivf{p}" for p in args.probes]:
+            r = _child("fit", kind, n, spec, tmp / f"ucal_cmp_{kind}_{n}_ivf")
             if "error" not in r:
-                labels = outliers_as_singletons(np.load(tmp / f"ucal_cmp_{kind}_ivf_labels.npy"))
-                knn = np.load(tmp / f"ucal_cmp_{kind}_ivf_knn.npy")
+                labels = outliers_as_singletons(np.load(tmp / f"ucal_cmp_{kind}_{n}_ivf_labels.npy"))
+                knn = np.load(tmp / f"ucal_cmp_{kind}_{n}_ivf_knn.npy")
                 r["recall_at_k1"] = _recall(knn, e_knn)
                 r["reciprocal_recall"] = np.intersect1d(_recip_pairs(knn), e_pairs).size / e_pairs.size
                 r["pairwise_f_vs_exact"] = prf(e_labels, labels)[2]
@@ -339,12 +362,13 @@ def part_compare(args):
 def part_million(args):
     rows = []
     for kind in args.kinds:
-        path, _ = features(kind, args.n)
-        r = _child("fit", kind, args.n, "auto", "")
-        if "error" not in r:
-            r["extra_mb"] = r["peak_mb"] - r["features_mb"]
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        for spec in args.searches or ["auto"]:
+            path, _ = features(kind, args.n)
+            r = _child("fit", kind, args.n, spec, "")
+            if "error" not in r:
+                r["extra_mb"] = r["peak_mb"] - r["features_mb"]
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     lines = [
         "| features | N | search | total s | search s | Jaccard s | DBSCAN s | features MB | peak MB | peak above features MB | clusters |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -362,10 +386,9 @@ def part_million(args):
     phases = [f"- {p}" for r in rows for p in r.get("phases", [])]
     _save(args.name or "search_million", rows, lines + ["", "The search's phases:", ""] + phases, (
         "Structured features memory-mapped from a float32 .npy file (their pages count in "
-        "the peak resident memory once read); search=\"auto\" resolves to IVFSearch with its "
-        "defaults (96 probes, lists assigned in 256 principal components, k-means on 32 "
-        "rows per list). Target: the whole step within 30 min and within 12 GB above the "
-        "8 GB of features."
+        "the peak resident memory once read); the search column names the engine each "
+        "row used (search=\"auto\" resolves by what is installed). Targets: the whole "
+        "step within 8 min, peak within 1.5 times the features."
     ))
 
 
@@ -435,10 +458,13 @@ def _save(name, rows, lines, note):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["floor", "compare", "million"], default="floor")
+    parser.add_argument("--part", choices=["floor", "compare", "backends", "million"], default="floor")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--kinds", nargs="*", default=None)
     parser.add_argument("--probes", type=int, nargs="*", default=[64, 128])
+    parser.add_argument("--searches", nargs="*", default=None,
+                        help="searches compared with exact NumPy (names: see _search); "
+                        "--part backends has its own list")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default=None,
                         help="save the results under this name instead of the part's own")
@@ -456,7 +482,13 @@ def main():
             result = child_floor(rest[0], int(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
-    if args.part == "compare":
+    if args.part == "backends":
+        args.n = args.n or 100_000
+        args.kinds = args.kinds or ["structured"]
+        args.searches = args.searches or BACKENDS
+        args.name = args.name or f"search_backends_{args.n}"
+        part_compare(args)
+    elif args.part == "compare":
         args.n = args.n or 100_000
         args.kinds = args.kinds or ["structured", "isotropic"]
         part_compare(args)

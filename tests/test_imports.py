@@ -31,6 +31,7 @@ def test_light_imports_do_not_load_torch(statement):
     loaded = _modules_after(statement)
     assert "torch" not in loaded
     assert "torchvision" not in loaded
+    assert "faiss" not in loaded  # optional, and loaded only by a search that uses it
 
 
 def test_oracles_load_the_web_oracle_and_its_server_lazily():

@@ -109,7 +109,7 @@ def test_bad_input(X, match):
 def test_bad_k():
     with pytest.raises(ValueError, match="k1 and k2"):
         jaccard_distance(np.eye(4), 0, 2)
-    with pytest.raises(ValueError, match="search must be one of 'auto', 'numpy', 'faiss', 'torch', 'ivf', 'hnsw'"):
+    with pytest.raises(ValueError, match="search must be one of 'auto', 'numpy', 'faiss', 'torch', 'ivf', 'faiss-ivf', 'hnsw'"):
         jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
 
 

@@ -141,9 +141,16 @@ def _same(a, b):
 def test_auto_resolution(monkeypatch):
     assert _same(resolve_search("auto", 1000), ExactSearch("numpy"))
     monkeypatch.setattr(search_module, "AUTO_EXACT_MAX_SAMPLES", 500)
-    chosen = resolve_search("auto", 1000)
-    assert isinstance(chosen, IVFSearch) and chosen.random_state == 0
+    # Above the limit on a CPU: faiss's inverted file where faiss is installed ...
+    monkeypatch.setattr(search_module, "_has_faiss", lambda: True)
+    chosen = resolve_search("auto", 1000, n_jobs=2)
+    assert _same(chosen, IVFSearch(n_probe=256, backend="faiss", refine=2.0, n_jobs=2, random_state=0))
+    assert _same(resolve_search("faiss-ivf", 10), search_module.faiss_ivf())
+    # ... else ucal's own.
+    monkeypatch.setattr(search_module, "_has_faiss", lambda: False)
+    assert _same(resolve_search("auto", 1000), IVFSearch(random_state=0))
     assert _same(resolve_search("auto", 1000, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
+    assert _same(resolve_search("auto", 100, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
     assert _same(resolve_search("auto", 100, device="cpu"), ExactSearch("numpy"))
     given = IVFSearch(n_probe=3)
     assert resolve_search(given, 10) is given

@@ -4,6 +4,7 @@ import logging
 import os
 import sys
 
+from ..cluster._search import SEARCH_NAMES
 from ._common import (
     add_dataset_arguments,
     add_threads,
@@ -297,11 +298,11 @@ def add_parser(commands):
                        metavar=("H", "W"))
     train.add_argument("--k1", type=int, default=30)
     train.add_argument("--eps", type=float, default=0.6)
-    train.add_argument("--search", choices=["auto", "numpy", "faiss", "torch", "ivf", "hnsw"],
-                       default="auto",
+    train.add_argument("--search", choices=list(SEARCH_NAMES), default="auto",
                        help="neighbour search of the clustering: exact (numpy, faiss, torch) or "
-                       "approximate (ivf, hnsw); auto: exact on the training GPU, else exact "
-                       "up to 100,000 images and ivf above (see docs/large_scale.rst)")
+                       "approximate (ivf, faiss-ivf, hnsw); auto: exact up to 100,000 images "
+                       "(on the training GPU if any), faiss-ivf above where faiss is installed, "
+                       "else ivf on a CPU (see docs/large_scale.rst)")
     train.add_argument("--max-queries", type=int, default=None, help="total query budget")
     train.add_argument("--validation-size", type=int, default=None, metavar="N",
                        help="pairs held out to validate every epoch (default 100; 0: off)")

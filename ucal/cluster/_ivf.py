@@ -35,7 +35,7 @@ from ._knn import merge_top_k, merge_top_k_columns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ivf_knn", "spherical_kmeans"]
+__all__ = ["ivf_knn", "spherical_kmeans", "training_sample"]
 
 # Most similarities computed at once per list (a tile and its transpose).
 _TILE_CELLS = 8 * 2**20
@@ -80,21 +80,39 @@ class _Quantizer:
         self.n_components, self.variance = keep, float(share[keep - 1])
         self.basis = np.ascontiguousarray(vectors[:, :keep], dtype=np.float32)
 
+    def project(self, block):
+        """The rows ``block`` minus the mean, on the principal directions kept:
+        Euclidean distances there are the original ones less the part of the
+        difference outside those directions (all of them, with no projection)."""
+        z = block - self.mean
+        return z if self.basis is None else z @ self.basis
+
     def embed(self, block):
         """The rows ``block`` in the assignment space, unit norm."""
-        z = block - self.mean
-        if self.basis is not None:
-            z = z @ self.basis
+        z = self.project(block)
         norms = np.linalg.norm(z, axis=1, keepdims=True)
         return z / np.where(norms > 0, norms, 1.0)
 
-    def embed_rows(self, rows, index):
-        """The rows ``index`` of ``rows`` (UnitRows) embedded, read a block at a
-        time: no full-dimension copy of them at once."""
+    def embed_rows(self, rows, index, embed=None):
+        """The rows ``index`` of ``rows`` (UnitRows) embedded (by ``embed``,
+        default :meth:`embed`), read a block at a time: no full-dimension copy
+        of them at once."""
+        embed = embed or self.embed
         return np.concatenate([
-            self.embed(rows.take(index[a : a + _ASSIGN_ROWS]))
+            embed(rows.take(index[a : a + _ASSIGN_ROWS]))
             for a in range(0, max(index.size, 1), _ASSIGN_ROWS)
         ])
+
+
+def training_sample(rows, n_lists, sample_size, rng, n_components, min_rows=0):
+    """The sorted rows the lists are trained on (``sample_size``, at least
+    ``n_lists`` and ``min_rows``, at most all) and the :class:`_Quantizer` of
+    their space, whose principal directions need far fewer rows."""
+    n = rows.n_samples
+    size = min(n, max(int(sample_size), int(n_lists), int(min_rows)))
+    sample = np.sort(rng.choice(n, size=size, replace=False))
+    quantizer = _Quantizer(rows.take(sample[:: max(1, sample.size // _PCA_ROWS)]), n_components)
+    return sample, quantizer
 
 
 def _top_columns(sims, n_top):
@@ -266,9 +284,7 @@ def ivf_knn(rows, n_neighbors, *, n_lists, n_probe, n_iter, sample_size, rng, n_
     k = min(int(n_neighbors), n)
     n_lists = max(1, min(int(n_lists), n))
     clock = time.perf_counter()
-    sample = np.sort(rng.choice(n, size=min(n, max(int(sample_size), n_lists)), replace=False))
-    # The principal directions need far fewer rows than the k-means.
-    quantizer = _Quantizer(rows.take(sample[:: max(1, sample.size // _PCA_ROWS)]), n_components)
+    sample, quantizer = training_sample(rows, n_lists, sample_size, rng, n_components)
     centroids = spherical_kmeans(quantizer.embed_rows(rows, sample), n_lists, n_iter=n_iter, rng=rng)
     trained = time.perf_counter()
     # (k-means may have made more lists than asked: n_probe >= n_lists probes all)

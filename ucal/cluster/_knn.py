@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from ._faiss import gpu_of, import_faiss, on_device, search_index
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnitRows", "exact_knn", "l2_normalize", "merge_top_k"]
@@ -203,21 +205,7 @@ class UnitRows:
         return out
 
 
-def import_faiss(what, n_jobs=None):
-    """faiss (using ``n_jobs`` threads when given), or an ImportError that says how to get it."""
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            f"{what} needs the faiss package: pip install 'ucal[faiss]' (or faiss-cpu), "
-            "or use the NumPy engines (search='numpy' or search='ivf')."
-        ) from exc
-    if n_jobs is not None and n_jobs > 0:
-        faiss.omp_set_num_threads(int(n_jobs))
-    return faiss
-
-
-def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None):
+def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None, device=None):
     """Exact nearest neighbours of every row of ``X`` among the rows of ``X``.
 
     Parameters
@@ -237,6 +225,8 @@ def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None):
     n_jobs : int, default=None
         Threads for faiss (None: faiss's default). The NumPy engine uses
         the threads of the BLAS library.
+    device : str, default=None
+        CUDA device of the faiss engine (faiss's GPU build); None: the CPU.
 
     Returns
     -------
@@ -252,20 +242,14 @@ def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None):
             block_size = int(np.clip(_MAX_BLOCK_BYTES // (8 * rows.n_samples), _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS))
         return _knn_numpy(rows, k, int(block_size))
     if search == "faiss":
-        return _knn_faiss(rows, k, n_jobs)
+        return _knn_faiss(rows, k, n_jobs, device)
     raise ValueError(f"search must be 'auto', 'numpy' or 'faiss', got {search!r}.")
 
 
-def _knn_faiss(rows, k, n_jobs):
+def _knn_faiss(rows, k, n_jobs, device=None):
     faiss = import_faiss("search='faiss'", n_jobs)
-    index = faiss.IndexFlatIP(rows.n_features)
-    for _, _, block in rows.blocks():
-        index.add(block)
-    indices = np.empty((rows.n_samples, k), dtype=np.int64)
-    sims = np.empty((rows.n_samples, k), dtype=np.float32)
-    for start, stop, block in rows.blocks():
-        sims[start:stop], indices[start:stop] = index.search(block, k)
-    return self_first(indices, sims)
+    index = on_device(faiss, faiss.IndexFlatIP(rows.n_features), gpu_of(faiss, device))
+    return self_first(*search_index(index, rows, k))
 
 
 def self_first(indices, sims):

@@ -92,15 +92,19 @@ class SelfPacedDBSCAN(
         (SpCL; the ``paper`` preset).
     search : str or NeighborSearch, default="auto"
         Neighbour search of the Jaccard distance. ``"auto"``: exact (NumPy)
-        up to 100,000 samples, :class:`~ucal.cluster.IVFSearch` above (and,
-        inside :class:`~ucal.UCALReID` on a GPU, exact search on the GPU).
-        ``"numpy"``, ``"faiss"``, ``"torch"``: exact; ``"ivf"``, ``"hnsw"``:
+        up to 100,000 samples; above, faiss's inverted file
+        (``"faiss-ivf"``) where faiss is installed, else ucal's
+        :class:`~ucal.cluster.IVFSearch` (inside :class:`~ucal.UCALReID` on
+        a GPU: exact search on the GPU, faiss's inverted file on it above
+        100,000 samples with faiss's GPU build). ``"numpy"``, ``"faiss"``,
+        ``"torch"``: exact; ``"ivf"``, ``"faiss-ivf"``, ``"hnsw"``:
         approximate with their defaults; or a configured
         :class:`~ucal.cluster.ExactSearch`, :class:`~ucal.cluster.IVFSearch`
         or :class:`~ucal.cluster.HNSWSearch` (tunable in a grid search as
         ``search__n_probe``). See :doc:`/large_scale`.
     n_jobs : int, default=None
-        Threads for ``search="faiss"``.
+        Threads of the faiss engines (``"faiss"``, ``"faiss-ivf"``,
+        ``"hnsw"`` and ``"auto"`` where it picks faiss).
 
     Attributes
     ----------

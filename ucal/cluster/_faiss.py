@@ -1,0 +1,212 @@
+"""The faiss engines of the neighbour search: flat, inverted-file and HNSW indexes.
+
+faiss is optional (``pip install 'ucal[faiss]'``); nothing here imports it at
+module import. Every index is filled and queried a block of rows at a time
+(:meth:`UnitRows.blocks`), so float16 or memory-mapped features are never
+normalised whole. On a CUDA machine with faiss's GPU build the index is moved
+to the GPU (``device``).
+
+The inverted files work in the space ucal's own inverted file assigns rows
+in (:class:`ucal.cluster._ivf._Quantizer`: the rows minus their mean,
+projected on the principal directions that hold most of their variance):
+faiss scans a list one query at a time, at a cost that grows with the
+dimension, and 2,048-dimensional embeddings of a network have far fewer
+directions that matter. They search by Euclidean distance there (which, in
+all dimensions, ranks unit rows as cosine similarity does). The candidates'
+similarities are then computed again in the original space (:func:`rescore`),
+so every backend hands the Jaccard step exact cosine similarities.
+"""
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ENCODINGS", "gpu_of", "import_faiss", "ivf_index", "on_device", "pq_layout", "rescore", "search_index"]
+
+#: Codes of the inverted lists: ``"flat"`` float32 (``IndexIVFFlat``),
+#: ``"fp16"`` / ``"sq8"`` (``IndexIVFScalarQuantizer``, 2 and 1 bytes per
+#: dimension), ``"pq"`` (``IndexIVFPQ``, 8 bits per sub-vector of 4 or more
+#: dimensions, see :func:`pq_layout`: at most about 2 bits per dimension).
+ENCODINGS = ("flat", "fp16", "sq8", "pq")
+
+# Rows whose candidates are rescored at a time (256 x 60 x 2,048 float32: 126 MB).
+_RESCORE_ROWS = 256
+_GPU_RESOURCES = {}
+# Lists faiss's GPU inverted files probe at most, and the sub-vector counts
+# their product quantiser takes (up to 64: more would not fit its tables).
+_GPU_MAX_PROBES = 2048
+_GPU_PQ_SUBVECTORS = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+
+
+def import_faiss(what, n_jobs=None):
+    """faiss (using ``n_jobs`` threads when given), or an ImportError that says how to get it."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs the faiss package: pip install 'ucal[faiss]' (or faiss-cpu), "
+            "or use the NumPy engines (search='numpy' or search='ivf')."
+        ) from exc
+    if n_jobs is not None and n_jobs > 0:
+        faiss.omp_set_num_threads(int(n_jobs))
+    return faiss
+
+
+def gpu_count(faiss):
+    """GPUs faiss can use (0 for the CPU build)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def gpu_of(faiss, device):
+    """The GPU number of ``device`` (None for None or "cpu"), checked against
+    what faiss sees before any work is done.
+
+    ``"cuda"`` is GPU 0; the error says what to install where faiss's build
+    has no GPU support or sees fewer GPUs.
+    """
+    if device is None or str(device) == "cpu":
+        return None
+    name = str(device)
+    head, _, number = name.partition(":")
+    if head != "cuda" or (number and not number.isdigit()):
+        raise ValueError(f"device must be None, 'cpu' or a CUDA device ('cuda', 'cuda:N'), got {device!r}.")
+    gpu = int(number or 0)
+    available = gpu_count(faiss)
+    if available == 0:
+        raise RuntimeError(
+            f"device={device!r} needs faiss's GPU build (conda install -c pytorch faiss-gpu) "
+            "and a visible CUDA GPU; this faiss sees none. Use device=None (CPU) or the "
+            "torch exact search (ExactSearch('torch'))."
+        )
+    if gpu >= available:
+        raise RuntimeError(f"device={device!r}: faiss sees {available} GPU(s), numbered from 0.")
+    return gpu
+
+
+def on_device(faiss, index, gpu):
+    """``index`` moved to GPU number ``gpu`` (:func:`gpu_of`); unchanged for None.
+
+    An inverted file keeps its ``nprobe`` (faiss's GPU indexes probe at most
+    2,048 lists); product-quantiser tables are kept in float16 on the GPU,
+    where float32 tables of many sub-vectors do not fit its shared memory.
+    """
+    if gpu is None:
+        return index
+    if getattr(index, "nprobe", 0) > _GPU_MAX_PROBES:
+        logger.info("faiss's GPU index probes at most %d lists (asked: %d)", _GPU_MAX_PROBES, index.nprobe)
+        index.nprobe = _GPU_MAX_PROBES
+    # One set of resources per GPU, for the life of the process (faiss's own
+    # advice): a GPU index must not outlive them.
+    if gpu not in _GPU_RESOURCES:
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = True  # PQ lookup tables; no effect on flat or scalar-quantised lists
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index, options)
+
+
+def ivf_index(faiss, dim, n_lists, encoding, n_train):
+    """An untrained inverted file of ``n_lists`` lists on ``dim``-dimensional rows, by Euclidean distance.
+
+    ``dim`` must be a multiple of the product quantiser's sub-vectors for
+    ``"pq"`` (:func:`pq_layout`); ``n_train`` (the training rows) bounds its
+    code size, since each sub-vector's 2**bits centroids need as many rows.
+    """
+    quantizer = faiss.IndexFlatL2(dim)  # faiss's wrappers keep it alive with the index
+    metric = faiss.METRIC_L2
+    if encoding == "flat":
+        return faiss.IndexIVFFlat(quantizer, dim, n_lists, metric)
+    if encoding in ("fp16", "sq8"):
+        kind = faiss.ScalarQuantizer.QT_fp16 if encoding == "fp16" else faiss.ScalarQuantizer.QT_8bit
+        return faiss.IndexIVFScalarQuantizer(quantizer, dim, n_lists, kind, metric)
+    if encoding == "pq":
+        bits = int(max(1, min(8, np.floor(np.log2(max(2, n_train))))))
+        return faiss.IndexIVFPQ(quantizer, dim, n_lists, pq_layout(dim)[0], bits, metric)
+    raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}.")
+
+
+def pq_layout(dim):
+    """Sub-vectors of the product quantiser of ``dim``-dimensional rows, and
+    the dimension the rows are padded to with zeros (which changes no distance).
+
+    About 4 dimensions per sub-vector (1 byte each: about 2 bits per
+    dimension), at most 64 sub-vectors, and a count faiss's GPU index
+    accepts.
+    """
+    wanted = max(1, -(-dim // 4))
+    count = max(m for m in _GPU_PQ_SUBVECTORS if m <= wanted)
+    return count, -(-dim // count) * count
+
+
+def search_index(index, rows, k, *, embed=None):
+    """Fill ``index`` with every row and search it for every row's ``k`` nearest.
+
+    ``embed`` maps a block of unit rows to the vectors the index holds
+    (identity when None). Returns faiss's (indices int64, scores float32),
+    ``-1`` where fewer than ``k`` were found.
+    """
+    embed = embed or (lambda block: block)
+    for _, _, block in rows.blocks():
+        index.add(np.ascontiguousarray(embed(block), dtype=np.float32))
+    indices = np.empty((rows.n_samples, k), dtype=np.int64)
+    scores = np.empty((rows.n_samples, k), dtype=np.float32)
+    for start, stop, block in rows.blocks():
+        scores[start:stop], indices[start:stop] = index.search(
+            np.ascontiguousarray(embed(block), dtype=np.float32), k
+        )
+    return indices, scores
+
+
+def rescore(rows, candidates, k, *, n_threads=None):
+    """The ``k`` candidates most similar to each row, by exact cosine similarity.
+
+    Parameters
+    ----------
+    rows : UnitRows
+    candidates : ndarray of shape (n_samples, n_candidates), int
+        Candidate neighbours of each row, each at most once (``-1``: none),
+        as a faiss index returns them.
+    k : int
+        Neighbours kept (at most ``n_candidates``).
+    n_threads : int, default=None
+        Threads sharing the blocks of rows (None: one per CPU). The cost is
+        gathering the candidates' rows, which NumPy does without the GIL.
+
+    Returns
+    -------
+    indices, similarities : ndarrays of shape (n_samples, k)
+        By decreasing similarity; ``-1`` / ``-inf`` where a row had fewer
+        than ``k`` distinct candidates. The row itself is not added (the
+        caller puts it first).
+    """
+    n, width = candidates.shape
+    k = min(k, width)
+    indices = np.full((n, k), -1, dtype=np.int64)
+    sims = np.full((n, k), -np.inf, dtype=np.float32)
+
+    def block(start):
+        stop = min(start + _RESCORE_ROWS, n)
+        cand = candidates[start:stop]
+        missing = cand < 0
+        # A contiguous block of queries and one gather of their candidates.
+        gathered = rows.take(np.where(missing, 0, cand).ravel()).reshape(stop - start, width, -1)
+        s = np.matmul(gathered, rows.block(start, stop)[:, :, None])[:, :, 0]
+        s[missing] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(s, top, axis=1)
+        indices[start:stop] = np.where(np.isfinite(best), np.take_along_axis(cand, top, axis=1), -1)
+        sims[start:stop] = best
+
+    starts = range(0, n, _RESCORE_ROWS)
+    n_threads = min(len(starts), n_threads or os.cpu_count() or 1)
+    if n_threads <= 1:
+        for start in starts:
+            block(start)
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(block, starts))
+    return indices, sims
