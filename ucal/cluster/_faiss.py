@@ -35,6 +35,7 @@ ENCODINGS = ("flat", "fp16", "sq8", "pq")
 
 # Rows whose candidates are rescored at a time (256 x 60 x 2,048 float32: 126 MB).
 _RESCORE_ROWS = 256
+_RESCORE_THREADS = 8
 _GPU_RESOURCES = {}
 # Lists faiss's GPU inverted files probe at most, and the sub-vector counts
 # their product quantiser takes (up to 64: more would not fit its tables).
@@ -173,8 +174,10 @@ def rescore(rows, candidates, k, *, n_threads=None):
     k : int
         Neighbours kept (at most ``n_candidates``).
     n_threads : int, default=None
-        Threads sharing the blocks of rows (None: one per CPU). The cost is
-        gathering the candidates' rows, which NumPy does without the GIL.
+        Threads sharing the blocks of rows (None: one per CPU, at most 8:
+        each holds a block of gathered rows, about 126 MB at 2,048
+        dimensions and 60 candidates). The cost is gathering the candidates'
+        rows, which NumPy does without the GIL.
 
     Returns
     -------
@@ -202,7 +205,7 @@ def rescore(rows, candidates, k, *, n_threads=None):
         sims[start:stop] = best
 
     starts = range(0, n, _RESCORE_ROWS)
-    n_threads = min(len(starts), n_threads or os.cpu_count() or 1)
+    n_threads = min(len(starts), n_threads or min(_RESCORE_THREADS, os.cpu_count() or 1))
     if n_threads <= 1:
         for start in starts:
             block(start)
