@@ -83,6 +83,10 @@ BRANCHES = {
         dict(refiner=_selection("nearest"), pair_weight=1.0), 0.0, 0.00092),
     "default + pair term, 5% noisy, 0.092 %": (dict(refiner=None, pair_weight=1.0), 0.05,
                                                0.00092),
+    # the pair term without the 5 % of answers the features contradict most (pair_trim)
+    "default + trimmed pair term, 0.092 %": (dict(refiner=None, pair_trim=0.05), 0.0, 0.00092),
+    "default + trimmed pair term, 5% noisy, 0.092 %": (dict(refiner=None, pair_trim=0.05), 0.05,
+                                                       0.00092),
 }
 
 

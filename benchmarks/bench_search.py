@@ -156,15 +156,19 @@ def _search(spec):
     """A search from its short name: ``numpy`` / ``faiss`` (exact), ``hnsw``,
     ``ivf96`` (ucal's NumPy inverted file, 96 probes), ``fivf96`` (faiss's,
     flat codes), ``fivf96-sq8-r2`` (faiss's, 8-bit codes, 2 candidates per
-    neighbour rescored), ``auto``."""
+    neighbour rescored), ``fivf256-fastscan-r1.5-s50000`` (4-bit fast-scan
+    codes, lists trained on 50,000 rows), ``auto``."""
     from ucal.cluster import HNSWSearch, IVFSearch
 
     if spec.startswith("ivf"):
         return IVFSearch(n_probe=int(spec[3:]), random_state=0)
     if spec.startswith("fivf"):
         probe, *rest = spec[4:].split("-")
-        kw = {"encoding": next((r for r in rest if not r.startswith("r")), "flat")}
-        kw.update({"refine": float(r[1:]) for r in rest if r.startswith("r")})
+        sizes = [r for r in rest if r[0] == "s" and r[1:].isdigit()]  # not "sq8"
+        refines = [r for r in rest if r[0] == "r"]
+        kw = {"encoding": next((r for r in rest if r not in sizes + refines), "flat")}
+        kw.update({"refine": float(r[1:]) for r in refines})
+        kw.update({"sample_size": int(r[1:]) for r in sizes})
         return IVFSearch(n_probe=int(probe), backend="faiss", random_state=0, **kw)
     if spec == "hnsw":
         return HNSWSearch()

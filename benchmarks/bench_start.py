@@ -23,6 +23,8 @@ look-alikes, stronger camera shifts). Rows, per seed:
 - UCAL, default, 5 % noisy and UCAL, default, k1 fixed, 5 % noisy: the
   default and its k1 control answered by an annotator who flips 5 % of the
   answers (``NoisyOracle``), validation answers included.
+- Supervised: the same network trained on the true identities of the new
+  people, at the same schedule: how much any use of labels can add here.
 
 Every UCAL row gets the same budget, 0.09 % of all pairs (Eq. 7). The schedule
 is 12 epochs of one pass over the data, SNPS and MPPS from epoch 4, the tiny
@@ -33,6 +35,7 @@ Usage::
 
     python benchmarks/bench_start.py              # 3 seeds, about 20 min on 2 cores
     python benchmarks/bench_start.py --seeds 0
+    python benchmarks/bench_start.py --rows Supervised --merge   # add rows to the saved ones
 
 Saves ``benchmarks/results/start.{json,md}`` (``start_hard`` with ``--hard``).
 """
@@ -80,7 +83,7 @@ def _apply_hard():
 _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
-        "UCAL, default, 5 % noisy")
+        "UCAL, default, 5 % noisy", "Supervised")
 
 
 def _data(seed, source=False):
@@ -148,6 +151,9 @@ def run(seed, name, weights):
         if name == "Baseline":
             model = _model(seed, weights, refiner="passthrough")
             model.fit(data.train, eval_set=data)
+        elif name == "Supervised":  # the upper bound: every training identity known
+            model = _model(seed, weights, supervised=True)
+            model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, paper":
             paper = preset_params("paper")
             keep = ("refiner", "memory_inference", "query_pacing", "calibrator",
@@ -213,7 +219,13 @@ def main():
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--hard", action="store_true",
                         help="hard_negative_rate 0.6 and camera_shift 1.5 (results: start_hard)")
+    parser.add_argument("--rows", nargs="+", default=None, choices=ROWS[1:], metavar="ROW",
+                        help="run only these rows (Start comes with 'UCAL, default')")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved runs of other rows and seeds (same seed and row "
+                             "replaced)")
     args = parser.parse_args()
+    wanted = ROWS[1:] if args.rows is None else args.rows
     stem = "start"
     if args.hard:
         os.environ["UCAL_BENCH_START_HARD"] = "1"  # read again by the spawned workers
@@ -228,7 +240,7 @@ def main():
         weights = dict(zip(args.seeds, pool.map(pretrain, args.seeds, [root] * len(args.seeds))))
         futures = [
             pool.submit(run, seed, name, weights[seed])
-            for seed in args.seeds for name in ROWS[1:]
+            for seed in args.seeds for name in wanted
         ]
         for future in concurrent.futures.as_completed(futures):
             for row in future.result():
@@ -237,15 +249,22 @@ def main():
                       f"(epoch {row['held_epoch']}), cost {100 * row['cost']:.4f} %, "
                       f"{row['seconds']:.0f} s", flush=True)
     minutes = (time.perf_counter() - began) / 60
+    seeds = sorted({r["seed"] for r in runs})
+    if args.merge and (RESULTS / f"{stem}.json").exists():
+        fresh = {(r["seed"], r["method"]) for r in runs}
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())["runs"]
+        runs = [r for r in saved if (r["seed"], r["method"]) not in fresh] + runs
+        seeds = sorted({r["seed"] for r in runs})
     import torch
 
     lines = [
         "# Never worse than the start: a pretrained network on new"
         + (", harder people (`--hard`)" if args.hard else " people"),
         "",
-        f"Mean ± standard deviation over seeds {args.seeds}; {os.cpu_count()} CPUs "
+        f"Mean ± standard deviation over seeds {seeds}; {os.cpu_count()} CPUs "
         f"({platform.machine()}), torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {minutes:.0f} min in all. "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {minutes:.0f} min "
+        f"{'for the rows run last (--merge)' if args.merge else 'in all'}. "
         f"`make_persons` with {SETTINGS['n_identities']} identities of about 12 images, "
         f"hard_negative_rate {SETTINGS['hard_negative_rate']}, camera_shift "
         f"{SETTINGS['camera_shift']}; tiny CNN pretrained on other people; SpCL's "
@@ -274,7 +293,7 @@ def main():
             f"{c:.4f} ± {cs:.4f} | {held} | {warned} of {len(rows)} |"
         )
     lines += ["", "Per seed (mAP, %):", ""]
-    for seed in args.seeds:
+    for seed in seeds:
         cells = []
         for name in ROWS:
             row = next((r for r in runs if r["method"] == name and r["seed"] == seed), None)

@@ -306,11 +306,13 @@ def test_train_with_the_pair_term_and_the_uncertainty_selection(market, tmp_path
     import joblib
 
     out = tmp_path / "pairs"
-    args = _train_args(market, out, "--pair-weight", "0.5", "--selection", "uncertain",
+    args = _train_args(market, out, "--pair-weight", "0.5", "--pair-trim", "0.05",
+                       "--selection", "uncertain",
                        "--epochs", "2")
     assert main(args) == 0
     model = joblib.load(out / "model.joblib")
     assert model.pair_weight == 0.5 and model.refiner.selection == "uncertain"
+    assert model.pair_trim == 0.05
     assert model.n_queries_ > 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import ucal.cluster._faiss as faiss_module
 import ucal.cluster._search as search_module
 from ucal.cluster import ExactSearch, IVFSearch
-from ucal.cluster._faiss import gpu_of, on_device, pq_layout, rescore
+from ucal.cluster._faiss import code_layout, gpu_of, on_device, pq_layout, rescore
 from ucal.cluster._knn import UnitRows
 from ucal.cluster._search import resolve_search
 
@@ -58,6 +58,13 @@ def test_pq_layout_pads_to_sub_vectors_of_at_least_four_dimensions(dim, expected
     count, padded = pq_layout(dim)
     assert (count, padded) == expected
     assert padded % count == 0 and padded >= dim and padded // count >= 4 - (dim < 4) * 3
+
+
+@pytest.mark.parametrize("dim, expected", [(152, (76, 152)), (163, (82, 164)), (1, (1, 2))])
+def test_fastscan_codes_two_dimensions_each(dim, expected):
+    assert code_layout(dim, "fastscan") == expected
+    assert code_layout(dim, "pq") == pq_layout(dim)
+    assert code_layout(dim, "flat") == (0, dim)
 
 
 def test_numpy_backend_refuses_codes_and_devices():
@@ -144,7 +151,7 @@ def _features():
     return np.maximum(X @ W, 0) + 0.01, labels
 
 
-@pytest.mark.parametrize("encoding", ["flat", "fp16", "sq8", "pq"])
+@pytest.mark.parametrize("encoding", ["flat", "fp16", "sq8", "pq", "fastscan"])
 def test_faiss_ivf_codes_find_neighbours_with_exact_similarities(faiss, encoding):
     X, _ = _features()
     exact_idx, _ = ExactSearch().kneighbors(X, 15)
@@ -172,6 +179,29 @@ def test_faiss_ivf_recall_grows_with_probes_and_refine(faiss):
     assert recall(n_probe=20, refine=3) > many
 
 
+def test_fastscan_re_ranks_its_coarse_codes(faiss, monkeypatch):
+    # Without the float32 re-ranking, the 4-bit codes alone find fewer neighbours.
+    X, _ = _features()
+    exact_idx, _ = ExactSearch().kneighbors(X, 15)
+
+    def recall():
+        search = IVFSearch(n_probe=8, n_lists=60, backend="faiss", encoding="fastscan",
+                           random_state=0)
+        return _recall(search.kneighbors(X, 15)[0], exact_idx)
+
+    re_ranked = recall()
+    monkeypatch.setattr(faiss_module, "FASTSCAN_K_FACTOR", 1)
+    assert recall() < re_ranked
+
+
+def test_fastscan_on_a_gpu_is_refused_before_any_work(faiss, monkeypatch):
+    monkeypatch.setattr(search_module, "gpu_of", lambda faiss, device: 0)
+    monkeypatch.setattr(search_module, "training_sample", lambda *a, **k: pytest.fail("worked"))
+    with pytest.raises(ValueError, match="fastscan.*CPU only"):
+        IVFSearch(backend="faiss", encoding="fastscan", device="cuda").kneighbors(
+            _features()[0][:300], 5)
+
+
 def test_faiss_ivf_on_a_cuda_device_without_a_gpu_build_refuses(faiss):
     if faiss_module.gpu_count(faiss) > 0:
         pytest.skip("this faiss has GPUs")
@@ -192,13 +222,14 @@ def test_faiss_ivf_threads_follow_n_jobs(faiss):
         faiss.omp_set_num_threads(before)
 
 
-def test_faiss_ivf_pq_on_few_rows_and_odd_dimensions(faiss):
+@pytest.mark.parametrize("encoding", ["pq", "fastscan"])
+def test_faiss_ivf_pq_on_few_rows_and_odd_dimensions(faiss, encoding):
     # 200 rows: fewer than a product quantiser's 256 centroids (fewer bits);
     # 37 dimensions: padded to whole sub-vectors.
     X = clustered(200, 10, 37, 0.4, seed=3)[0]
     exact_idx, _ = ExactSearch().kneighbors(X, 8)
-    idx, sim = IVFSearch(n_probe=8, backend="faiss", encoding="pq", n_components=None, refine=3,
-                         random_state=0).kneighbors(X, 8)
+    idx, sim = IVFSearch(n_probe=8, backend="faiss", encoding=encoding, n_components=None,
+                         refine=3, random_state=0).kneighbors(X, 8)
     assert _recall(idx, exact_idx) > 0.9
     np.testing.assert_allclose(sim[:, 1:], _exact_pair_sims(X, idx)[:, 1:], atol=1e-5)
 

@@ -144,7 +144,8 @@ def test_auto_resolution(monkeypatch):
     # Above the limit on a CPU: faiss's inverted file where faiss is installed ...
     monkeypatch.setattr(search_module, "_has_faiss", lambda: True)
     chosen = resolve_search("auto", 1000, n_jobs=2)
-    assert _same(chosen, IVFSearch(n_probe=256, backend="faiss", refine=2.0, n_jobs=2, random_state=0))
+    assert _same(chosen, IVFSearch(n_probe=256, backend="faiss", encoding="fastscan", refine=1.5,
+                                   n_jobs=2, random_state=0))
     assert _same(resolve_search("faiss-ivf", 10), search_module.faiss_ivf())
     # ... else ucal's own.
     monkeypatch.setattr(search_module, "_has_faiss", lambda: False)

@@ -90,6 +90,35 @@ def test_no_boundary_and_no_term_until_both_answers_are_known():
     assert n_terms == 0 and float(total.detach()) == 0.0
 
 
+def test_trim_leaves_out_the_answers_the_features_contradict_most():
+    from sklearn.linear_model import LogisticRegression
+
+    memory = _memory(16, 8, seed=4)
+    f = memory.features.numpy().astype(np.float64)
+    pairs = np.array([[i, j] for i in range(16) for j in range(i + 1, 16)])
+    sims = np.einsum("ij,ij->i", f[pairs[:, 0]], f[pairs[:, 1]])
+    truth = sims > 0.1
+    wrong = np.concatenate([np.argsort(-sims)[:2], np.argsort(sims)[:2]])  # the surest pairs
+    same = truth.copy()
+    same[wrong] = ~same[wrong]  # four answers given the wrong way round
+    n_trim = int(0.04 * len(pairs))
+    assert n_trim == len(wrong)
+    sup = PairSupervision(pairs, same, 16, f, trim=0.04)
+    assert sup.n_trimmed == n_trim and len(sup) == len(pairs) - n_trim
+    kept = {tuple(p) for p in pairs[np.setdiff1d(np.arange(len(pairs)), wrong)].tolist()}
+    rows, partners, answers = sup.batch_pairs(np.arange(16))
+    seen = {tuple(sorted(p)) for p in zip(rows.tolist(), partners.tolist())}
+    assert seen == kept  # exactly the flipped answers sit out
+    assert (answers == truth[[next(k for k, p in enumerate(pairs.tolist()) if p == sorted(q))
+                              for q in zip(rows.tolist(), partners.tolist())]]).all()
+    fit = LogisticRegression(C=1.0).fit(sims[~np.isin(np.arange(len(pairs)), wrong), None],
+                                        truth[~np.isin(np.arange(len(pairs)), wrong)])
+    assert sup.boundary == pytest.approx(-fit.intercept_[0] / fit.coef_[0, 0])
+    untrimmed = PairSupervision(pairs, same, 16, f)
+    assert untrimmed.n_trimmed == 0 and len(untrimmed) == len(pairs)
+    assert sup.slope > untrimmed.slope  # the clean answers draw a sharper boundary
+
+
 def _fit(data, **params):
     defaults = dict(backbone="tiny", pretrained=False, image_size=(32, 16), epochs=2,
                     warmup_epochs=0, batch_size=16, iters_per_epoch=3, validation_size=0,
@@ -113,8 +142,8 @@ def test_validation_answers_never_reach_the_pair_term(data, monkeypatch):
     seen = []
     original = _loop.PairSupervision
 
-    def spy(pairs, same, n_samples, features, temperature=0.05, exclude=None):
-        sup = original(pairs, same, n_samples, features, temperature, exclude)
+    def spy(pairs, same, n_samples, features, temperature=0.05, exclude=None, **kwargs):
+        sup = original(pairs, same, n_samples, features, temperature, exclude, **kwargs)
         seen.append((np.asarray(pairs), np.asarray(exclude), sup))
         return sup
 
@@ -147,6 +176,25 @@ def test_resume_with_the_pair_term_is_the_same_run(data, tmp_path):
 
 def test_paper_preset_keeps_the_pair_term_off():
     assert UCALReID.from_preset("paper").pair_weight == 0.0
+
+
+def test_pair_trim_reaches_the_term_and_is_bounded(data, monkeypatch):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from ucal.reid import _loop
+
+    trims = []
+    original = _loop.PairSupervision
+
+    def spy(*args, trim=0.0, **kwargs):
+        trims.append(trim)
+        return original(*args, trim=trim, **kwargs)
+
+    monkeypatch.setattr(_loop, "PairSupervision", spy)
+    _fit(data, pair_trim=0.2, epochs=3)
+    assert trims and all(t == 0.2 for t in trims)
+    with pytest.raises(InvalidParameterError, match="pair_trim"):
+        _fit(data, pair_trim=0.5)
 
 
 def test_negative_pair_weight_is_refused(data):

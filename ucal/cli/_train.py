@@ -186,6 +186,8 @@ def _train(args):
         params["keep_best"] = False
     if args.pair_weight is not None:
         params["pair_weight"] = args.pair_weight
+    if args.pair_trim is not None:
+        params["pair_trim"] = args.pair_trim
     # the unsupervised base (docs/bases.rst); the preset's where no flag is given
     for flag in ("loss", "pooling", "centroid_momentum", "num_instances", "outliers",
                  "memory_refresh"):
@@ -317,6 +319,10 @@ def add_parser(commands):
     train.add_argument("--pair-weight", type=float, default=None, metavar="W",
                        help="weight of the answered pairs' term in the loss (pair_weight; "
                        "default: the preset's)")
+    train.add_argument("--pair-trim", type=float, default=None, metavar="SHARE",
+                       help="share of the answers the pair term leaves out each epoch, those "
+                       "the features contradict most (pair_trim; for an annotator who errs, "
+                       "about their error rate; default 0)")
     train.add_argument("--selection", choices=("gap", "uncertain", "nearest"), default=None,
                        help="which centroid pairs MPPS asks about (default: the preset's)")
     train.add_argument("--no-snps", action="store_true", help="ablation: no splitting")

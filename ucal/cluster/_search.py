@@ -29,7 +29,17 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._faiss import ENCODINGS, gpu_of, import_faiss, ivf_index, on_device, pq_layout, rescore, search_index
+from ._faiss import (
+    ENCODINGS,
+    code_layout,
+    gpu_of,
+    import_faiss,
+    inverted_file,
+    ivf_index,
+    on_device,
+    rescore,
+    search_index,
+)
 from ._ivf import default_n_lists, ivf_knn, training_sample
 from ._knn import UnitRows, exact_knn, self_first
 
@@ -216,17 +226,20 @@ class IVFSearch(NeighborSearch):
         as the lists (``n_components``), its codes set by ``encoding``; each
         row's ``refine * n_neighbors`` best candidates are then rescored
         exactly, in all dimensions. Measured at N = 100,000 on 2 CPU cores,
-        faiss's with 256 probes and ``refine=2`` kept the labels within
-        pairwise F 0.01 of exact search's 2.2 times faster than exact search,
-        the NumPy one with 160 probes 1.5 times faster
-        (``benchmarks/results/search_backends_100000*.md``); ``"auto"``
-        uses the former (``search="faiss-ivf"``).
-    encoding : {"flat", "fp16", "sq8", "pq"}, default="flat"
+        faiss's with ``encoding="fastscan"``, 256 probes and ``refine=1.5``
+        kept the labels within pairwise F 0.01 of exact search's 3.9 times
+        faster than exact search, the NumPy one with 160 probes 1.5 times
+        faster (``benchmarks/results/search_backends_100000*.md``);
+        ``"auto"`` uses the former (``search="faiss-ivf"``).
+    encoding : {"flat", "fp16", "sq8", "pq", "fastscan"}, default="flat"
         Codes of the faiss backend's lists (``"numpy"`` needs ``"flat"``):
         float32 (``IndexIVFFlat``), 2 or 1 bytes per dimension
-        (``IndexIVFScalarQuantizer``), or a product quantiser of about 2 bits
+        (``IndexIVFScalarQuantizer``), a product quantiser of about 2 bits
         per dimension (``IndexIVFPQ``) where the index's copy of the rows
-        must be small.
+        must be small, or ``"fastscan"``: 4-bit codes of 2 dimensions
+        scanned with SIMD (``IndexIVFPQFastScan``, CPU only), four times the
+        candidates re-ranked by their float32 copy in the lists' space
+        (``IndexRefineFlat``) before the exact rescoring.
     refine : float, default=1.0
         Candidates per neighbour the faiss backend rescores exactly
         (``ceil(refine * n_neighbors)`` per row; at least 1). Above 1 it
@@ -332,22 +345,26 @@ class IVFSearch(NeighborSearch):
     def _search_faiss(self, rows, k, n_lists, sample_size, rng):
         faiss = import_faiss("IVFSearch(backend='faiss')", self.n_jobs)
         gpu = gpu_of(faiss, self.device)  # before any work
+        if gpu is not None and self.encoding == "fastscan":
+            raise ValueError(
+                "IVFSearch(encoding='fastscan') runs on the CPU only (faiss has no GPU fast-scan "
+                f"index); got device={self.device!r}. Use encoding='flat' or 'pq' on a GPU."
+            )
         clock = time.perf_counter()
-        # A product quantiser trains 256 centroids per sub-vector: 256 rows at least.
-        min_rows = 256 if self.encoding == "pq" else 0
+        # A product quantiser trains 2**bits centroids per sub-vector: 256 rows at least.
+        min_rows = 256 if self.encoding in ("pq", "fastscan") else 0
         sample, space = training_sample(rows, n_lists, sample_size, rng, self.n_components, min_rows)
-        dim, project = space.n_components, space.project
-        if self.encoding == "pq":
-            dim = pq_layout(space.n_components)[1]
-            pad = dim - space.n_components
-            if pad:  # zero columns: the sub-vectors divide the dimension, no distance changes
-                project = lambda block: np.pad(space.project(block), ((0, 0), (0, pad)))  # noqa: E731
+        dim, project = code_layout(space.n_components, self.encoding)[1], space.project
+        pad = dim - space.n_components
+        if pad:  # zero columns: the sub-vectors divide the dimension, no distance changes
+            project = lambda block: np.pad(space.project(block), ((0, 0), (0, pad)))  # noqa: E731
         index = ivf_index(faiss, dim, n_lists, self.encoding, sample.size)
-        index.cp.seed = int(rng.randint(2**31 - 1))
-        index.cp.niter = max(1, int(self.n_iter))
-        index.cp.min_points_per_centroid = 1  # our sample size is deliberate: no warning
+        lists = inverted_file(faiss, index)  # fastscan: the one inside the re-ranking
+        lists.cp.seed = int(rng.randint(2**31 - 1))
+        lists.cp.niter = max(1, int(self.n_iter))
+        lists.cp.min_points_per_centroid = 1  # our sample size is deliberate: no warning
         index.train(space.embed_rows(rows, sample, project))
-        index.nprobe = int(min(self.n_probe, n_lists))
+        lists.nprobe = int(min(self.n_probe, n_lists))
         index = on_device(faiss, index, gpu)
         trained = time.perf_counter()
         # (a small tolerance: 2.2 * 25 is 55.000000000000014 in floating point)
@@ -422,8 +439,8 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
 
     ``"auto"``: on an accelerator ``device``, exact search on it with torch.
     On the CPU, exact NumPy search up to ``AUTO_EXACT_MAX_SAMPLES`` samples;
-    above, faiss's inverted file (:func:`faiss_ivf`: 256 probes, 2
-    candidates per neighbour rescored) where faiss is installed, else
+    above, faiss's inverted file (:func:`faiss_ivf`: fast-scan codes, 256
+    probes, 1.5 candidates per neighbour rescored) where faiss is installed, else
     ucal's NumPy :class:`IVFSearch` (96 probes). The CPU choice is the one
     measured in ``benchmarks/results/search_backends_*.md``: the fastest
     engine whose labels stayed within pairwise F 0.01 of exact search's.
@@ -462,15 +479,19 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
 
 def faiss_ivf(*, n_jobs=None):
     """faiss's inverted file with the settings ``search="auto"`` uses above
-    ``AUTO_EXACT_MAX_SAMPLES`` samples: 256 probes, ``refine=2``, seed 0.
+    ``AUTO_EXACT_MAX_SAMPLES`` samples: 4-bit fast-scan codes
+    (``encoding="fastscan"``), 256 probes, ``refine=1.5``, seed 0.
 
-    Measured at N = 100,000, d = 2,048 on 2 CPU cores: labels at pairwise F
-    0.993 against exact search's, the whole clustering step 2.2 times faster
-    than exact search, where ucal's NumPy inverted file needed 160 probes
-    for F 0.992 at 1.5 times (one run:
-    ``benchmarks/results/search_backends_100000_refine.md``).
+    Measured at N = 100,000, d = 2,048 on 2 CPU cores, in two runs: labels
+    at pairwise F 0.993 against exact search's, the whole clustering step
+    3.9 times faster than exact search; faiss's flat lists at 256 probes
+    with ``refine=2`` reached the same F at 2.6 to 2.7 times, ucal's NumPy
+    inverted file needed 160 probes for F 0.992 at 1.5 times
+    (``benchmarks/results/search_backends_100000_fastscan*.md``,
+    ``search_backends_100000_refine.md``).
     """
-    return IVFSearch(n_probe=256, backend="faiss", refine=2.0, n_jobs=n_jobs, random_state=0)
+    return IVFSearch(n_probe=256, backend="faiss", encoding="fastscan", refine=1.5,
+                     n_jobs=n_jobs, random_state=0)
 
 
 def _has_faiss():

@@ -95,8 +95,7 @@ class SelfPacedDBSCAN(
         up to 100,000 samples; above, faiss's inverted file
         (``"faiss-ivf"``) where faiss is installed, else ucal's
         :class:`~ucal.cluster.IVFSearch` (inside :class:`~ucal.UCALReID` on
-        a GPU: exact search on the GPU, faiss's inverted file on it above
-        100,000 samples with faiss's GPU build). ``"numpy"``, ``"faiss"``,
+        a GPU: exact search on the GPU at every size). ``"numpy"``, ``"faiss"``,
         ``"torch"``: exact; ``"ivf"``, ``"faiss-ivf"``, ``"hnsw"``:
         approximate with their defaults; or a configured
         :class:`~ucal.cluster.ExactSearch`, :class:`~ucal.cluster.IVFSearch`

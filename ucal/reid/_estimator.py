@@ -32,7 +32,7 @@ _HOOKS = ("on_fit_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_
 
 # Parameters newer than the first saved models, with the value that keeps their behaviour.
 _PARAMS_ADDED_SINCE_0_1 = {"distributed": "auto", "sync_batchnorm": True, "loss": "centroid",
-                           "pooling": "avg"}
+                           "pooling": "avg", "pair_trim": 0.0}
 
 
 class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -150,6 +150,14 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         features. It is summed over the batch's answered pairs and divided
         by the batch size. 0 trains on the pseudo labels alone (the paper,
         and the ``paper`` preset); see :doc:`/answers` for what it buys.
+    pair_trim : float, default=0.0
+        Share of the answered pairs the pair term leaves out each epoch:
+        those the epoch's features contradict most (the largest binary
+        cross-entropy under the boundary fitted on all answers), the
+        boundary then fitted again on the rest. For an annotator who makes
+        mistakes, about their error rate; the answers stay in the memory
+        and are ranked again every epoch. 0 trains on every answer. See
+        :doc:`/answers` for what it was measured to buy.
     flip_prob : float, default=0.5
         Probability of a horizontal flip (training augmentation).
     pad : int, default=10
@@ -385,6 +393,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         "pooling": [StrOptions(set(POOLINGS))],
         "centroid_momentum": [Interval(numbers.Real, 0, 1, closed="left"), None],
         "pair_weight": [Interval(numbers.Real, 0, None, closed="left")],
+        "pair_trim": [Interval(numbers.Real, 0, 0.5, closed="left")],
         "flip_prob": [Interval(numbers.Real, 0, 1, closed="both")],
         "pad": [Interval(numbers.Integral, 0, None, closed="left")],
         "erasing_prob": [Interval(numbers.Real, 0, 1, closed="both")],
@@ -432,6 +441,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         pooling="gem",
         centroid_momentum=None,
         pair_weight=1.0,
+        pair_trim=0.0,
         flip_prob=0.5,
         pad=10,
         erasing_prob=0.5,
@@ -476,6 +486,7 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.pooling = pooling
         self.centroid_momentum = centroid_momentum
         self.pair_weight = pair_weight
+        self.pair_trim = pair_trim
         self.flip_prob = flip_prob
         self.pad = pad
         self.erasing_prob = erasing_prob

@@ -851,6 +851,8 @@ class TrainingLoop:
             self.scheduler.step()
             if self.pairs is not None:
                 record["pair_answers"] = len(self.pairs)  # answered pairs the loss saw
+                if self.pairs.n_trimmed:
+                    record["pair_trimmed"] = self.pairs.n_trimmed
             record["loss"] = loss
             record["iterations"] = iters
             record["n_queries"] = self.n_queries
@@ -999,7 +1001,7 @@ class TrainingLoop:
         exclude = None if self.validation is None else np.unique(self.validation[0])
         supervision = PairSupervision(
             pairs, same, self.n_samples, self.memory.features.cpu().numpy(),
-            temperature=est.temperature, exclude=exclude,
+            temperature=est.temperature, exclude=exclude, trim=est.pair_trim,
         )
         return supervision if supervision.active else None
 

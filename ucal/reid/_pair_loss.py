@@ -20,9 +20,15 @@ memory into the loss of every epoch as a verification term:
 
 A pair on the right side of the boundary costs little; a "same" pair the
 features still keep apart, or a "different" pair of look-alikes they still
-join, costs much. Both directions are used: ``(i, j)`` trains ``i`` when ``i``
-is in the batch and ``j`` when ``j`` is. Until the answers hold both kinds,
-there is no boundary and no term.
+join, costs much. With ``trim``, the answers the features contradict most
+(the largest such costs on the memory features, a fixed share of the
+answers) sit the epoch out and the boundary is drawn again without them:
+a wrong answer from a fallible annotator is the costliest pair there is,
+and it would otherwise be trained on every epoch. The answers stay in the
+memory; the next epoch ranks them again on its own features. Both
+directions are used: ``(i, j)`` trains ``i`` when ``i`` is in the batch and
+``j`` when ``j`` is. Until the answers hold both kinds, there is no boundary
+and no term.
 
 A first design, the partner as one more class of Eq. 1's softmax (a "same"
 partner as the positive against the other clusters' centroids, a "different"
@@ -56,6 +62,10 @@ class PairSupervision:
     exclude : array-like of int or None
         Images whose pairs are left out (the validation images, which are
         never trained on).
+    trim : float, default=0.0
+        Share of the answered pairs left out this epoch: those whose
+        answer costs most under the boundary fitted on all of them
+        (rounded down; 0 keeps every answer).
 
     Attributes
     ----------
@@ -63,6 +73,8 @@ class PairSupervision:
         ``a`` and ``b`` of ``sigmoid(a (s - b))``; None (the term is off)
         until the answers hold both kinds, and while "same" answers do not
         sit at higher similarities than "different" ones.
+    n_trimmed : int
+        Answered pairs left out by ``trim`` this epoch.
 
     Examples
     --------
@@ -85,9 +97,8 @@ class PairSupervision:
     (2, True)
     """
 
-    def __init__(self, pairs, same, n_samples, features, temperature=0.05, exclude=None):
-        from sklearn.linear_model import LogisticRegression
-
+    def __init__(self, pairs, same, n_samples, features, temperature=0.05, exclude=None,
+                 trim=0.0):
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         same = np.asarray(same, dtype=bool).reshape(-1)
         keep = (pairs >= 0).all(axis=1) & (pairs < n_samples).all(axis=1)
@@ -98,6 +109,24 @@ class PairSupervision:
             out[np.asarray(exclude, dtype=np.int64)] = True
             keep = ~out[pairs].any(axis=1)
             pairs, same = pairs[keep], same[keep]
+        self.slope = self.boundary = None
+        self.n_trimmed = 0
+        if 0 < same.sum() < len(same):
+            f = np.asarray(features)  # only the answered rows are cast
+            sims = np.einsum("ij,ij->i", f[pairs[:, 0]].astype(np.float64),
+                             f[pairs[:, 1]].astype(np.float64))
+            self._fit(sims, same, temperature)
+            n_trim = int(trim * len(pairs))
+            if n_trim and self.slope is not None:
+                margin = self.slope * (sims - self.boundary)
+                cost = np.logaddexp(0.0, np.where(same, -margin, margin))  # BCE per answer
+                keep = np.ones(len(pairs), dtype=bool)
+                keep[np.argsort(-cost, kind="stable")[:n_trim]] = False
+                pairs, same, sims = pairs[keep], same[keep], sims[keep]
+                self.n_trimmed = n_trim
+                self.slope = self.boundary = None
+                if 0 < same.sum() < len(same):
+                    self._fit(sims, same, temperature)
         # both directions, sorted by anchor: a CSR row per image
         anchors = np.concatenate([pairs[:, 0], pairs[:, 1]])
         partners = np.concatenate([pairs[:, 1], pairs[:, 0]])
@@ -109,16 +138,16 @@ class PairSupervision:
         np.cumsum(np.bincount(anchors, minlength=n_samples), out=self.indptr[1:])
         self.n_pairs = len(pairs)
         self.n_same = int(same.sum())
-        self.slope = self.boundary = None
-        if 0 < self.n_same < self.n_pairs:
-            f = np.asarray(features)  # only the answered rows are cast
-            sims = np.einsum("ij,ij->i", f[pairs[:, 0]].astype(np.float64),
-                             f[pairs[:, 1]].astype(np.float64))
-            fit = LogisticRegression(C=1.0).fit(sims[:, None], same)
-            coef, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-            if coef > 0:  # "same" answers sit at higher similarity: a boundary to learn
-                self.slope = float(np.clip(coef, 1.0, 1.0 / temperature))
-                self.boundary = -intercept / coef
+
+    def _fit(self, sims, same, temperature):
+        """The boundary ``sigmoid(a (s - b))`` of the answers on their similarities."""
+        from sklearn.linear_model import LogisticRegression
+
+        fit = LogisticRegression(C=1.0).fit(sims[:, None], same)
+        coef, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        if coef > 0:  # "same" answers sit at higher similarity: a boundary to learn
+            self.slope = float(np.clip(coef, 1.0, 1.0 / temperature))
+            self.boundary = -intercept / coef
 
     def __len__(self):
         return self.n_pairs
