@@ -202,7 +202,7 @@ def child_fit(kind, n, spec, save):
     est = SelfPacedDBSCAN(k1_rule="fixed", search=search).fit(X)
     out = {
         "phases": phases,
-        "kind": kind, "n": n, "search": spec, "resolved": repr(est.search_),
+        "kind": kind, "n": n, "search": spec, "resolved": " ".join(repr(est.search_).split()),
         "timings": est.timings_, "seconds": est.timings_["total"],
         "peak_mb": _peak_mb(), "peak_before_mb": before,
         "features_mb": X.nbytes / 2**20, "n_clusters": est.n_clusters_,

@@ -255,6 +255,10 @@ def main():
         saved = json.loads((RESULTS / f"{stem}.json").read_text())["runs"]
         runs = [r for r in saved if (r["seed"], r["method"]) not in fresh] + runs
         seeds = sorted({r["seed"] for r in runs})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps({"settings": SETTINGS, "runs": runs}, indent=1, default=_json_default)
+    )
     import torch
 
     lines = [
@@ -284,7 +288,9 @@ def main():
             continue
         m, s = _mean_sd([100 * r["mAP"] for r in rows])
         r1, r1s = _mean_sd([100 * r["R1"] for r in rows])
-        d, ds = _mean_sd([100 * (r["mAP"] - start[r["seed"]]) for r in rows])
+        # a seed whose Start row was not run (--rows without 'UCAL, default') has no difference
+        diffs = [100 * (r["mAP"] - start[r["seed"]]) for r in rows if r["seed"] in start]
+        d, ds = _mean_sd(diffs) if diffs else (float("nan"), float("nan"))
         c, cs = _mean_sd([100 * r["cost"] for r in rows])
         held = ", ".join(str(r["held_epoch"]) for r in rows)
         warned = sum(r["degenerate_warning"] for r in rows)
@@ -305,11 +311,7 @@ def main():
         lines.append(f"- seed {seed}: " + ", ".join(cells) + f"; calibrated to {calibrated}")
     table = "\n".join(lines) + "\n"
     print(table)
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.md").write_text(table)
-    (RESULTS / f"{stem}.json").write_text(
-        json.dumps({"settings": SETTINGS, "runs": runs}, indent=1, default=_json_default)
-    )
 
 
 if __name__ == "__main__":

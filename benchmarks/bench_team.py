@@ -113,7 +113,9 @@ def run(seed, args, fractions):
             if held == "questions":
                 return max(int(budget[r] - team.n_queries), 0)
             left = budget[r] - team.n_answers
-            return max(int(left / per_question), 0)
+            # tie-breaks cost answers too: count what a question has cost so far
+            used = team.n_answers / team.n_queries if team.n_queries else per_question
+            return max(int(left / max(per_question, used)), 0)
 
         fs, asked = _refine(rounds, base_labels, y, team, team.label_memory, limit_of)
         agreement = annotator_agreement(team.label_memory)

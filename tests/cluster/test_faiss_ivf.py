@@ -194,8 +194,27 @@ def test_fastscan_re_ranks_its_coarse_codes(faiss, monkeypatch):
     assert recall() < re_ranked
 
 
+def test_fastscan_on_few_rows_falls_back_to_flat_lists(faiss):
+    # 4-bit codes need 16 training rows; 12 rows are searched with flat lists.
+    X = clustered(12, 3, 8, 0.3, seed=0)[0]
+    idx, sim = IVFSearch(backend="faiss", encoding="fastscan", random_state=0).kneighbors(X, 5)
+    exact_idx, _ = ExactSearch().kneighbors(X, 5)
+    assert idx.shape == (12, 5) and _recall(idx, exact_idx) >= 0.9
+    np.testing.assert_allclose(sim[:, 1:], _exact_pair_sims(X, idx)[:, 1:], atol=1e-5)
+
+
+def test_fastscan_is_seeded_by_random_state(faiss):
+    X, _ = _features()
+
+    def run(seed):
+        return IVFSearch(n_probe=4, n_lists=60, backend="faiss", encoding="fastscan",
+                         random_state=seed).kneighbors(X, 10)[0]
+
+    np.testing.assert_array_equal(run(0), run(0))
+
+
 def test_fastscan_on_a_gpu_is_refused_before_any_work(faiss, monkeypatch):
-    monkeypatch.setattr(search_module, "gpu_of", lambda faiss, device: 0)
+    monkeypatch.setattr(search_module, "import_faiss", lambda *a, **k: pytest.fail("worked"))
     monkeypatch.setattr(search_module, "training_sample", lambda *a, **k: pytest.fail("worked"))
     with pytest.raises(ValueError, match="fastscan.*CPU only"):
         IVFSearch(backend="faiss", encoding="fastscan", device="cuda").kneighbors(

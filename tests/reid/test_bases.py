@@ -313,3 +313,17 @@ def test_a_model_pickled_before_the_bases_existed_loads(data):
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     assert (old.loss, old.pooling) == ("centroid", "avg")
     np.testing.assert_allclose(old.transform(data.query), model.transform(data.query), atol=1e-6)
+
+
+def test_a_model_pickled_before_the_pair_term_existed_loads(data):
+    import pickle
+
+    model = _fit(data, epochs=1, pair_weight=0.0)  # what every model was before the pair term
+    state = model.__getstate__()
+    for name in ("pair_weight", "pair_trim"):
+        state.pop(name)
+    old = UCALReID.__new__(UCALReID)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert (old.pair_weight, old.pair_trim) == (0.0, 0.0)
+    assert old.get_params()["pair_trim"] == 0.0
+    np.testing.assert_allclose(old.transform(data.query), model.transform(data.query), atol=1e-6)

@@ -97,26 +97,41 @@ def test_trim_leaves_out_the_answers_the_features_contradict_most():
     f = memory.features.numpy().astype(np.float64)
     pairs = np.array([[i, j] for i in range(16) for j in range(i + 1, 16)])
     sims = np.einsum("ij,ij->i", f[pairs[:, 0]], f[pairs[:, 1]])
-    truth = sims > 0.1
+    truth = sims > np.median(sims)  # 60 pairs of each kind
     wrong = np.concatenate([np.argsort(-sims)[:2], np.argsort(sims)[:2]])  # the surest pairs
     same = truth.copy()
-    same[wrong] = ~same[wrong]  # four answers given the wrong way round
-    n_trim = int(0.04 * len(pairs))
-    assert n_trim == len(wrong)
-    sup = PairSupervision(pairs, same, 16, f, trim=0.04)
-    assert sup.n_trimmed == n_trim and len(sup) == len(pairs) - n_trim
-    kept = {tuple(p) for p in pairs[np.setdiff1d(np.arange(len(pairs)), wrong)].tolist()}
+    same[wrong] = ~same[wrong]  # four answers given the wrong way round, two of each kind
+    sup = PairSupervision(pairs, same, 16, f, trim=0.04)  # int(0.04 * 60) = 2 of each kind
+    assert sup.n_trimmed == 4 and len(sup) == len(pairs) - 4
+    kept = np.setdiff1d(np.arange(len(pairs)), wrong)
     rows, partners, answers = sup.batch_pairs(np.arange(16))
     seen = {tuple(sorted(p)) for p in zip(rows.tolist(), partners.tolist())}
-    assert seen == kept  # exactly the flipped answers sit out
-    assert (answers == truth[[next(k for k, p in enumerate(pairs.tolist()) if p == sorted(q))
-                              for q in zip(rows.tolist(), partners.tolist())]]).all()
-    fit = LogisticRegression(C=1.0).fit(sims[~np.isin(np.arange(len(pairs)), wrong), None],
-                                        truth[~np.isin(np.arange(len(pairs)), wrong)])
+    assert seen == {tuple(p) for p in pairs[kept].tolist()}  # exactly the flipped answers sit out
+    position = {tuple(p): k for k, p in enumerate(pairs.tolist())}
+    got = [position[tuple(sorted(p))] for p in zip(rows.tolist(), partners.tolist())]
+    np.testing.assert_array_equal(answers, truth[got])
+    fit = LogisticRegression(C=1.0).fit(sims[kept, None], truth[kept])
     assert sup.boundary == pytest.approx(-fit.intercept_[0] / fit.coef_[0, 0])
     untrimmed = PairSupervision(pairs, same, 16, f)
     assert untrimmed.n_trimmed == 0 and len(untrimmed) == len(pairs)
     assert sup.slope > untrimmed.slope  # the clean answers draw a sharper boundary
+
+
+def test_trim_works_per_kind_and_never_empties_one():
+    # Mostly "same" answers: ranked together, the few "different" ones would all
+    # go and the term would switch off; per kind, 5 % of each goes, one at least stays.
+    memory = _memory(40, 8, seed=5)
+    f = memory.features.numpy().astype(np.float64)
+    rng = np.random.RandomState(0)
+    pairs = np.array([[i, j] for i in range(40) for j in range(i + 1, 40)])[rng.permutation(780)[:100]]
+    sims = np.einsum("ij,ij->i", f[pairs[:, 0]], f[pairs[:, 1]])
+    same = np.ones(100, dtype=bool)
+    same[np.argsort(sims)[:4]] = False  # 4 "different" answers, the least similar pairs
+    sup = PairSupervision(pairs, same, 40, f, trim=0.3)
+    assert sup.active
+    assert sup.n_trimmed == int(0.3 * 96) + 1  # 28 "same" and 1 of the 4 "different"
+    _, _, answers = sup.batch_pairs(np.arange(40))
+    assert (~answers).sum() == 2 * 3  # both directions of the 3 "different" answers kept
 
 
 def _fit(data, **params):

@@ -25,16 +25,21 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENCODINGS", "gpu_of", "import_faiss", "ivf_index", "on_device", "pq_layout", "rescore", "search_index"]
+__all__ = ["ENCODINGS", "code_layout", "gpu_of", "import_faiss", "inverted_file", "ivf_index",
+           "on_device", "pq_layout", "rescore", "search_index"]
 
 #: Codes of the inverted lists: ``"flat"`` float32 (``IndexIVFFlat``),
 #: ``"fp16"`` / ``"sq8"`` (``IndexIVFScalarQuantizer``, 2 and 1 bytes per
 #: dimension), ``"pq"`` (``IndexIVFPQ``, 8 bits per sub-vector of 4 or more
-#: dimensions, see :func:`pq_layout`: at most about 2 bits per dimension).
+#: dimensions, see :func:`pq_layout`: at most about 2 bits per dimension),
+#: ``"fastscan"`` (``IndexIVFPQFastScan``, 4 bits per 2 dimensions, inside an
+#: ``IndexRefineFlat``; CPU only).
 ENCODINGS = ("flat", "fp16", "sq8", "pq", "fastscan")
 # "fastscan": faiss ranks k_factor times as many candidates by their 4-bit codes,
 # then re-ranks them by their float32 copy in the lists' own space.
 FASTSCAN_K_FACTOR = 4
+# A 4-bit code has 16 centroids: fewer training rows than that cannot train it.
+FASTSCAN_MIN_ROWS = 16
 
 # Rows whose candidates are rescored at a time (256 x 60 x 2,048 float32: 126 MB).
 _RESCORE_ROWS = 256
@@ -113,7 +118,7 @@ def on_device(faiss, index, gpu):
     return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index, options)
 
 
-def ivf_index(faiss, dim, n_lists, encoding, n_train):
+def ivf_index(faiss, dim, n_lists, encoding, n_train, seed=0):
     """An untrained inverted file of ``n_lists`` lists on ``dim``-dimensional rows, by Euclidean distance.
 
     ``dim`` must be a multiple of the product quantiser's sub-vectors for
@@ -121,7 +126,7 @@ def ivf_index(faiss, dim, n_lists, encoding, n_train):
     ``n_train`` (the training rows) bounds the ``"pq"`` code size, since
     each sub-vector's 2**bits centroids need as many rows.
 
-    ``"fastscan"`` is faiss's SIMD scan of 4-bit product codes of 2
+    ``seed`` seeds the fast-scan codes' k-means. ``"fastscan"`` is faiss's SIMD scan of 4-bit product codes of 2
     dimensions each (``IndexIVFPQFastScan``) inside an
     ``IndexRefineFlat``, which re-ranks :data:`FASTSCAN_K_FACTOR` times the
     candidates asked for by exact distance in ``dim`` dimensions: the scan
@@ -141,7 +146,8 @@ def ivf_index(faiss, dim, n_lists, encoding, n_train):
     if encoding == "fastscan":
         coarse = faiss.IndexIVFPQFastScan(quantizer, dim, n_lists, code_layout(dim, encoding)[0],
                                           4, metric)
-        coarse.pq.cp.min_points_per_centroid = 1  # 16 centroids a code: any sample >= 256 does
+        coarse.pq.cp.min_points_per_centroid = 1  # 16 centroids a code: any sample >= 16 does
+        coarse.pq.cp.seed = seed
         index = faiss.IndexRefineFlat(coarse)  # faiss's wrapper keeps coarse alive with it
         index.k_factor = float(FASTSCAN_K_FACTOR)
         return index

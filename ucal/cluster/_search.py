@@ -31,6 +31,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._faiss import (
     ENCODINGS,
+    FASTSCAN_MIN_ROWS,
     code_layout,
     gpu_of,
     import_faiss,
@@ -343,24 +344,29 @@ class IVFSearch(NeighborSearch):
                 bar.close()
 
     def _search_faiss(self, rows, k, n_lists, sample_size, rng):
-        faiss = import_faiss("IVFSearch(backend='faiss')", self.n_jobs)
-        gpu = gpu_of(faiss, self.device)  # before any work
-        if gpu is not None and self.encoding == "fastscan":
+        if self.encoding == "fastscan" and self.device not in (None, "cpu"):
             raise ValueError(
                 "IVFSearch(encoding='fastscan') runs on the CPU only (faiss has no GPU fast-scan "
                 f"index); got device={self.device!r}. Use encoding='flat' or 'pq' on a GPU."
             )
+        faiss = import_faiss("IVFSearch(backend='faiss')", self.n_jobs)
+        gpu = gpu_of(faiss, self.device)  # before any work
         clock = time.perf_counter()
         # A product quantiser trains 2**bits centroids per sub-vector: 256 rows at least.
         min_rows = 256 if self.encoding in ("pq", "fastscan") else 0
         sample, space = training_sample(rows, n_lists, sample_size, rng, self.n_components, min_rows)
-        dim, project = code_layout(space.n_components, self.encoding)[1], space.project
+        encoding = self.encoding
+        if encoding == "fastscan" and sample.size < FASTSCAN_MIN_ROWS:
+            encoding = "flat"  # too few rows to train 4-bit codes; flat lists are exact anyway
+        dim, project = code_layout(space.n_components, encoding)[1], space.project
         pad = dim - space.n_components
         if pad:  # zero columns: the sub-vectors divide the dimension, no distance changes
             project = lambda block: np.pad(space.project(block), ((0, 0), (0, pad)))  # noqa: E731
-        index = ivf_index(faiss, dim, n_lists, self.encoding, sample.size)
+        lists_seed = int(rng.randint(2**31 - 1))
+        codes_seed = int(rng.randint(2**31 - 1)) if encoding == "fastscan" else 0
+        index = ivf_index(faiss, dim, n_lists, encoding, sample.size, seed=codes_seed)
         lists = inverted_file(faiss, index)  # fastscan: the one inside the re-ranking
-        lists.cp.seed = int(rng.randint(2**31 - 1))
+        lists.cp.seed = lists_seed
         lists.cp.niter = max(1, int(self.n_iter))
         lists.cp.min_points_per_centroid = 1  # our sample size is deliberate: no warning
         index.train(space.embed_rows(rows, sample, project))
@@ -376,7 +382,7 @@ class IVFSearch(NeighborSearch):
         indices, sims = rescore(rows, candidates, k, n_threads=threads)
         logger.info(
             "faiss IVF (%s): %d rows, %d lists in %d of %d dimensions, %d probes; training %.1f s, "
-            "search %.1f s, rescoring %d candidates per row %.1f s", self.encoding, rows.n_samples,
+            "search %.1f s, rescoring %d candidates per row %.1f s", encoding, rows.n_samples,
             n_lists, space.n_components, rows.n_features, min(self.n_probe, n_lists), trained - clock,
             searched - trained, width, time.perf_counter() - searched,
         )

@@ -32,7 +32,7 @@ _HOOKS = ("on_fit_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_
 
 # Parameters newer than the first saved models, with the value that keeps their behaviour.
 _PARAMS_ADDED_SINCE_0_1 = {"distributed": "auto", "sync_batchnorm": True, "loss": "centroid",
-                           "pooling": "avg", "pair_trim": 0.0}
+                           "pooling": "avg", "pair_weight": 0.0, "pair_trim": 0.0}
 
 
 class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

@@ -21,8 +21,8 @@ memory into the loss of every epoch as a verification term:
 A pair on the right side of the boundary costs little; a "same" pair the
 features still keep apart, or a "different" pair of look-alikes they still
 join, costs much. With ``trim``, the answers the features contradict most
-(the largest such costs on the memory features, a fixed share of the
-answers) sit the epoch out and the boundary is drawn again without them:
+(the largest such costs on the memory features, a fixed share of each kind
+of answer) sit the epoch out and the boundary is drawn again without them:
 a wrong answer from a fallible annotator is the costliest pair there is,
 and it would otherwise be trained on every epoch. The answers stay in the
 memory; the next epoch ranks them again on its own features. Both
@@ -63,9 +63,10 @@ class PairSupervision:
         Images whose pairs are left out (the validation images, which are
         never trained on).
     trim : float, default=0.0
-        Share of the answered pairs left out this epoch: those whose
-        answer costs most under the boundary fitted on all of them
-        (rounded down; 0 keeps every answer).
+        Share of the answered pairs left out this epoch, of each kind of
+        answer ("same", "different") apart: those whose answer costs most
+        under the boundary fitted on all of them (rounded down, at least one
+        of each kind kept; 0 keeps every answer).
 
     Attributes
     ----------
@@ -116,17 +117,14 @@ class PairSupervision:
             sims = np.einsum("ij,ij->i", f[pairs[:, 0]].astype(np.float64),
                              f[pairs[:, 1]].astype(np.float64))
             self._fit(sims, same, temperature)
-            n_trim = int(trim * len(pairs))
-            if n_trim and self.slope is not None:
-                margin = self.slope * (sims - self.boundary)
-                cost = np.logaddexp(0.0, np.where(same, -margin, margin))  # BCE per answer
-                keep = np.ones(len(pairs), dtype=bool)
-                keep[np.argsort(-cost, kind="stable")[:n_trim]] = False
-                pairs, same, sims = pairs[keep], same[keep], sims[keep]
-                self.n_trimmed = n_trim
-                self.slope = self.boundary = None
-                if 0 < same.sum() < len(same):
-                    self._fit(sims, same, temperature)
+            if trim and self.slope is not None:
+                keep = self._trimmed(sims, same, trim)
+                first = self.slope, self.boundary
+                self._fit(sims[keep], same[keep], temperature)
+                if self.slope is None:  # (not seen) the rest draws no boundary: keep the first
+                    self.slope, self.boundary = first
+                pairs, same = pairs[keep], same[keep]
+                self.n_trimmed = int((~keep).sum())
         # both directions, sorted by anchor: a CSR row per image
         anchors = np.concatenate([pairs[:, 0], pairs[:, 1]])
         partners = np.concatenate([pairs[:, 1], pairs[:, 0]])
@@ -138,6 +136,23 @@ class PairSupervision:
         np.cumsum(np.bincount(anchors, minlength=n_samples), out=self.indptr[1:])
         self.n_pairs = len(pairs)
         self.n_same = int(same.sum())
+
+    def _trimmed(self, sims, same, trim):
+        """Mask of the answers kept: the share ``trim`` of each answer's kind that
+        costs most under the boundary sits out (rounded down; one of each kind
+        stays). Per kind, because "same" answers usually outnumber "different"
+        ones: ranked together, the look-alikes' "different" answers, which sit
+        on the wrong side of a boundary drawn mostly by "same" ones, would go
+        first, true as they are."""
+        margin = self.slope * (sims - self.boundary)
+        cost = np.logaddexp(0.0, np.where(same, -margin, margin))  # BCE per answer
+        keep = np.ones(len(sims), dtype=bool)
+        for kind in (True, False):
+            members = np.flatnonzero(same == kind)
+            n_out = min(int(trim * members.size), members.size - 1)
+            if n_out > 0:
+                keep[members[np.argsort(-cost[members], kind="stable")[:n_out]]] = False
+        return keep
 
     def _fit(self, sims, same, temperature):
         """The boundary ``sigmoid(a (s - b))`` of the answers on their similarities."""
