@@ -130,9 +130,22 @@ class DistributedContext:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def close(self):
-        """Destroy the process group if this context made it."""
+    def close(self, *, synchronise=False):
+        """Destroy the process group if this context made it.
+
+        ``synchronise`` (a fit that ended normally): every rank reaches this
+        point before the group goes, so that no rank tears down its
+        connections under another's last messages (gloo then aborts the
+        slower process at exit). A rank that cannot synchronise (another one
+        failed) logs it and destroys the group all the same.
+        """
         if self.owned and dist.is_initialized():
+            if synchronise and self.world_size > 1:
+                try:
+                    dist.barrier()
+                except RuntimeError as exc:  # a peer already gone: nothing to wait for
+                    logger.warning("Rank %d could not wait for the other ranks at the end: %s",
+                                   self.rank, exc)
             dist.destroy_process_group()
             self.owned = False
             self.world_size = 1  # nothing collective may follow

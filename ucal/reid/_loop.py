@@ -797,14 +797,16 @@ class TrainingLoop:
             quiet = logging.getLogger("ucal")
             level = quiet.level
             quiet.setLevel(logging.WARNING)
+        finished = False
         try:
             if self.dist.enabled:
                 self.dist.check_same(self._facts())
             self._run()
+            finished = True
         finally:
             if quiet is not None:
                 quiet.setLevel(level)
-            self.dist.close()
+            self.dist.close(synchronise=finished)
 
     def _facts(self):
         """What every rank's fit must share: data, kinds of arguments, parameters."""
