@@ -157,7 +157,7 @@ def _search(spec):
     ``ivf96`` (ucal's NumPy inverted file, 96 probes), ``fivf96`` (faiss's,
     flat codes), ``fivf96-sq8-r2`` (faiss's, 8-bit codes, 2 candidates per
     neighbour rescored), ``fivf256-fastscan-r1.5-s50000`` (4-bit fast-scan
-    codes, lists trained on 50,000 rows), ``auto``."""
+    codes, lists trained on 50,000 rows; ``-i3``: 3 k-means iterations), ``auto``."""
     from ucal.cluster import HNSWSearch, IVFSearch
 
     if spec.startswith("ivf"):
@@ -165,10 +165,12 @@ def _search(spec):
     if spec.startswith("fivf"):
         probe, *rest = spec[4:].split("-")
         sizes = [r for r in rest if r[0] == "s" and r[1:].isdigit()]  # not "sq8"
+        iters = [r for r in rest if r[0] == "i" and r[1:].isdigit()]
         refines = [r for r in rest if r[0] == "r"]
-        kw = {"encoding": next((r for r in rest if r not in sizes + refines), "flat")}
+        kw = {"encoding": next((r for r in rest if r not in sizes + iters + refines), "flat")}
         kw.update({"refine": float(r[1:]) for r in refines})
         kw.update({"sample_size": int(r[1:]) for r in sizes})
+        kw.update({"n_iter": int(r[1:]) for r in iters})
         return IVFSearch(n_probe=int(probe), backend="faiss", random_state=0, **kw)
     if spec == "hnsw":
         return HNSWSearch()

@@ -228,8 +228,8 @@ class IVFSearch(NeighborSearch):
         row's ``refine * n_neighbors`` best candidates are then rescored
         exactly, in all dimensions. Measured at N = 100,000 on 2 CPU cores,
         faiss's with ``encoding="fastscan"``, 256 probes and ``refine=1.5``
-        kept the labels within pairwise F 0.01 of exact search's 3.9 times
-        faster than exact search, the NumPy one with 160 probes 1.5 times
+        kept the labels within pairwise F 0.01 of exact search's 3.9 to 4.2
+        times faster than exact search, the NumPy one with 160 probes 1.5 times
         faster (``benchmarks/results/search_backends_100000*.md``);
         ``"auto"`` uses the former (``search="faiss-ivf"``).
     encoding : {"flat", "fp16", "sq8", "pq", "fastscan"}, default="flat"
@@ -488,11 +488,11 @@ def faiss_ivf(*, n_jobs=None):
     ``AUTO_EXACT_MAX_SAMPLES`` samples: 4-bit fast-scan codes
     (``encoding="fastscan"``), 256 probes, ``refine=1.5``, seed 0.
 
-    Measured at N = 100,000, d = 2,048 on 2 CPU cores, in two runs: labels
-    at pairwise F 0.993 against exact search's, the whole clustering step
-    3.9 times faster than exact search; faiss's flat lists at 256 probes
-    with ``refine=2`` reached the same F at 2.6 to 2.7 times, ucal's NumPy
-    inverted file needed 160 probes for F 0.992 at 1.5 times
+    Measured at N = 100,000, d = 2,048 on 2 CPU cores, in three runs:
+    labels at pairwise F 0.993 against exact search's, the whole clustering
+    step 3.9 to 4.2 times faster than exact search; faiss's flat lists at
+    256 probes with ``refine=2`` reached the same F at 2.6 to 2.7 times,
+    ucal's NumPy inverted file needed 160 probes for F 0.992 at 1.5 times
     (``benchmarks/results/search_backends_100000_fastscan*.md``,
     ``search_backends_100000_refine.md``).
     """
