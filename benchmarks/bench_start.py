@@ -249,12 +249,11 @@ def main():
                       f"(epoch {row['held_epoch']}), cost {100 * row['cost']:.4f} %, "
                       f"{row['seconds']:.0f} s", flush=True)
     minutes = (time.perf_counter() - began) / 60
-    seeds = sorted({r["seed"] for r in runs})
     if args.merge and (RESULTS / f"{stem}.json").exists():
         fresh = {(r["seed"], r["method"]) for r in runs}
         saved = json.loads((RESULTS / f"{stem}.json").read_text())["runs"]
         runs = [r for r in saved if (r["seed"], r["method"]) not in fresh] + runs
-        seeds = sorted({r["seed"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(
         json.dumps({"settings": SETTINGS, "runs": runs}, indent=1, default=_json_default)

@@ -126,12 +126,12 @@ def ivf_index(faiss, dim, n_lists, encoding, n_train, seed=0):
     ``n_train`` (the training rows) bounds the ``"pq"`` code size, since
     each sub-vector's 2**bits centroids need as many rows.
 
-    ``seed`` seeds the fast-scan codes' k-means. ``"fastscan"`` is faiss's SIMD scan of 4-bit product codes of 2
-    dimensions each (``IndexIVFPQFastScan``) inside an
-    ``IndexRefineFlat``, which re-ranks :data:`FASTSCAN_K_FACTOR` times the
-    candidates asked for by exact distance in ``dim`` dimensions: the scan
-    is several times faster than flat lists', the re-ranking gives back
-    most of what the coarse codes lose.
+    ``"fastscan"`` is faiss's SIMD scan of 4-bit product codes of 2
+    dimensions each (``IndexIVFPQFastScan``) inside an ``IndexRefineFlat``,
+    which re-ranks :data:`FASTSCAN_K_FACTOR` times the candidates asked for
+    by exact distance in ``dim`` dimensions: the scan is several times
+    faster than flat lists', the re-ranking gives back most of what the
+    coarse codes lose. ``seed`` seeds its codes' k-means.
     """
     quantizer = faiss.IndexFlatL2(dim)  # faiss's wrappers keep it alive with the index
     metric = faiss.METRIC_L2
@@ -192,6 +192,8 @@ def search_index(index, rows, k, *, embed=None):
     ``-1`` where fewer than ``k`` were found.
     """
     embed = embed or (lambda block: block)
+    # Each block is embedded twice (to add, then to query) rather than kept:
+    # the embedded copy of every row would raise the peak by the index's size.
     for _, _, block in rows.blocks():
         index.add(np.ascontiguousarray(embed(block), dtype=np.float32))
     indices = np.empty((rows.n_samples, k), dtype=np.int64)
