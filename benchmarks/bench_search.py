@@ -201,6 +201,7 @@ def child_fit(kind, n, spec, save):
 
     search._search_rows = recording
     phases = _log_phases()
+    _peaks_after_phases(phases)
     est = SelfPacedDBSCAN(k1_rule="fixed", search=search).fit(X)
     out = {
         "phases": phases,
@@ -216,6 +217,29 @@ def child_fit(kind, n, spec, save):
     return out
 
 
+def _peaks_after_phases(phases):
+    """Note the peak resident memory after each phase of the step (the peak
+    only grows, so the first phase that raises it is the one to shrink)."""
+    from ucal.cluster import _jaccard, _search, _self_paced
+
+    def watched(module, name):
+        inner = getattr(module, name)
+
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            out = inner(*args, **kwargs)
+            phases.append(f"{name}: {time.perf_counter() - started:.1f} s, peak so far {_peak_mb():.0f} MB")
+            return out
+
+        setattr(module, name, call)
+
+    for module, name in ((_search, "search_index"), (_search, "rescore"),
+                         (_jaccard, "_expanded_sets"), (_jaccard, "_edge_distances"),
+                         (_jaccard, "_upper_distances"), (_jaccard, "_symmetric_csr"),
+                         (_self_paced, "sparse_dbscan"), (_self_paced, "cluster_centers")):
+        watched(module, name)
+
+
 def _log_phases():
     """Log the step's phases to stderr as they end (a long run shows where it
     is) and collect the IVF search's phase lines for the results."""
@@ -226,7 +250,8 @@ def _log_phases():
     class Collect(logging.Handler):
         def emit(self, record):
             if record.name.endswith("_ivf") or record.getMessage().startswith("faiss IVF"):
-                phases.append(record.getMessage())
+                # the peak so far tells which phase set it
+                phases.append(f"{record.getMessage()} (peak so far {_peak_mb():.0f} MB)")
 
     log = logging.getLogger("ucal.cluster")
     log.setLevel(logging.INFO)

@@ -185,27 +185,49 @@ def test_symmetric_layout_keeps_explicit_zeros_and_sorted_rows():
     np.testing.assert_array_equal(got.data, want.data)
 
 
+def test_meeting_sums_add_every_meeting_of_a_cell():
+    from ucal.cluster._jaccard import _sum_meetings
+
+    rng = np.random.default_rng(3)
+    shape = (7, 40)
+    rows = np.sort(rng.integers(0, shape[0] - 1, 500))  # the last row has no meeting
+    cols = rng.integers(0, shape[1], 500)
+    values = rng.random(500).astype(np.float32)
+    more = [(rng.integers(0, shape[0], 60), rng.integers(0, shape[1], 60), rng.random(60))
+            for _ in range(2)]
+    expected = np.zeros(shape)
+    np.add.at(expected, (rows, cols), values)
+    for r, c, v in more:
+        np.add.at(expected, (r, c), v)
+    got = _sum_meetings(rows, cols, values, shape, iter(more))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got.toarray(), expected, rtol=1e-6)
+    alone = _sum_meetings(rows, cols, values, shape)
+    np.testing.assert_allclose(alone.toarray(), expected - sum(
+        np.bincount(r * shape[1] + c, v, shape[0] * shape[1]).reshape(shape) for r, c, v in more),
+        rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("dense_ratio", [0, 10**9])
 @pytest.mark.parametrize("heavy", [3, 10**9])
 @pytest.mark.parametrize("max_distance", [None, 0.62])
-def test_sorted_key_sums_equal_the_dense_buffer(monkeypatch, heavy, max_distance):
-    # At large N the dense per-chunk buffer would be almost all empty cells,
-    # and the meetings are summed by sorting their keys: same matrix.
+def test_chunked_sums_match_the_dense_definition(monkeypatch, heavy, max_distance, dense_ratio):
+    # Many small chunks, each summed by its own sparse product (ratio 0) or
+    # dense buffer, with and without heavy columns: the dense definition's
+    # distances.
     import ucal.cluster._jaccard as jaccard_module
 
     X = clustered(240, 6, 16, 0.5, seed=22)[0]
+    expected = dense_jaccard(X, 20, 6)[0]
     monkeypatch.setattr(jaccard_module, "_HEAVY_COLUMN", heavy)
-    monkeypatch.setattr(jaccard_module, "_MAX_TRIPLES", 5000)
-    dense = jaccard_distance(X, 20, 6, max_distance=max_distance)
+    monkeypatch.setattr(jaccard_module, "_MAX_TRIPLES", 500)
+    monkeypatch.setattr(jaccard_module, "_DENSE_RATIO", dense_ratio)
     calls = []
-    original = jaccard_module._sum_by_key
-    monkeypatch.setattr(jaccard_module, "_sum_by_key", lambda *a: calls.append(1) or original(*a))
-    monkeypatch.setattr(jaccard_module, "_MAX_BUFFER", 200)  # a row or less per dense chunk
-    monkeypatch.setattr(jaccard_module, "_SPARSE_RATIO", 0)
-    by_keys = jaccard_distance(X, 20, 6, max_distance=max_distance)
-    assert len(calls) > 1
-    assert (by_keys != dense).nnz == 0
-    np.testing.assert_array_equal(by_keys.indptr, dense.indptr)
-    np.testing.assert_array_equal(by_keys.indices, dense.indices)
-    np.testing.assert_allclose(by_keys.data, dense.data, atol=1e-6)
-    if max_distance is None:
-        np.testing.assert_allclose(_dense(by_keys), dense_jaccard(X, 20, 6)[0], atol=1e-5)
+    original = jaccard_module._sum_meetings
+    monkeypatch.setattr(jaccard_module, "_sum_meetings", lambda *a: calls.append(1) or original(*a))
+    D = jaccard_distance(X, 20, 6, max_distance=max_distance)
+    assert len(calls) > 10 if dense_ratio == 0 else not calls
+    assert D.has_sorted_indices
+    if max_distance is not None:
+        expected = np.where(expected <= max_distance, expected, 1.0)
+    np.testing.assert_allclose(_dense(D), expected, atol=1e-5)

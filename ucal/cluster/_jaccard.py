@@ -34,9 +34,9 @@ __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 # dense per-chunk accumulation buffer (8 bytes each).
 _MAX_TRIPLES = 4_000_000
 _MAX_BUFFER = 4_000_000
-# A chunk's meetings are summed by sorting their keys instead where the dense
-# buffer would have more than this many cells per meeting (large N).
-_SPARSE_RATIO = 64
+# A chunk is summed in the dense buffer where it has at most this many cells
+# per meeting, by a sparse product otherwise.
+_DENSE_RATIO = 32
 # Entries per column above which a column's meetings are summed densely.
 _HEAVY_COLUMN = 256
 
@@ -108,12 +108,11 @@ def _upper_distances(V, max_distance, n_rows=None):
     stored entry ``V[i, k]`` meets the entries ``V[j, k]``, ``j >= i``, of its
     column (an inverted index: in CSC order they are the rest of the column
     after ``i`` itself). For a chunk of rows the ``min`` of each meeting is
-    added into a dense per-chunk buffer with ``np.bincount``, much faster than
-    sorting the meetings into a sparse matrix, unless N is so large that the
-    buffer would be almost all empty cells: then the meetings' keys are
-    sorted and summed (the cost of each chunk stays O(meetings), not
-    O(rows x N)). Entries above ``max_distance``
-    are dropped chunk by chunk, so they never use memory. With ``n_rows``,
+    added into a dense per-chunk buffer with ``np.bincount``, unless N is so
+    large that the buffer would be almost all empty cells: then the meetings
+    are summed by a sparse product (:func:`_sum_meetings`), so the cost of
+    each chunk stays O(meetings), not O(rows x N). Entries above
+    ``max_distance`` are dropped chunk by chunk, so they never use memory. With ``n_rows``,
     only pairs whose smaller index is below it are computed.
     """
     n = V.shape[0]
@@ -153,13 +152,12 @@ def _upper_distances(V, max_distance, n_rows=None):
         last_entry = np.searchsorted(cum, first_cum + _MAX_TRIPLES, side="right") - 1
         stop = int(np.searchsorted(row_ptr, last_entry, side="right")) - 1
         stop = min(max(stop, start + 1), n_rows)
-        # The dense buffer holds (rows x width) cells. Where N is large it
-        # would hold a few rows only, almost all of its cells empty: then the
-        # chunk's meetings are summed by sorting their (row, column) keys.
+        # A dense buffer of (rows x width) cells sums the meetings fastest
+        # (hub columns, small N) unless most of its cells would stay empty:
+        # then a sparse product sums them in O(meetings).
         dense_stop = min(stop, start + max(1, _MAX_BUFFER // width))
-        sparse_chunk = (dense_stop < stop and (dense_stop - start) * width
-                        > _SPARSE_RATIO * (cum[row_ptr[dense_stop]] - first_cum))
-        if not sparse_chunk:
+        dense = (dense_stop - start) * width <= _DENSE_RATIO * (cum[row_ptr[dense_stop]] - first_cum)
+        if dense:
             stop = dense_stop
         e0, e1 = row_ptr[start], row_ptr[stop]
         cnt = light_cnt[e0:e1]
@@ -171,26 +169,29 @@ def _upper_distances(V, max_distance, n_rows=None):
             cnt,
         )
         mins = np.minimum(np.repeat(row_vals[e0:e1], cnt), csc_vals[pos])
-        keys = local_row * width + (csc_rows[pos] - start)
-        del pos, local_row
-        if sparse_chunk:
-            hit, m = _sum_by_key(keys, mins, _heavy_meetings(
-                heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows, csc_vals, start, width))
-            del keys, mins
-            keep = m >= min_shared
-            hit, m = hit[keep], m[keep]
-        else:
-            acc = np.bincount(keys, weights=mins, minlength=(stop - start) * width)
-            acc = acc.astype(np.float64, copy=False)
-            del keys, mins
-            for h_keys, h_mins in _heavy_meetings(heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1],
-                                                  csc_rows, csc_vals, start, width):
-                acc[h_keys] += h_mins
+        cols = csc_rows[pos] - start
+        del pos
+        heavy_meetings = _heavy_meetings(heavy[e0:e1], csc_pos[e0:e1], partners[e0:e1], csc_rows,
+                                         csc_vals, start)
+        if dense:
+            acc = np.bincount(local_row * width + cols, weights=mins, minlength=(stop - start) * width)
+            acc = acc.astype(np.float64, copy=False)  # int64 when the chunk has no light meeting
+            del local_row, cols, mins
+            for h_rows, h_cols, h_mins in heavy_meetings:
+                acc[(h_rows.astype(np.int64) * width + h_cols).ravel()] += h_mins.ravel()
             hit = np.flatnonzero(acc >= min_shared)
             m = acc[hit]
             del acc
-        i = hit // width + start
-        j = hit % width + start
+            i = hit // width + start
+            j = hit % width + start
+        else:
+            sums = _sum_meetings(local_row, cols, mins, (stop - start, width), heavy_meetings)
+            del local_row, cols, mins
+            hit = sums.data >= min_shared
+            m = sums.data[hit]
+            i = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(sums.indptr))[hit]
+            j = sums.indices[hit].astype(np.int64) + start
+            del sums
         del hit
         d = 1.0 - m / (totals[i] + totals[j] - m)
         np.clip(d, 0.0, 1.0, out=d)
@@ -204,13 +205,15 @@ def _upper_distances(V, max_distance, n_rows=None):
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
-def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width):
-    """Yield ``(keys, mins)`` of a chunk's heavy-column entries' meetings.
+def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start):
+    """Yield ``(rows, columns, mins)`` of a chunk's heavy-column entries' meetings:
+    a column of rows, a row of columns (``start`` subtracted from both) and
+    their outer minimum.
 
     The chunk's entries of one column are consecutive in CSC order (rows
     ascending), so its meetings are the upper triangle of one dense outer
     minimum: (chunk entries) x (the rest of the column from the first). The
-    keys of one column are distinct (a row appears once per column). The
+    cells of one column are distinct (a row appears once per column). The
     lower triangle's cells come with a zero minimum (cheaper than a masked
     copy; a zero sum never reaches the output).
     """
@@ -226,28 +229,33 @@ def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start, width):
     for a, b in zip(starts, stops):
         p0, p1, end = pos[a], pos[b - 1] + 1, ends[a]
         mins = np.minimum.outer(csc_vals[p0:p1], csc_vals[p0:end])
-        keys = np.add.outer((csc_rows[p0:p1].astype(np.int64) - start) * width,
-                            csc_rows[p0:end] - start)
         # the rectangle right of the run is all upper; within the run, only j >= i
         mins[:, : p1 - p0][np.tri(p1 - p0, k=-1, dtype=bool)] = 0.0
-        yield keys.ravel(), mins.ravel()
+        yield (csc_rows[p0:p1, None] - start), (csc_rows[None, p0:end] - start), mins
 
 
-def _sum_by_key(keys, values, more=()):
-    """Distinct keys (ascending) and the float64 sum of the values of each;
-    ``more`` yields further ``(keys, values)`` pairs to include."""
-    extra = list(more)
+def _sum_meetings(rows, cols, values, shape, more=()):
+    """CSR matrix of the sum of the values met at each (row, column) cell.
+
+    The sums are one sparse product ``S @ C``: ``S`` (rows x meetings) holds
+    each meeting's value in its row and ``C`` (meetings x columns) is the 0/1
+    matrix of its column, so scipy's compiled product adds them with a dense
+    accumulator per row, in one pass and without sorting: at N = 100,000 it
+    is 2 to 3 times faster than sorting the meetings' keys or adding them
+    into a buffer of rows x N cells that stays almost empty. ``more`` yields
+    further ``(rows, cols, values)`` (broadcast together). The columns of a
+    row come unsorted.
+    """
+    extra = [np.broadcast_arrays(*part) for part in more]
     if extra:
-        keys = np.concatenate([keys] + [k for k, _ in extra])
-        values = np.concatenate([values] + [v for _, v in extra])
-    if keys.size == 0:
-        return keys, np.zeros(0)
-    order = np.argsort(keys)
-    keys = keys[order]
-    values = values[order].astype(np.float64)
-    del order
-    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[first], np.add.reduceat(values, first)
+        rows, cols, values = (np.concatenate([p.ravel() for p in parts])
+                              for parts in zip((rows, cols, values), *extra))
+    t = rows.size
+    # the meetings' own order within a row is ascending, so the conversion never sorts
+    S = sparse.coo_matrix((values.astype(np.float64), (rows, np.arange(t))),
+                          shape=(shape[0], t)).tocsr()
+    C = sparse.csr_matrix((np.ones(t), cols, np.arange(t + 1)), shape=(t, shape[1]))
+    return sparse.csr_matrix(S @ C)
 
 
 def _symmetric_csr(i, j, d, n):
