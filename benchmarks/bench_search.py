@@ -190,7 +190,8 @@ def child_fit(kind, n, spec, save):
     X = np.load(path, mmap_mode="r")
     before = _peak_mb()
     search = resolve_search(_search(spec), n)
-    # Keep the neighbour lists the step searched (one search, not a second one).
+    # Keep the neighbour lists the step searched (one search, not a second
+    # one), only where they are saved: the copy would count in the peak.
     found = {}
     search_rows = search._search_rows
 
@@ -199,7 +200,8 @@ def child_fit(kind, n, spec, save):
         found["knn"] = indices[:, :K1].copy()
         return indices, sims
 
-    search._search_rows = recording
+    if save:
+        search._search_rows = recording
     phases = _log_phases()
     _peaks_after_phases(phases)
     est = SelfPacedDBSCAN(k1_rule="fixed", search=search).fit(X)

@@ -23,6 +23,10 @@ look-alikes, stronger camera shifts). Rows, per seed:
 - UCAL, default, 5 % noisy and UCAL, default, k1 fixed, 5 % noisy: the
   default and its k1 control answered by an annotator who flips 5 % of the
   answers (``NoisyOracle``), validation answers included.
+- UCAL, default, nearest and UCAL, default, uncertain: the default with
+  MPPS's nearest-centroid or uncertainty selection instead of the gap cut:
+  do questions that find more "same" answers (the table counts them) help a
+  weak start?
 - Supervised: the same network trained on the true identities of the new
   people, at the same schedule: how much any use of labels can add here.
 
@@ -83,7 +87,8 @@ def _apply_hard():
 _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
-        "UCAL, default, 5 % noisy", "Supervised")
+        "UCAL, default, 5 % noisy", "UCAL, default, nearest", "UCAL, default, uncertain",
+        "Supervised")
 
 
 def _data(seed, source=False):
@@ -172,6 +177,14 @@ def run(seed, name, weights):
             model = _model(seed, weights, max_queries=budget, **extra)
             # y feeds the pseudo-label diagnostics only; the noisy oracle answers
             model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
+        elif name in ("UCAL, default, nearest", "UCAL, default, uncertain"):
+            # MPPS's other selections: do questions that find more "same" answers help?
+            from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+
+            refiner = MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()),
+                                 selection=name.rsplit(", ", 1)[1], random_state=0)
+            model = _model(seed, weights, max_queries=budget, refiner=refiner)
+            model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator
 
@@ -182,13 +195,15 @@ def run(seed, name, weights):
             model.fit(data.train, data.train.pids, eval_set=data)
     record = held_record(model)
     held = record["epoch"]
+    memory = getattr(model, "label_memory_", None)
+    answers = memory.to_arrays()[1] if memory is not None else np.zeros(0, dtype=bool)
     degenerate = any("degenerate" in str(w.message) for w in caught)
     out = {
         "seed": seed, "method": name, "mAP": record["mAP"], "R1": record["R1"],
         "held_epoch": held, "n_queries": int(model.n_queries_), "cost": float(model.cost_),
         "history": model.history_, "seconds": time.perf_counter() - start,
         "degenerate_warning": degenerate, "calibrated": model.calibrated_params_,
-        "n_train": n,
+        "n_train": n, "n_same": int(np.sum(answers)), "n_answers": int(len(answers)),
     }
     rows = [out]
     if name == "UCAL, default":
@@ -277,8 +292,8 @@ def main():
         f"{100 * SETTINGS['budget']:.2f} % of all pairs. Scores of the network each model "
         "holds at the end (`best_epoch_` for the default).",
         "",
-        "| method | mAP | R1 | vs start (mAP) | cost (%) | held epoch | degenerate warning |",
-        "|---|---|---|---|---|---|---|",
+        "| method | mAP | R1 | vs start (mAP) | cost (%) | \"same\" answers | held epoch | degenerate warning |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     start = {r["seed"]: r["mAP"] for r in runs if r["method"] == "Start"}
     for name in ROWS:
@@ -293,9 +308,11 @@ def main():
         c, cs = _mean_sd([100 * r["cost"] for r in rows])
         held = ", ".join(str(r["held_epoch"]) for r in rows)
         warned = sum(r["degenerate_warning"] for r in rows)
+        # runs saved before the count was kept have none
+        same = [f"{r['n_same']} of {r['n_answers']}" for r in rows if "n_same" in r]
         lines.append(
             f"| {name} | {m:.1f} ± {s:.1f} | {r1:.1f} ± {r1s:.1f} | {d:+.1f} ± {ds:.1f} | "
-            f"{c:.4f} ± {cs:.4f} | {held} | {warned} of {len(rows)} |"
+            f"{c:.4f} ± {cs:.4f} | {', '.join(same) or '-'} | {held} | {warned} of {len(rows)} |"
         )
     lines += ["", "Per seed (mAP, %):", ""]
     for seed in seeds:

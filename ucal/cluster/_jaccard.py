@@ -112,8 +112,8 @@ def _upper_distances(V, max_distance, n_rows=None):
     large that the buffer would be almost all empty cells: then the meetings
     are summed by a sparse product (:func:`_sum_meetings`), so the cost of
     each chunk stays O(meetings), not O(rows x N). Entries above
-    ``max_distance`` are dropped chunk by chunk, so they never use memory. With ``n_rows``,
-    only pairs whose smaller index is below it are computed.
+    ``max_distance`` are dropped chunk by chunk, so they never use memory.
+    With ``n_rows``, only pairs whose smaller index is below it are computed.
     """
     n = V.shape[0]
     n_rows = n if n_rows is None else min(int(n_rows), n)
@@ -125,24 +125,29 @@ def _upper_distances(V, max_distance, n_rows=None):
         t = min(float(max_distance), 1.0)
         min_shared = max(min_shared, (1.0 - t) * 2.0 * float(totals.min()) / (2.0 - t) * (1 - 1e-9))
     row_ptr = V.indptr.astype(np.int64)
-    row_cols = V.indices.astype(np.int64)
+    row_cols = V.indices
     row_vals = V.data.astype(np.float32)
+    # Per-entry arrays are int32 where they fit (entries and samples below
+    # 2**31): at N = 1,000,000 they are what sets this step's peak memory.
+    index = np.int32 if V.nnz < np.iinfo(np.int32).max else np.int64
     # CSC position of each CSR entry: a stable sort by column keeps rows
     # ascending within each column.
-    to_csc = np.argsort(row_cols, kind="stable")
-    csc_rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(row_ptr))[to_csc]
+    to_csc = np.argsort(row_cols, kind="stable").astype(index)
+    csc_rows = np.repeat(np.arange(n, dtype=index), np.diff(row_ptr))[to_csc]
     csc_vals = row_vals[to_csc]
     csc_pos = np.empty_like(to_csc)
-    csc_pos[to_csc] = np.arange(to_csc.size)
+    csc_pos[to_csc] = np.arange(to_csc.size, dtype=index)
+    del to_csc
     col_count = np.bincount(row_cols, minlength=n)
-    col_end = np.cumsum(col_count)[row_cols]
     # Entries of heavy columns (shared by many rows, such as hub images) are
     # done a column at a time with dense outer minimums instead of one
     # gathered triple per meeting: the same sums, several times faster.
     heavy = col_count[row_cols] >= _HEAVY_COLUMN
-    del to_csc, row_cols
-    partners = col_end - csc_pos  # the entry itself and every later row
-    cum = np.concatenate([[0], np.cumsum(partners)])
+    # the entry itself and every later row of its column
+    partners = np.cumsum(col_count).astype(index)[row_cols]
+    partners -= csc_pos
+    del col_count, row_cols
+    cum = np.concatenate([[0], np.cumsum(partners, dtype=np.int64)])
     light_cnt = np.where(heavy, 0, partners)
     out_i, out_j, out_d = [], [], []
     start = 0
@@ -348,24 +353,32 @@ def jaccard_from_neighbors(
             f"knn_index has {width} neighbours per row; at least "
             f"max(n_forward, n_half, k2) = {max(n_forward, n_half, k2)} are needed."
         )
+    V = _encodings(knn_index, pair_distance, n_forward, n_half, k2, knn_distance)
+    return _symmetric_csr(*_upper_distances(V, max_distance, n_rows), n)
+
+
+def _encodings(knn_index, pair_distance, n_forward, n_half, k2, knn_distance):
+    """The rows' k-reciprocal encodings ``V`` (CSR, rows summing to 1)."""
+    n = knn_index.shape[0]
     expanded = _expanded_sets(knn_index, n_forward, n_half, n)
     rows, cols, dist = _edge_distances(expanded, knn_index, knn_distance, pair_distance)
+    del expanded
     # Softmax of -distance within each row (shifted by the row minimum for
     # numerical safety; the softmax is shift-invariant).
     row_min = np.full(n, np.inf)
     np.minimum.at(row_min, rows, dist)
     weights = np.exp(-(dist - row_min[rows]))
+    del dist
     row_sum = np.bincount(rows, weights=weights, minlength=n)
     weights /= row_sum[rows]
     V = sparse.csr_matrix((weights, (rows, cols)), shape=(n, n))
+    del rows, cols, weights
     if k2 > 1:
         Q = _indicator(knn_index[:, :k2], n).astype(np.float64) / k2
         V = (Q @ V).tocsr()
     V.sort_indices()
     V.eliminate_zeros()
-    i, j, d = _upper_distances(V, max_distance, n_rows)
-    del V
-    return _symmetric_csr(i, j, d, n)
+    return V
 
 
 def jaccard_distance(X, k1=30, k2=6, *, max_distance=None, search="auto", n_jobs=None):
@@ -462,15 +475,13 @@ def jaccard_from_rows(rows, k1, k2, *, search, max_distance=None, timings=None):
 
     knn_distance = 2.0 - 2.0 * knn_sim.astype(np.float64)
     del knn_sim
-    distance = jaccard_from_neighbors(
-        knn_index,
-        pair_distance,
-        n_forward=k1,
-        n_half=n_half,
-        k2=k2,
-        knn_distance=knn_distance,
-        max_distance=max_distance,
-    )
+    # jaccard_from_neighbors in two steps, so that the neighbour lists are
+    # freed before the min-sums, the step's peak memory
+    V = _encodings(knn_index.astype(np.int64, copy=False), pair_distance, k1, n_half, k2,
+                   knn_distance)
+    del knn_index, knn_distance
+    distance = _symmetric_csr(*_upper_distances(V, max_distance), n)
+    del V
     if timings is not None:
         timings["search"] = timings.get("search", 0.0) + searched - clock
         timings["jaccard"] = timings.get("jaccard", 0.0) + time.perf_counter() - searched
