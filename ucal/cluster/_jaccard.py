@@ -182,7 +182,7 @@ def _upper_distances(V, max_distance, n_rows=None):
             acc = np.bincount(local_row * width + cols, weights=mins, minlength=(stop - start) * width)
             acc = acc.astype(np.float64, copy=False)  # int64 when the chunk has no light meeting
             del local_row, cols, mins
-            for h_rows, h_cols, h_mins in heavy_meetings:
+            for h_rows, h_cols, h_mins in heavy_meetings:  # a column's cells are distinct
                 acc[(h_rows.astype(np.int64) * width + h_cols).ravel()] += h_mins.ravel()
             hit = np.flatnonzero(acc >= min_shared)
             m = acc[hit]
@@ -242,24 +242,30 @@ def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start):
 def _sum_meetings(rows, cols, values, shape, more=()):
     """CSR matrix of the sum of the values met at each (row, column) cell.
 
-    The sums are one sparse product ``S @ C``: ``S`` (rows x meetings) holds
+    ``rows`` must be non-decreasing; ``more`` yields further ``(rows, cols,
+    values)`` (broadcast together) in any order. The sums are one sparse product ``S @ C``: ``S`` (rows x meetings) holds
     each meeting's value in its row and ``C`` (meetings x columns) is the 0/1
     matrix of its column, so scipy's compiled product adds them with a dense
     accumulator per row, in one pass and without sorting: at N = 100,000 it
     is 2 to 3 times faster than sorting the meetings' keys or adding them
-    into a buffer of rows x N cells that stays almost empty. ``more`` yields
-    further ``(rows, cols, values)`` (broadcast together). The columns of a
-    row come unsorted.
+    into a buffer of rows x N cells that stays almost empty. The columns of
+    a row come unsorted.
     """
     extra = [np.broadcast_arrays(*part) for part in more]
     if extra:
         rows, cols, values = (np.concatenate([p.ravel() for p in parts])
                               for parts in zip((rows, cols, values), *extra))
     t = rows.size
-    # the meetings' own order within a row is ascending, so the conversion never sorts
-    S = sparse.coo_matrix((values.astype(np.float64), (rows, np.arange(t))),
-                          shape=(shape[0], t)).tocsr()
-    C = sparse.csr_matrix((np.ones(t), cols, np.arange(t + 1)), shape=(t, shape[1]))
+    index = np.int32 if max(t, shape[1]) < np.iinfo(np.int32).max else np.int64
+    # one range for both matrices, in the index type scipy keeps (no copies)
+    steps = np.arange(t + 1, dtype=index)
+    values = values.astype(np.float64)
+    if extra:  # rows in any order: bucketed by row, the meetings' order kept (no sort)
+        S = sparse.coo_matrix((values, (rows, steps[:t])), shape=(shape[0], t)).tocsr()
+    else:  # rows already grouped: the row pointers are where each row starts
+        indptr = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(index)
+        S = sparse.csr_matrix((values, steps[:t], indptr), shape=(shape[0], t))
+    C = sparse.csr_matrix((np.ones(t), cols.astype(index, copy=False), steps), shape=(t, shape[1]))
     return sparse.csr_matrix(S @ C)
 
 
