@@ -40,8 +40,10 @@ Usage::
     python benchmarks/bench_start.py              # 3 seeds, about 20 min on 2 cores
     python benchmarks/bench_start.py --seeds 0
     python benchmarks/bench_start.py --rows Supervised --merge   # add rows to the saved ones
+    python benchmarks/bench_start.py --neighbours   # questions per image: how often "same"?
 
-Saves ``benchmarks/results/start.{json,md}`` (``start_hard`` with ``--hard``).
+Saves ``benchmarks/results/start.{json,md}`` (``start_hard`` with ``--hard``;
+``start_neighbours`` with ``--neighbours``).
 """
 
 import argparse
@@ -215,6 +217,69 @@ def run(seed, name, weights):
     return rows
 
 
+def neighbour_rates(seed):
+    """How often a question chosen per image would be answered "same": the
+    start network's own neighbours on the new people's training images."""
+    from ucal.reid import set_num_threads
+
+    set_num_threads(1)
+    source = _data(seed, source=True)
+    model = _model(seed + 1000, None, epochs=SETTINGS["pretrain_epochs"], supervised=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.fit(source, source.pids)  # the same start network as pretrain(seed)
+    train = _data(seed).train
+    X = model.transform(train)
+    pids, cams = np.asarray(train.pids), np.asarray(train.camids)
+    n = len(X)
+    sims = X @ X.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :50]
+    same = pids[order] == pids[:, None]
+    cross = cams[order] != cams[:, None]
+    top = order[:, 0]
+    mutual = top[top] == np.arange(n)
+    first_cross = np.argmax(cross, axis=1)
+    return {
+        "seed": seed, "n_train": n,
+        "random pair": float(((pids[:, None] == pids[None]).sum() - n) / (n * (n - 1))),
+        "nearest neighbour": float(same[:, 0].mean()),
+        "5 nearest neighbours": float(same[:, :5].mean()),
+        "nearest across cameras": float(same[np.arange(n), first_cross].mean()),
+        "mutual nearest neighbours": float(same[mutual, 0].mean()),
+        "mutual pairs": int(mutual.sum() // 2),
+    }
+
+
+def part_neighbours(seeds, jobs):
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        rows = sorted(pool.map(neighbour_rates, seeds), key=lambda r: r["seed"])
+    kinds = ["random pair", "nearest neighbour", "5 nearest neighbours", "nearest across cameras",
+             "mutual nearest neighbours"]
+    lines = [
+        "# Questions per image: how often the start network's neighbours are the same person",
+        "",
+        f"Seeds {seeds}; the start network of `bench_start.py` (pretrained on other people) "
+        "on the new people's training images, cosine similarity of its embeddings. Each "
+        "cell: the share of such pairs that are the same identity. Compare with the share of "
+        "\"same\" answers among the questions the cluster-based rules ask (`start.md`).",
+        "",
+        "| pair | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | mean |",
+        "|---|" + "---|" * (len(rows) + 1),
+    ]
+    for kind in kinds:
+        cells = [100 * r[kind] for r in rows]
+        lines.append(f"| {kind} (%) | " + " | ".join(f"{c:.1f}" for c in cells)
+                     + f" | {np.mean(cells):.1f} |")
+    lines.append("| mutual pairs | " + " | ".join(str(r["mutual pairs"]) for r in rows) + " | |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "start_neighbours.json").write_text(json.dumps({"runs": rows}, indent=1))
+    table = "\n".join(lines) + "\n"
+    (RESULTS / "start_neighbours.md").write_text(table)
+    print(table)
+
+
 def _mean_sd(values):
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -239,7 +304,13 @@ def main():
     parser.add_argument("--merge", action="store_true",
                         help="keep the saved runs of other rows and seeds (same seed and row "
                              "replaced)")
+    parser.add_argument("--neighbours", action="store_true",
+                        help="only measure how often the start network's neighbours are the "
+                             "same person (results: start_neighbours)")
     args = parser.parse_args()
+    if args.neighbours:
+        part_neighbours(args.seeds, args.jobs)
+        return
     wanted = ROWS[1:] if args.rows is None else args.rows
     stem = "start"
     if args.hard:
