@@ -23,10 +23,10 @@ look-alikes, stronger camera shifts). Rows, per seed:
 - UCAL, default, 5 % noisy and UCAL, default, k1 fixed, 5 % noisy: the
   default and its k1 control answered by an annotator who flips 5 % of the
   answers (``NoisyOracle``), validation answers included.
-- UCAL, default, nearest and UCAL, default, uncertain: the default with
-  MPPS's nearest-centroid or uncertainty selection instead of the gap cut:
-  do questions that find more "same" answers (the table counts them) help a
-  weak start?
+- UCAL, default, nearest / uncertain / neighbors: the default with MPPS's
+  nearest-centroid, uncertainty or image-neighbour selection instead of the
+  gap cut: do questions that find more "same" answers (the table counts
+  them) help a weak start?
 - Supervised: the same network trained on the true identities of the new
   people, at the same schedule: how much any use of labels can add here.
 
@@ -90,7 +90,7 @@ _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
         "UCAL, default, 5 % noisy", "UCAL, default, nearest", "UCAL, default, uncertain",
-        "Supervised")
+        "UCAL, default, neighbors", "Supervised")
 
 
 def _data(seed, source=False):
@@ -179,7 +179,8 @@ def run(seed, name, weights):
             model = _model(seed, weights, max_queries=budget, **extra)
             # y feeds the pseudo-label diagnostics only; the noisy oracle answers
             model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
-        elif name in ("UCAL, default, nearest", "UCAL, default, uncertain"):
+        elif name in ("UCAL, default, nearest", "UCAL, default, uncertain",
+                      "UCAL, default, neighbors"):
             # MPPS's other selections: do questions that find more "same" answers help?
             from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
 
@@ -198,15 +199,17 @@ def run(seed, name, weights):
     record = held_record(model)
     held = record["epoch"]
     memory = getattr(model, "label_memory_", None)
-    answers = memory.to_arrays()[1] if memory is not None else np.zeros(0, dtype=bool)
     degenerate = any("degenerate" in str(w.message) for w in caught)
     out = {
         "seed": seed, "method": name, "mAP": record["mAP"], "R1": record["R1"],
         "held_epoch": held, "n_queries": int(model.n_queries_), "cost": float(model.cost_),
         "history": model.history_, "seconds": time.perf_counter() - start,
         "degenerate_warning": degenerate, "calibrated": model.calibrated_params_,
-        "n_train": n, "n_same": int(np.sum(answers)), "n_answers": int(len(answers)),
+        "n_train": n,
     }
+    if memory is not None:  # the training answers (a model without an oracle has none)
+        answers = memory.to_arrays()[1]
+        out.update(n_same=int(np.sum(answers)), n_answers=int(len(answers)))
     rows = [out]
     if name == "UCAL, default":
         first = model.history_[0]

@@ -314,3 +314,76 @@ def test_a_cluster_of_zero_rows_leaves_no_empty_cluster_behind():
     assert mpps.n_clusters_ == 3  # identities 1 and 2 merged back, 3 untouched
     pairs = mpps.queries_["pairs"]
     assert len(pairs) and (pairs >= 10).all()
+
+
+def test_neighbour_pairs_are_each_images_nearest_in_another_set():
+    from ucal.active._mpps import neighbour_pairs
+
+    X, y = identities(n_ids=10, per_id=12, noise=0.9)
+    labels = fragment(y, range(10))  # every identity in two halves
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    pairs, shown = neighbour_pairs(Xn, labels)
+    sims = Xn @ Xn.T
+    assert len(pairs) > 0
+    # shown pairs cross two sets, and name the pair of sets of their candidate
+    np.testing.assert_array_equal(np.sort(labels[shown], axis=1), pairs)
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+    assert len({tuple(p) for p in pairs.tolist()}) == len(pairs)  # each pair of sets once
+    nearest_outside = {}
+    for i in range(len(X)):
+        other = np.flatnonzero(labels != labels[i])
+        nearest_outside[i] = other[np.argmax(sims[i, other])]
+    for i, j in shown.tolist():  # j is i's nearest image outside its own set
+        assert nearest_outside[i] == j
+    mutual = np.array([nearest_outside[j] == i for i, j in shown.tolist()])
+    # mutual pairs first, then the others, each group by decreasing similarity
+    assert mutual.any() and not (np.diff(mutual.astype(int)) > 0).any()
+    s = sims[shown[:, 0], shown[:, 1]]
+    for group in (mutual, ~mutual):
+        assert (np.diff(s[group]) <= 1e-12).all()
+    # the halves of an identity are what the neighbours find
+    assert (y[shown[:, 0]] == y[shown[:, 1]]).mean() > 0.8
+
+
+def test_neighbors_selection_shows_image_pairs_and_pairs_outliers():
+    X, y = identities(n_ids=10, per_id=12, noise=0.9)
+    labels = fragment(y, range(5))
+    outliers = np.flatnonzero(y >= 8)  # two whole identities unclustered, one more alone
+    labels[outliers] = -1
+    lonely = np.flatnonzero(y == 7)[0]
+    labels[lonely] = -1
+    oracle = RecordingOracle(y)
+    model = MPPSMerger(selection="neighbors", max_merge_ratio=1.0, confirm_size=None).fit(
+        X, labels=labels, oracle=oracle)
+    # the questions are images' nearest neighbours (outliers as sets of one), in order
+    from ucal.active._mpps import neighbour_pairs
+
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sets = labels.copy()
+    sets[labels < 0] = labels.max() + 1 + np.arange((labels < 0).sum())
+    shown = np.sort(neighbour_pairs(Xn, sets)[1], axis=1)
+    asked = np.sort(model.queries_["pairs"], axis=1)
+    np.testing.assert_array_equal(asked[:10], shown[:10])
+    # outliers of one identity that "same" answers join are a cluster now
+    refined = model.labels_
+    for s in (8, 9):
+        members = refined[y == s]
+        assert (members >= 0).sum() >= 2
+    # an outlier "same" answers joined to a cluster of its identity leaves the outliers
+    assert refined[lonely] == -1 or refined[lonely] in refined[(y == 7) & (labels >= 0)]
+    assert model.n_queries_ == len(oracle.sent) == len(set(oracle.sent))
+    # the clusters it was given never split, and only "same" answers joined anything
+    p, r, _ = pairwise_precision_recall_fscore(y[refined >= 0], refined[refined >= 0])
+    assert p == 1.0
+
+
+def test_neighbors_selection_with_no_answer_leaves_outliers_alone():
+    X, y = identities(n_ids=6, per_id=10)
+    labels = y.copy()
+    labels[::4] = -1
+    from ucal.oracles import BudgetExhaustedWarning
+
+    with pytest.warns(BudgetExhaustedWarning):
+        model = MPPSMerger(selection="neighbors", max_queries=0).fit(
+            X, labels=labels, oracle=LabelOracle(y))
+    np.testing.assert_array_equal(model.labels_ < 0, labels < 0)

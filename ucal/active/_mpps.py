@@ -39,6 +39,52 @@ def gap_cut(top_sims, delta):
     return np.where(above.any(axis=1), above.argmax(axis=1) + 1, 1)
 
 
+def neighbour_pairs(Xn, labels, n_neighbors=10):
+    """Image pairs across sets: each image with its nearest neighbour in another set.
+
+    Every image is scored against its ``n_neighbors`` nearest images
+    (:class:`~ucal.cluster.ExactSearch` up to 100,000 images, the same
+    engines as clustering above); its first neighbour outside its own set
+    gives a candidate. Mutual pairs (each the other's nearest outside its
+    set) come first, then the rest, each group by decreasing similarity;
+    each pair of sets is kept once, with its most similar image pair.
+
+    Returns
+    -------
+    pairs : ndarray of shape (m, 2)
+        Set pairs ``a < b``, in the order to ask.
+    shown : ndarray of shape (m, 2)
+        The image pair to show for each, in the same order as ``pairs``.
+    """
+    from ..cluster._knn import UnitRows
+    from ..cluster._search import resolve_search
+
+    n = len(Xn)
+    k = min(int(n_neighbors) + 1, n)
+    empty = np.empty((0, 2), dtype=np.int64)
+    if n < 2:
+        return empty, empty
+    neighbours, sims = resolve_search("auto", n)._search_rows(UnitRows(Xn), k)
+    outside = labels[neighbours] != labels[:, None]
+    has = outside.any(axis=1)
+    first = outside.argmax(axis=1)
+    rows = np.flatnonzero(has)
+    cols = neighbours[rows, first[rows]].astype(np.int64)
+    sim = sims[rows, first[rows]].astype(np.float64)
+    nearest = np.full(n, -1, dtype=np.int64)
+    nearest[rows] = cols
+    mutual = nearest[cols] == rows
+    order = np.lexsort((-sim, ~mutual))  # mutual first, then by decreasing similarity
+    rows, cols = rows[order], cols[order]
+    a, b = labels[rows], labels[cols]
+    keys = np.minimum(a, b).astype(np.int64) * (int(labels.max()) + 1) + np.maximum(a, b)
+    _, once = np.unique(keys, return_index=True)
+    once = np.sort(once)  # first (best) image pair of each pair of sets, in order
+    pairs = np.stack([np.minimum(a, b)[once], np.maximum(a, b)[once]], axis=1).astype(np.int64)
+    shown = np.stack([rows[once], cols[once]], axis=1)
+    return pairs, shown
+
+
 def candidate_pairs(centers, l_max, delta):
     """Eq. 5 and 6: the centroid pairs worth asking, with their similarity.
 
@@ -117,7 +163,7 @@ class MPPSMerger(BaseRefiner):
         merging (paper: 20% per epoch). With ``cluster_inference``, merges
         the answers already settle do not count against it, and it is
         applied before asking: questions stop once it is reached.
-    selection : {"gap", "uncertain", "nearest", "random"}, default="gap"
+    selection : {"gap", "uncertain", "nearest", "random", "neighbors"}, default="gap"
         Which centroid pairs are candidates, in which order: Eq. 5 and 6
         (``"gap"``, the paper's), most similar first; each centroid's
         ``l_max`` nearest, the least certain answer first (``"uncertain"``:
@@ -128,7 +174,14 @@ class MPPSMerger(BaseRefiner):
         are asked in one batch and merged in that order, so use it with
         ``cluster_inference``); each centroid's nearest only
         (``"nearest"``), or random cluster pairs (``"random"``); the last
-        two are controls for benchmarks.
+        two are controls for benchmarks. ``"neighbors"`` asks about images,
+        not centroids: each image's nearest neighbour in another cluster
+        (mutual pairs first, then by similarity; one image pair per pair of
+        clusters, shown as it is), outliers included as clusters of one
+        (``max_merge_ratio`` counts them too), so that two outliers a "same"
+        answer joins become a cluster (see
+        :func:`neighbour_pairs`); meant for weak features, whose clusters
+        are too impure for their centroids to say much.
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
         two clusters (votes, see :mod:`ucal.active`), keep apart groups a
@@ -158,7 +211,8 @@ class MPPSMerger(BaseRefiner):
     ----------
     labels_ : ndarray of shape (n_samples,)
         Refined cluster labels, ``-1`` for outliers (never queried, never
-        made into clusters).
+        made into clusters, except by ``selection="neighbors"``, where an
+        outlier a "same" answer joins to another image leaves them).
     n_clusters_ : int
         Number of refined clusters.
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
@@ -222,7 +276,7 @@ class MPPSMerger(BaseRefiner):
         "l_max": [Interval(Integral, 1, None, closed="left")],
         "delta": [Interval(Real, 0, 1, closed="both")],
         "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],
-        "selection": [StrOptions({"gap", "uncertain", "nearest", "random"})],
+        "selection": [StrOptions({"gap", "uncertain", "nearest", "random", "neighbors"})],
         "cluster_inference": ["boolean"],
         "confirm_size": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
@@ -257,22 +311,41 @@ class MPPSMerger(BaseRefiner):
         self.n_merges_ = 0
         self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
-        if n_clusters < 2:
-            return labels
-        centers = cluster_centers(Xn, labels, n_clusters)
-        medoids = cluster_medoids(Xn, labels, centers)
-        pairs = self._candidates(Xn, centers, medoids, session)
-        limit = self.max_merge_ratio * n_clusters
-        if self.cluster_inference:
-            groups = self._merge_by_votes(Xn, labels, centers, medoids, pairs, limit, session, stage)
+        outliers = np.flatnonzero(labels < 0)
+        given = labels
+        if self.selection == "neighbors":
+            # outliers take part as sets of one: a "same" answer can pair two of them
+            labels = labels.copy()
+            labels[outliers] = n_clusters + np.arange(outliers.size)
+            n_sets = n_clusters + outliers.size
         else:
-            groups = self._merge_as_the_paper(medoids, pairs, labels, limit, session, stage)
+            n_sets = n_clusters
+        if n_sets < 2:
+            return given
+        centers = cluster_centers(Xn, labels, n_sets)
+        medoids = cluster_medoids(Xn, labels, centers)
+        shown = None
+        if self.selection == "neighbors":
+            pairs, shown = neighbour_pairs(Xn, labels)
+        else:
+            pairs = self._candidates(Xn, centers, medoids, session)
+        limit = self.max_merge_ratio * n_sets
+        if self.cluster_inference:
+            groups = self._merge_by_votes(Xn, labels, centers, medoids, pairs, limit, session, stage,
+                                          shown)
+        else:
+            groups = self._merge_as_the_paper(medoids, pairs, labels, limit, session, stage, shown)
         roots = groups.roots()
         logger.info(
             "%s: %d clusters, %d candidate pairs, %d merges (%d known from the memory).",
             stage, n_clusters, len(pairs), self.n_merges_, self.n_known_merges_,
         )
-        return np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
+        refined = np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
+        if self.selection == "neighbors" and outliers.size:
+            # an outlier no answer joined to anyone is an outlier again
+            alone = np.bincount(refined, minlength=n_sets)[refined[outliers]] == 1
+            refined[outliers[alone]] = -1
+        return refined
 
     def _candidates(self, Xn, centers, medoids, session):
         """Cluster pairs to consider, in the order they are asked (``selection``)."""
@@ -296,10 +369,12 @@ class MPPSMerger(BaseRefiner):
         keys = rng.permutation(keys)[:m]
         return np.stack([keys // n, keys % n], axis=1)
 
-    def _merge_as_the_paper(self, medoids, pairs, labels, limit, session, stage):
-        """Ask every candidate's medoid pair, then merge by similarity up to the cap."""
+    def _merge_as_the_paper(self, medoids, pairs, labels, limit, session, stage, shown=None):
+        """Ask every candidate's medoid pair (or its ``shown`` pair), then merge
+        by similarity up to the cap."""
         answers = session.ask(
-            medoids[pairs], stage=stage, owner=type(self).__name__, context=labels
+            medoids[pairs] if shown is None else shown, stage=stage, owner=type(self).__name__,
+            context=labels,
         )
         groups = Groups(len(medoids))
         for a, b in pairs[answers == 1].tolist():
@@ -308,7 +383,8 @@ class MPPSMerger(BaseRefiner):
             self.n_merges_ += groups.union(a, b)
         return groups
 
-    def _merge_by_votes(self, Xn, labels, centers, medoids, pairs, limit, session, stage):
+    def _merge_by_votes(self, Xn, labels, centers, medoids, pairs, limit, session, stage,
+                        shown=None):
         """Settle candidates from the answers, asking only what they leave open.
 
         Candidates are taken by decreasing similarity. A pair the votes
@@ -316,7 +392,9 @@ class MPPSMerger(BaseRefiner):
         votes were there before this fit), one they settle as "different"
         keeps the two groups apart, and an open one is asked, in batches no
         larger than the merges the cap still allows: its medoid pair first,
-        then fresh pairs across (a confirmation, a tie-break).
+        then fresh pairs across (a confirmation, a tie-break). With
+        ``shown``, a candidate's own image pair is asked first instead of
+        its medoid pair.
         """
         n_clusters = len(medoids)
         sizes = np.bincount(labels[labels >= 0], minlength=n_clusters)
@@ -370,7 +448,8 @@ class MPPSMerger(BaseRefiner):
             ask, asked_for = [], []
             for c in batch:
                 a, b = int(pairs[c, 0]), int(pairs[c, 1])
-                pair = (int(medoids[a]), int(medoids[b]))
+                pair = (int(medoids[a]), int(medoids[b])) if shown is None else (
+                    int(shown[c, 0]), int(shown[c, 1]))
                 if (min(pair), max(pair)) in votes.answered:
                     pair = fresh_pair(
                         order[bounds[a] : bounds[a + 1]], order[bounds[b] : bounds[b + 1]],

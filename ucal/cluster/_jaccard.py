@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 
 # Upper bound on (row, column, partner) triples materialised at once in the
-# min-sum step (about 50 bytes of temporaries each), and on the cells of the
-# dense per-chunk accumulation buffer (8 bytes each).
+# min-sum step (about 60 to 70 bytes of temporaries each), and on the cells
+# of the dense per-chunk accumulation buffer (8 bytes each).
 _MAX_TRIPLES = 4_000_000
 _MAX_BUFFER = 4_000_000
 # A chunk is summed in the dense buffer where it has at most this many cells
@@ -127,7 +127,7 @@ def _upper_distances(V, max_distance, n_rows=None):
     row_ptr = V.indptr.astype(np.int64)
     row_cols = V.indices
     row_vals = V.data.astype(np.float32)
-    # Per-entry arrays are int32 where they fit (entries and samples below
+    # Per-entry arrays are int32 where they fit (entries, and so samples, below
     # 2**31): at N = 1,000,000 they are what sets this step's peak memory.
     index = np.int32 if V.nnz < np.iinfo(np.int32).max else np.int64
     # CSC position of each CSR entry: a stable sort by column keeps rows
@@ -211,9 +211,10 @@ def _upper_distances(V, max_distance, n_rows=None):
 
 
 def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start):
-    """Yield ``(rows, columns, mins)`` of a chunk's heavy-column entries' meetings:
-    a column of rows, a row of columns (``start`` subtracted from both) and
-    their outer minimum.
+    """Yield ``(rows, columns, mins)`` of a chunk's heavy-column meetings.
+
+    Per column: a column of rows, a row of columns (``start`` subtracted
+    from both) and their outer minimum.
 
     The chunk's entries of one column are consecutive in CSC order (rows
     ascending), so its meetings are the upper triangle of one dense outer
@@ -243,13 +244,12 @@ def _sum_meetings(rows, cols, values, shape, more=()):
     """CSR matrix of the sum of the values met at each (row, column) cell.
 
     ``rows`` must be non-decreasing; ``more`` yields further ``(rows, cols,
-    values)`` (broadcast together) in any order. The sums are one sparse product ``S @ C``: ``S`` (rows x meetings) holds
-    each meeting's value in its row and ``C`` (meetings x columns) is the 0/1
-    matrix of its column, so scipy's compiled product adds them with a dense
-    accumulator per row, in one pass and without sorting: at N = 100,000 it
-    is 2 to 3 times faster than sorting the meetings' keys or adding them
-    into a buffer of rows x N cells that stays almost empty. The columns of
-    a row come unsorted.
+    values)`` (broadcast together) in any order. The sums are one sparse
+    product ``S @ C``: ``S`` (rows x meetings) holds each meeting's value in
+    its row and ``C`` (meetings x columns) is the 0/1 matrix of its column,
+    so scipy's compiled product adds them with a dense accumulator per row,
+    in one pass and without sorting, where sorting the meetings' keys took
+    about twice as long at N = 100,000. The columns of a row come unsorted.
     """
     extra = [np.broadcast_arrays(*part) for part in more]
     if extra:
@@ -257,7 +257,7 @@ def _sum_meetings(rows, cols, values, shape, more=()):
                               for parts in zip((rows, cols, values), *extra))
     t = rows.size
     index = np.int32 if max(t, shape[1]) < np.iinfo(np.int32).max else np.int64
-    # one range for both matrices, in the index type scipy keeps (no copies)
+    # one range serves both matrices, in an index type scipy keeps as it is
     steps = np.arange(t + 1, dtype=index)
     values = values.astype(np.float64)
     if extra:  # rows in any order: bucketed by row, the meetings' order kept (no sort)
@@ -266,15 +266,17 @@ def _sum_meetings(rows, cols, values, shape, more=()):
         indptr = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(index)
         S = sparse.csr_matrix((values, steps[:t], indptr), shape=(shape[0], t))
     C = sparse.csr_matrix((np.ones(t), cols.astype(index, copy=False), steps), shape=(t, shape[1]))
-    return sparse.csr_matrix(S @ C)
+    return S @ C
 
 
 def _symmetric_csr(i, j, d, n):
-    """CSR matrix from its upper triangle (i <= j, in row-major order), explicit zeros kept.
+    """CSR matrix from its upper triangle (i <= j), explicit zeros kept.
 
     Row ``r`` of the result is the lower part (the transposed strict upper
     triangle: columns below ``r``) followed by the upper part (columns from
-    ``r`` on), so both halves are laid out directly, already sorted.
+    ``r`` on), each half sorted, so the rows come out sorted. Entries grouped
+    by row (as :func:`_upper_distances` gives them, columns in any order
+    within a row) need no reordering across rows.
     """
     if np.any(np.diff(i) < 0):  # not grouped by row: put them in row-major order once
         order = np.lexsort((j, i))
