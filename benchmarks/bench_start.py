@@ -26,7 +26,8 @@ look-alikes, stronger camera shifts). Rows, per seed:
 - UCAL, default, nearest / uncertain / neighbors: the default with MPPS's
   nearest-centroid, uncertainty or image-neighbour selection instead of the
   gap cut: do questions that find more "same" answers (the table counts
-  them) help a weak start?
+  them) help a weak start? "neighbors, greedy" spends the budget as early
+  as the questions allow (``query_pacing="greedy"``) instead of evenly.
 - Supervised: the same network trained on the true identities of the new
   people, at the same schedule: how much any use of labels can add here.
 
@@ -90,7 +91,7 @@ _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
         "UCAL, default, 5 % noisy", "UCAL, default, nearest", "UCAL, default, uncertain",
-        "UCAL, default, neighbors", "Supervised")
+        "UCAL, default, neighbors", "UCAL, default, neighbors, greedy", "Supervised")
 
 
 def _data(seed, source=False):
@@ -180,13 +181,15 @@ def run(seed, name, weights):
             # y feeds the pseudo-label diagnostics only; the noisy oracle answers
             model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
         elif name in ("UCAL, default, nearest", "UCAL, default, uncertain",
-                      "UCAL, default, neighbors"):
+                      "UCAL, default, neighbors", "UCAL, default, neighbors, greedy"):
             # MPPS's other selections: do questions that find more "same" answers help?
             from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
 
+            selection = name.split(", ")[2]
             refiner = MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()),
-                                 selection=name.rsplit(", ", 1)[1], random_state=0)
-            model = _model(seed, weights, max_queries=budget, refiner=refiner)
+                                 selection=selection, random_state=0)
+            pacing = {"query_pacing": "greedy"} if name.endswith("greedy") else {}
+            model = _model(seed, weights, max_queries=budget, refiner=refiner, **pacing)
             model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator

@@ -369,8 +369,9 @@ def test_neighbors_selection_shows_image_pairs_and_pairs_outliers():
     for s in (8, 9):
         members = refined[y == s]
         assert (members >= 0).sum() >= 2
-    # an outlier "same" answers joined to a cluster of its identity leaves the outliers
-    assert refined[lonely] == -1 or refined[lonely] in refined[(y == 7) & (labels >= 0)]
+    # the lonely outlier's nearest images are its identity's cluster: it joins it
+    assert refined[lonely] >= 0
+    assert refined[lonely] == refined[np.flatnonzero((y == 7) & (labels >= 0))[0]]
     assert model.n_queries_ == len(oracle.sent) == len(set(oracle.sent))
     # the clusters it was given never split, and only "same" answers joined anything
     p, r, _ = pairwise_precision_recall_fscore(y[refined >= 0], refined[refined >= 0])
@@ -387,3 +388,30 @@ def test_neighbors_selection_with_no_answer_leaves_outliers_alone():
         model = MPPSMerger(selection="neighbors", max_queries=0).fit(
             X, labels=labels, oracle=LabelOracle(y))
     np.testing.assert_array_equal(model.labels_ < 0, labels < 0)
+
+
+def test_neighbors_selection_as_the_paper_asks_every_image_pair_in_one_batch():
+    from ucal.active._mpps import neighbour_pairs
+
+    X, y = identities(n_ids=8, per_id=10, noise=0.9)
+    labels = fragment(y, range(8))
+    model = MPPSMerger(selection="neighbors", cluster_inference=False, max_merge_ratio=1.0).fit(
+        X, y, labels=labels)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    shown = neighbour_pairs(Xn, labels)[1]
+    np.testing.assert_array_equal(np.sort(model.queries_["pairs"], axis=1), np.sort(shown, axis=1))
+    assert model.n_clusters_ == 8  # the halves of every identity are each other's neighbours
+
+
+def test_neighbors_selection_leaves_all_zero_rows_out():
+    from ucal.active import MPPSMerger as Merger
+
+    X, y = identities(n_ids=6, per_id=10, noise=0.9)
+    labels = fragment(y, range(6))
+    labels[::9] = -1
+    X[[0, 13]] = 0.0  # one an outlier already, one in a cluster
+    with pytest.warns(UserWarning, match="all-zero"):
+        model = Merger(selection="neighbors", max_merge_ratio=1.0).fit(X, y, labels=labels)
+    assert (model.labels_[[0, 13]] == -1).all()
+    assert not np.isin(model.queries_["pairs"], [0, 13]).any()
+    assert (model.labels_ >= 0).sum() > (labels >= 0).sum() - 1  # outliers joined

@@ -299,6 +299,7 @@ def test_refiner_from_flags_with_the_paper_preset():
     assert isinstance(chain.clusterer.clusterer, AnswerConstraints)
     assert refiner_from_flags(no_snps=True, selection="nearest").selection == "nearest"
     assert refiner_from_flags(preset="paper", selection="uncertain").selection == "uncertain"
+    assert refiner_from_flags(selection="neighbors").selection == "neighbors"
     assert refiner_from_flags() is None  # no flag: the estimator's default
 
 

@@ -42,12 +42,24 @@ def gap_cut(top_sims, delta):
 def neighbour_pairs(Xn, labels, n_neighbors=10):
     """Image pairs across sets: each image with its nearest neighbour in another set.
 
-    Every image is scored against its ``n_neighbors`` nearest images
-    (:class:`~ucal.cluster.ExactSearch` up to 100,000 images, the same
-    engines as clustering above); its first neighbour outside its own set
-    gives a candidate. Mutual pairs (each the other's nearest outside its
-    set) come first, then the rest, each group by decreasing similarity;
-    each pair of sets is kept once, with its most similar image pair.
+    Every image is scored against its ``n_neighbors`` nearest images by an
+    exact search of all of them (:class:`~ucal.cluster.ExactSearch` up to
+    100,000 images, ``search="auto"``'s engine above: about the cost of the
+    clustering's own search); its first neighbour outside its own set gives
+    a candidate. Images without one among their ``n_neighbors`` nearest
+    give none. Mutual pairs (each the other's nearest outside its set) come
+    first, then the rest, each group by decreasing similarity; each pair of
+    sets is kept once, with its first image pair in that order.
+
+    Parameters
+    ----------
+    Xn : ndarray of shape (n_samples, n_features)
+        L2-normalised samples (all-zero rows allowed: they take no part).
+    labels : ndarray of shape (n_samples,)
+        The set of each sample; ``-1``: in none (no candidate, never a
+        neighbour).
+    n_neighbors : int, default=10
+        How far down its neighbour list an image looks for another set.
 
     Returns
     -------
@@ -59,13 +71,16 @@ def neighbour_pairs(Xn, labels, n_neighbors=10):
     from ..cluster._knn import UnitRows
     from ..cluster._search import resolve_search
 
+    labels = np.asarray(labels)
     n = len(Xn)
     k = min(int(n_neighbors) + 1, n)
     empty = np.empty((0, 2), dtype=np.int64)
-    if n < 2:
+    if n < 2 or labels.max(initial=-1) < 0:
         return empty, empty
-    neighbours, sims = resolve_search("auto", n)._search_rows(UnitRows(Xn), k)
-    outside = labels[neighbours] != labels[:, None]
+    rows_of = UnitRows(Xn, zero_rows="keep")
+    neighbours, sims = resolve_search("auto", n)._search_rows(rows_of, k)
+    valid = (labels >= 0) & ~rows_of.zero
+    outside = (labels[neighbours] != labels[:, None]) & valid[neighbours] & valid[:, None]
     has = outside.any(axis=1)
     first = outside.argmax(axis=1)
     rows = np.flatnonzero(has)
@@ -79,7 +94,7 @@ def neighbour_pairs(Xn, labels, n_neighbors=10):
     a, b = labels[rows], labels[cols]
     keys = np.minimum(a, b).astype(np.int64) * (int(labels.max()) + 1) + np.maximum(a, b)
     _, once = np.unique(keys, return_index=True)
-    once = np.sort(once)  # first (best) image pair of each pair of sets, in order
+    once = np.sort(once)  # the first image pair of each pair of sets, in order
     pairs = np.stack([np.minimum(a, b)[once], np.maximum(a, b)[once]], axis=1).astype(np.int64)
     shown = np.stack([rows[once], cols[once]], axis=1)
     return pairs, shown
@@ -176,11 +191,14 @@ class MPPSMerger(BaseRefiner):
         (``"nearest"``), or random cluster pairs (``"random"``); the last
         two are controls for benchmarks. ``"neighbors"`` asks about images,
         not centroids: each image's nearest neighbour in another cluster
-        (mutual pairs first, then by similarity; one image pair per pair of
-        clusters, shown as it is), outliers included as clusters of one
-        (``max_merge_ratio`` counts them too), so that two outliers a "same"
-        answer joins become a cluster (see
-        :func:`neighbour_pairs`); meant for weak features, whose clusters
+        among its 10 nearest (mutual pairs first, then by similarity; one
+        image pair per pair of clusters, shown as it is, not the medoids;
+        ``l_max`` and ``delta`` play no part), outliers included as clusters
+        of one, so that two outliers a "same" answer joins become a cluster.
+        Joining an outlier counts as a merge (in ``max_merge_ratio``, whose
+        base then counts the outliers too, and in ``n_merges_``). It costs
+        one exact neighbour search of all images per fit (about the
+        clustering's own), and is meant for weak features, whose clusters
         are too impure for their centroids to say much.
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
@@ -188,16 +206,17 @@ class MPPSMerger(BaseRefiner):
         settled "different" separates (A same as B, B same as C, A
         different from C: no chain), and ask only open pairs, in batches no
         larger than the merges the cap still allows. False is the paper's
-        MPPS: every candidate's medoid pair is asked in one batch and the
-        cap applied afterwards.
+        MPPS: every candidate's medoid pair (``"neighbors"``: its image
+        pair) is asked in one batch and the cap applied afterwards.
     confirm_size : int or None, default=8
         With ``cluster_inference``, two clusters of this size or more each
         merge only on two "same" answers (a second pair confirms the
         first). None: one answer merges.
     max_queries : int, default=None
         Most pairs sent to the oracle in one fit (a nested refiner's
-        queries included); None is unlimited. When it runs out, the most
-        similar centroid pairs are asked first, a
+        queries included); None is unlimited. When it runs out, the
+        candidates first in ``selection``'s order (the most similar
+        centroid pairs for ``"gap"``) have been asked, a
         :class:`~ucal.oracles.BudgetExhaustedWarning` is issued and
         refinement goes on with what is known.
     memory_path : str or path-like, default=None
@@ -219,7 +238,8 @@ class MPPSMerger(BaseRefiner):
         L2-normalised mean of each refined cluster's L2-normalised samples.
     n_merges_ : int
         Number of clusters this stage removed by merging on answers given
-        during this fit.
+        during this fit (with ``selection="neighbors"``, outliers joined
+        to a cluster or to each other included).
     n_known_merges_ : int
         Merges the answers already in the memory settled (not counted
         against ``max_merge_ratio``).
@@ -311,7 +331,8 @@ class MPPSMerger(BaseRefiner):
         self.n_merges_ = 0
         self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
-        outliers = np.flatnonzero(labels < 0)
+        # all-zero rows (made noise by the base class) stay out of everything
+        outliers = np.flatnonzero((labels < 0) & Xn.any(axis=1))
         given = labels
         if self.selection == "neighbors":
             # outliers take part as sets of one: a "same" answer can pair two of them
@@ -343,7 +364,7 @@ class MPPSMerger(BaseRefiner):
         refined = np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
         if self.selection == "neighbors" and outliers.size:
             # an outlier no answer joined to anyone is an outlier again
-            alone = np.bincount(refined, minlength=n_sets)[refined[outliers]] == 1
+            alone = np.bincount(refined[refined >= 0], minlength=n_sets)[refined[outliers]] == 1
             refined[outliers[alone]] = -1
         return refined
 
