@@ -43,7 +43,8 @@ Usage::
     python benchmarks/bench_start.py --rows Supervised --merge   # add rows to the saved ones
     python benchmarks/bench_start.py --neighbours   # questions per image: how often "same"?
 
-Saves ``benchmarks/results/start.{json,md}`` (``start_hard`` with ``--hard``;
+Saves ``benchmarks/results/start.{json,md}`` (``start_hard`` with ``--hard``,
+``--stem`` to name them otherwise;
 ``start_neighbours`` with ``--neighbours``).
 """
 
@@ -303,6 +304,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--stem", default=None,
+                        help="name of the results files (default: start, or start_hard)")
     parser.add_argument("--hard", action="store_true",
                         help="hard_negative_rate 0.6 and camera_shift 1.5 (results: start_hard)")
     parser.add_argument("--rows", nargs="+", default=None, choices=ROWS[1:], metavar="ROW",
@@ -323,6 +326,7 @@ def main():
         os.environ["UCAL_BENCH_START_HARD"] = "1"  # read again by the spawned workers
         _apply_hard()
         stem = "start_hard"
+    stem = args.stem or stem
     began = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     runs = []
