@@ -131,8 +131,9 @@ def _fixed_k1():
     return SelfPacedDBSCAN(k1=SETTINGS["k1"], k1_rule="fixed")
 
 
-def pretrain(seed, root):
-    from ucal.reid import save_weights, set_num_threads
+def _start_network(seed):
+    """The network every row of a seed starts from: trained on other people."""
+    from ucal.reid import set_num_threads
 
     set_num_threads(1)
     source = _data(seed, source=True)
@@ -140,8 +141,14 @@ def pretrain(seed, root):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.fit(source, source.pids)
+    return model
+
+
+def pretrain(seed, root):
+    from ucal.reid import save_weights
+
     path = os.path.join(root, f"pretrained_{seed}.pt")
-    save_weights(model.backbone_, path)
+    save_weights(_start_network(seed).backbone_, path)
     return path
 
 
@@ -227,16 +234,8 @@ def run(seed, name, weights):
 def neighbour_rates(seed):
     """How often a question chosen per image would be answered "same": the
     start network's own neighbours on the new people's training images."""
-    from ucal.reid import set_num_threads
-
-    set_num_threads(1)
-    source = _data(seed, source=True)
-    model = _model(seed + 1000, None, epochs=SETTINGS["pretrain_epochs"], supervised=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model.fit(source, source.pids)  # the same start network as pretrain(seed)
     train = _data(seed).train
-    X = model.transform(train)
+    X = _start_network(seed).transform(train)
     pids, cams = np.asarray(train.pids), np.asarray(train.camids)
     n = len(X)
     sims = X @ X.T

@@ -331,18 +331,17 @@ class MPPSMerger(BaseRefiner):
         self.n_merges_ = 0
         self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
-        # all-zero rows (made noise by the base class) stay out of everything
-        outliers = np.flatnonzero((labels < 0) & Xn.any(axis=1))
-        given = labels
+        outliers = np.empty(0, dtype=np.int64)
         if self.selection == "neighbors":
-            # outliers take part as sets of one: a "same" answer can pair two of them
+            # outliers take part as sets of one: a "same" answer can pair two of
+            # them (all-zero rows, made noise by the base class, stay out)
+            outliers = np.flatnonzero((labels < 0) & Xn.any(axis=1))
+        n_sets = n_clusters + outliers.size
+        if n_sets < 2:
+            return labels
+        if outliers.size:
             labels = labels.copy()
             labels[outliers] = n_clusters + np.arange(outliers.size)
-            n_sets = n_clusters + outliers.size
-        else:
-            n_sets = n_clusters
-        if n_sets < 2:
-            return given
         centers = cluster_centers(Xn, labels, n_sets)
         medoids = cluster_medoids(Xn, labels, centers)
         shown = None
@@ -362,8 +361,7 @@ class MPPSMerger(BaseRefiner):
             stage, n_clusters, len(pairs), self.n_merges_, self.n_known_merges_,
         )
         refined = np.where(labels >= 0, roots[np.maximum(labels, 0)], -1)
-        if self.selection == "neighbors" and outliers.size:
-            # an outlier no answer joined to anyone is an outlier again
+        if outliers.size:  # an outlier no answer joined to anyone is an outlier again
             alone = np.bincount(refined[refined >= 0], minlength=n_sets)[refined[outliers]] == 1
             refined[outliers[alone]] = -1
         return refined
