@@ -27,7 +27,8 @@ look-alikes, stronger camera shifts). Rows, per seed:
   nearest-centroid, uncertainty or image-neighbour selection instead of the
   gap cut: do questions that find more "same" answers (the table counts
   them) help a weak start? "neighbors, greedy" spends the budget as early
-  as the questions allow (``query_pacing="greedy"``) instead of evenly.
+  as the questions allow (``query_pacing="greedy"``) instead of evenly;
+  its "5 % noisy" row is answered by the annotator who errs.
 - Supervised: the same network trained on the true identities of the new
   people, at the same schedule: how much any use of labels can add here.
 
@@ -92,7 +93,8 @@ _apply_hard()
 ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, default",
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
         "UCAL, default, 5 % noisy", "UCAL, default, nearest", "UCAL, default, uncertain",
-        "UCAL, default, neighbors", "UCAL, default, neighbors, greedy", "Supervised")
+        "UCAL, default, neighbors", "UCAL, default, neighbors, greedy",
+        "UCAL, default, neighbors, greedy, 5 % noisy", "Supervised")
 
 
 def _data(seed, source=False):
@@ -129,6 +131,14 @@ def _fixed_k1():
     from ucal.cluster import SelfPacedDBSCAN
 
     return SelfPacedDBSCAN(k1=SETTINGS["k1"], k1_rule="fixed")
+
+
+def _selection(selection):
+    """The default refiner with another MPPS selection."""
+    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+
+    return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), selection=selection,
+                      random_state=0)
 
 
 def _start_network(seed):
@@ -185,19 +195,17 @@ def run(seed, name, weights):
 
             oracle = NoisyOracle(LabelOracle(data.train.pids), 0.05, random_state=seed)
             extra = {"clusterer": _fixed_k1()} if "k1 fixed" in name else {}
+            if "neighbors" in name:
+                extra.update(refiner=_selection("neighbors"), query_pacing="greedy")
             model = _model(seed, weights, max_queries=budget, **extra)
             # y feeds the pseudo-label diagnostics only; the noisy oracle answers
             model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
         elif name in ("UCAL, default, nearest", "UCAL, default, uncertain",
                       "UCAL, default, neighbors", "UCAL, default, neighbors, greedy"):
             # MPPS's other selections: do questions that find more "same" answers help?
-            from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
-
-            selection = name.split(", ")[2]
-            refiner = MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()),
-                                 selection=selection, random_state=0)
             pacing = {"query_pacing": "greedy"} if name.endswith("greedy") else {}
-            model = _model(seed, weights, max_queries=budget, refiner=refiner, **pacing)
+            model = _model(seed, weights, max_queries=budget,
+                           refiner=_selection(name.split(", ")[2]), **pacing)
             model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator
