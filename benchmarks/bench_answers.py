@@ -15,7 +15,10 @@ the same number of questions, per seed and budget):
 - ``uncertain``: MPPS's ``selection="uncertain"`` (calibrated P(same),
   nearest even odds first, diverse rounds).
 - ``+ pairs`` after a name: the same with the pair term in the loss
-  (``pair_weight``, ``--pair-weight``).
+  (``pair_weight``, ``--pair-weight``); ``gap + pairs`` is ucal's default.
+- ``neighbors preset``: ``UCALReID.from_preset("neighbors")`` (MPPS asks
+  each image about its nearest neighbour in another cluster, the budget
+  spent as early as the questions allow), pair term included.
 
 Figures are test mAP of the network the model holds at the end (the best
 validated epoch where the method validates, or the start network where the
@@ -50,7 +53,7 @@ from bench_start import SETTINGS, _data, _model, pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("Baseline", "paper", "gap", "gap + pairs", "uncertain", "uncertain + pairs",
-           "nearest", "nearest + pairs")
+           "nearest", "nearest + pairs", "neighbors preset")
 BUDGETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002)
 
 
@@ -70,6 +73,8 @@ def _params(method, pair_weight):
         keep = ("refiner", "memory_inference", "query_pacing", "calibrator",
                 "validation_size", "keep_best", "pair_weight")
         return {k: paper[k] for k in keep}
+    if method == "neighbors preset":  # UCALReID.from_preset("neighbors"), pair term included
+        return {**preset_params("neighbors"), "pair_weight": pair_weight}
     name, _, pairs = method.partition(" + ")
     params = {"refiner": _refiner(name), "pair_weight": pair_weight if pairs else 0.0}
     return params
@@ -184,8 +189,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--methods", nargs="+", default=["Baseline", "paper", "gap", "gap + pairs",
-                                                         "uncertain + pairs", "nearest + pairs"])
+    parser.add_argument("--methods", nargs="+", default=["Baseline", "paper", "gap + pairs",
+                                                         "uncertain + pairs", "nearest + pairs",
+                                                         "neighbors preset"])
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     parser.add_argument("--pair-weight", type=float, default=1.0)
     parser.add_argument("--noise", type=float, default=0.0, help="annotator error rate")

@@ -301,6 +301,12 @@ def test_refiner_from_flags_with_the_paper_preset():
     assert refiner_from_flags(preset="paper", selection="uncertain").selection == "uncertain"
     assert refiner_from_flags(selection="neighbors").selection == "neighbors"
     assert refiner_from_flags() is None  # no flag: the estimator's default
+    # the neighbors preset's MPPS, in the full chain and alone; --selection still wins
+    early = refiner_from_flags(preset="neighbors")
+    assert early.selection == "neighbors" and isinstance(early.clusterer, SNPSSplitter)
+    assert refiner_from_flags(preset="neighbors", no_snps=True).selection == "neighbors"
+    assert refiner_from_flags(preset="neighbors", selection="gap").selection == "gap"
+    assert refiner_from_flags(preset="neighbors", oracle="none") == "passthrough"
 
 
 def test_train_with_the_pair_term_and_the_uncertainty_selection(market, tmp_path):
@@ -339,6 +345,14 @@ def test_train_with_the_paper_preset(market, tmp_path):
     model = __import__("joblib").load(out / "model.joblib")
     # --iters from the test arguments wins over the preset's 400
     assert model.memory_inference is False and model.iters_per_epoch != 400
+
+
+def test_train_with_the_neighbors_preset(market, tmp_path):
+    out = tmp_path / "neighbors"
+    assert main(_train_args(market, out, "--preset", "neighbors", "--epochs", "2")) == 0
+    model = __import__("joblib").load(out / "model.joblib")
+    assert model.refiner.selection == "neighbors" and model.query_pacing == "greedy"
+    assert model.n_queries_ > 0
 
 
 def test_train_with_an_approximate_search(market, tmp_path):

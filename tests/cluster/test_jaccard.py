@@ -9,6 +9,15 @@ from .._helpers import clustered
 from ._jaccard_reference import dense_jaccard
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def min_sums(request, monkeypatch):
+    """Each test taking it runs with NumPy's min-sums and with the compiled ones."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("UCAL_NUMBA", "1" if request.param == "compiled" else "0")
+    return request.param
+
+
 def _dense(D):
     out = np.ones(D.shape)
     coo = D.tocoo()
@@ -20,7 +29,7 @@ def _dense(D):
     "n, k1, k2, noise",
     [(60, 8, 3, 0.3), (200, 20, 6, 0.4), (150, 30, 6, 0.3), (40, 5, 1, 0.3), (120, 31, 2, 1.0)],
 )
-def test_equals_dense_reference(n, k1, k2, noise):
+def test_equals_dense_reference(n, k1, k2, noise, min_sums):
     X = clustered(n, max(2, n // 10), 16, noise, seed=n + k1)[0]
     expected, _ = dense_jaccard(X, k1, k2)
     D = jaccard_distance(X, k1, k2)
@@ -32,7 +41,7 @@ def test_equals_dense_reference(n, k1, k2, noise):
     assert (D != D.T).nnz == 0
 
 
-def test_diagonal_and_explicit_zeros_are_stored():
+def test_diagonal_and_explicit_zeros_are_stored(min_sums):
     # Exact duplicates have identical encodings: distance exactly 0, stored.
     rng = np.random.default_rng(0)
     base = rng.normal(size=(10, 8))
@@ -113,7 +122,7 @@ def test_bad_k():
         jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
 
 
-def test_max_distance_keeps_exactly_the_near_entries():
+def test_max_distance_keeps_exactly_the_near_entries(min_sums):
     X = clustered(300, 20, 16, 0.6, seed=11)[0]
     full = jaccard_distance(X, 20, 6)
     cut = jaccard_distance(X, 20, 6, max_distance=0.62)
@@ -126,7 +135,7 @@ def test_max_distance_keeps_exactly_the_near_entries():
         assert expected[(r, c)] == pytest.approx(v, abs=1e-7)
 
 
-def test_n_rows_computes_exactly_the_leading_rows():
+def test_n_rows_computes_exactly_the_leading_rows(min_sums):
     from ucal.cluster._jaccard import jaccard_from_neighbors
     from ucal.cluster._knn import exact_knn, l2_normalize
 
@@ -148,6 +157,7 @@ def test_n_rows_computes_exactly_the_leading_rows():
 def test_dense_heavy_columns_give_the_same_distances(monkeypatch, heavy):
     import ucal.cluster._jaccard as jaccard_module
 
+    monkeypatch.setenv("UCAL_NUMBA", "0")  # NumPy's min-sums: the paths under test
     X = clustered(240, 6, 16, 0.5, seed=21)[0]  # groups of ~40: columns with many entries
     expected, _ = dense_jaccard(X, 20, 6)
     monkeypatch.setattr(jaccard_module, "_HEAVY_COLUMN", heavy)
@@ -217,6 +227,7 @@ def test_chunked_sums_match_the_dense_definition(monkeypatch, heavy, max_distanc
     # distances.
     import ucal.cluster._jaccard as jaccard_module
 
+    monkeypatch.setenv("UCAL_NUMBA", "0")  # NumPy's min-sums: the paths under test
     X = clustered(240, 6, 16, 0.5, seed=22)[0]
     expected = dense_jaccard(X, 20, 6)[0]
     monkeypatch.setattr(jaccard_module, "_HEAVY_COLUMN", heavy)
@@ -239,3 +250,59 @@ def test_chunked_sums_match_the_dense_definition(monkeypatch, heavy, max_distanc
     if max_distance is not None:
         expected = np.where(expected <= max_distance, expected, 1.0)
     np.testing.assert_allclose(_dense(D), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_out", [1, 300, 10**9])
+@pytest.mark.parametrize("max_distance", [None, 0.62])
+def test_compiled_min_sums_match_numpys(monkeypatch, max_out, max_distance):
+    # One output slot per chunk (a row at a time), small chunks, one chunk:
+    # the NumPy path's matrix, entry for entry, with hub columns and n_rows.
+    pytest.importorskip("numba")
+    import ucal.cluster._compiled as compiled_module
+    from ucal.cluster._jaccard import _encodings, _upper_distances
+
+    X = l2_normalize(clustered(240, 6, 16, 0.5, seed=23)[0])
+    idx, sim = exact_knn(X, 20)
+
+    def pair_distance(r, c):
+        return 2.0 - 2.0 * np.einsum("ij,ij->i", X[r], X[c])
+
+    V = _encodings(idx, pair_distance, 20, 11, 6, 2.0 - 2.0 * sim)
+    monkeypatch.setattr(compiled_module, "_MAX_OUT", max_out)
+    calls = []
+    original = compiled_module.upper_distances_compiled
+    monkeypatch.setattr("ucal.cluster._jaccard.upper_distances_compiled",
+                        lambda *a: calls.append(1) or original(*a))
+    for n_rows in (None, 100):
+        monkeypatch.setenv("UCAL_NUMBA", "1")
+        got = sparse.csr_matrix((lambda i, j, d: (d.astype(np.float64) + 1, (i, j)))(
+            *_upper_distances(V, max_distance, n_rows)), shape=V.shape)
+        monkeypatch.setenv("UCAL_NUMBA", "0")
+        want = sparse.csr_matrix((lambda i, j, d: (d.astype(np.float64) + 1, (i, j)))(
+            *_upper_distances(V, max_distance, n_rows)), shape=V.shape)
+        for m in (got, want):
+            m.sort_indices()
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-7)
+    assert len(calls) == 2  # the compiled path really ran, once per n_rows
+
+
+def test_compiled_min_sums_leave_non_positive_encodings_to_numpy(monkeypatch):
+    # The compiled loop takes an untouched cell for an exact 0.0: a stored
+    # zero or NaN would break that, so such encodings take the NumPy path.
+    pytest.importorskip("numba")
+    import ucal.cluster._jaccard as jaccard_module
+
+    calls = []
+    original = jaccard_module.upper_distances_compiled
+    monkeypatch.setattr(jaccard_module, "upper_distances_compiled",
+                        lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setenv("UCAL_NUMBA", "1")
+    V = sparse.csr_matrix(np.array([[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [0.0, 0.5, 0.5]]))
+    jaccard_module._upper_distances(V, None)
+    assert calls == [1]
+    V.data[0] = 0.0  # a stored zero
+    i, j, d = jaccard_module._upper_distances(V, None)
+    assert calls == [1]
+    assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # every cell once

@@ -64,6 +64,31 @@ def test_sparse_dbscan_matches_sklearn_on_cores_and_noise():
         np.testing.assert_array_equal(ours == -1, ref.labels_ == -1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_dbscan_gives_numpys_labels(monkeypatch, dtype):
+    # Cores, noise, numbering and the border points' ties: label for label,
+    # with eps on stored values (the comparison in the distances' own type).
+    pytest.importorskip("numba")
+    import ucal.cluster._dbscan as dbscan_module
+
+    calls = []
+    original = dbscan_module.compiled_dbscan
+    monkeypatch.setattr(dbscan_module, "compiled_dbscan",
+                        lambda: calls.append(1) or original())
+    X, _ = clustered(600, 30, 16, 0.6, seed=5)
+    D = jaccard_distance(X, 20, 6).astype(dtype)
+    D.data[::7] = np.round(D.data[::7], 1)  # ties and values exactly at eps
+    D = ((D + D.T) / 2).tocsr()
+    for eps in (0.3, 0.45, 0.6, 0.7, float(np.float32(0.6))):
+        for min_samples in (1, 4, 12):
+            monkeypatch.setenv("UCAL_NUMBA", "1")
+            fast = sparse_dbscan(D, eps, min_samples)
+            monkeypatch.setenv("UCAL_NUMBA", "0")
+            np.testing.assert_array_equal(fast, sparse_dbscan(D, eps, min_samples))
+    assert (fast >= 0).any() and (fast < 0).any()
+    assert len(calls) == 30 and original() is None  # both paths really ran
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_self_paced_matches_spcl_reference(seed):
     X, _ = clustered(400, 25, 16, 0.8, seed=seed)

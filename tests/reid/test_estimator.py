@@ -597,6 +597,28 @@ def test_paper_preset_is_the_paper_literally():
         UCALReID.from_preset("spcl")
 
 
+def test_neighbors_preset_is_the_default_asking_about_neighbours_early():
+    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+
+    early = UCALReID.from_preset("neighbors", epochs=3)
+    assert early.epochs == 3 and early.query_pacing == "greedy"
+    mpps = early.refiner
+    assert isinstance(mpps, MPPSMerger) and mpps.selection == "neighbors"
+    assert isinstance(mpps.clusterer, SNPSSplitter)
+    assert isinstance(mpps.clusterer.clusterer, AnswerConstraints)
+    # everything else is the default's, the chain's other parameters included
+    default = MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()))
+    assert {k: v for k, v in mpps.get_params(deep=False).items() if k != "clusterer"} == {
+        k: v for k, v in default.set_params(selection="neighbors").get_params(deep=False).items()
+        if k != "clusterer"}
+    others = {k: v for k, v in early.get_params(deep=False).items()
+              if k not in ("refiner", "query_pacing", "epochs")}
+    assert others == {k: v for k, v in UCALReID().get_params(deep=False).items()
+                      if k not in ("refiner", "query_pacing", "epochs")}
+    # each call builds its own refiner: fitting one estimator cannot touch another's
+    assert UCALReID.from_preset("neighbors").refiner is not mpps
+
+
 def test_even_pacing_spreads_the_budget_over_the_refinement_epochs(data):
     y = data.train.pids
     with warnings.catch_warnings():

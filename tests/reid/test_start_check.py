@@ -11,7 +11,6 @@ from ucal.oracles import LabelOracle  # noqa: E402
 from ucal.reid import Callback, UCALReID, save_weights  # noqa: E402
 from ucal.reid._start_check import (  # noqa: E402
     SIGNIFICANCE,
-    anchor_average_precision,
     draw_questions,
     duel,
 )
@@ -19,67 +18,81 @@ from ucal.reid._start_check import (  # noqa: E402
 from .test_estimator import RecordingOracle  # noqa: E402
 
 
-def test_average_precision_of_one_anchor():
-    same = np.array([True, False, True, False])
-    assert anchor_average_precision(np.array([0.9, 0.8, 0.7, 0.1]), same) == pytest.approx(
-        (1 + 2 / 3) / 2)
-    assert anchor_average_precision(np.array([0.9, 0.1, 0.8, 0.2]), same) == 1.0
-    # ties are not luck: a "different" at the same similarity ranks first
-    assert anchor_average_precision(np.array([0.5, 0.5, 0.5, 0.5]), same) < 1.0
-
-
-def _questions(n_anchors, quality, rng):
-    """Per anchor 2 "same" and 4 "different" candidates; similarity = quality x truth + noise."""
-    anchors = np.repeat(np.arange(n_anchors), 6)
-    same = np.tile([True, True, False, False, False, False], n_anchors)
-    return anchors, same, quality * same + rng.randn(len(same))
+def _answers(hits_held, hits_start, n_anchors, rng, per_side=3):
+    """Per anchor ``per_side`` candidates of each network, each "same" with the given rate."""
+    anchors = np.repeat(np.arange(n_anchors), 2 * per_side)
+    held_side = np.tile([True] * per_side + [False] * per_side, n_anchors)
+    rate = np.where(held_side, hits_held, hits_start)
+    return anchors, held_side, rng.rand(len(anchors)) < rate
 
 
 def test_duel_keeps_the_held_network_only_when_it_clearly_wins():
     rng = np.random.RandomState(0)
-    anchors, same, good = _questions(40, 3.0, rng)
-    _, _, noise = _questions(40, 0.0, rng)
-    won = duel(anchors, noise, good, same)
-    assert won["keep"] == "held" and won["map_held"] > 0.9 > won["map_start"]
+    anchors, held_side, same = _answers(0.6, 0.1, 40, rng)
+    won = duel(anchors, held_side, same)
+    assert won["keep"] == "held" and won["hits_held"] > 3 * won["hits_start"]
     assert won["n_anchors"] == 40 and won["n_pairs"] == 240
-    assert duel(anchors, good, noise, same)["keep"] == "start"
-    # the same network twice: no evidence that training helped
-    assert duel(anchors, good, good, same)["keep"] == "start"
-    # the rule is the documented one
-    _, _, better = _questions(40, 3.3, rng)
-    result = duel(anchors, good, better, same)
-    gain = result["map_held"] - result["map_start"]
-    assert (result["keep"] == "held") == (gain > SIGNIFICANCE * result["diff_se"])
-    # anchors with one kind of answer cannot rank: with none left, the start stays
-    single = duel(anchors, noise, good, np.ones(240, bool))
-    assert single["keep"] == "start" and single["n_anchors"] == 0
+    assert won["hits_held"] == int(same[held_side].sum())
+    # the same answers with the networks' roles swapped: the start stays
+    assert duel(anchors, ~held_side, same)["keep"] == "start"
+    # as many hits on both sides: no evidence that training helped
+    tie = duel(anchors, held_side, np.ones(240, bool))
+    assert tie["keep"] == "start" and tie["mean_diff"] == 0
+    # the rule is the documented one, on a close call either way
+    for seed in range(20):
+        result = duel(*_answers(0.35, 0.3, 40, np.random.RandomState(seed)))
+        per_anchor = result["mean_diff"]
+        assert (result["keep"] == "held") == (per_anchor > SIGNIFICANCE * result["diff_se"])
+    # the difference per anchor and its standard error, by hand
+    anchors = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    held_side = np.tile([True, False], 5)
+    same = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1, 0], bool)
+    result = duel(anchors, held_side, same)
+    diff = np.array([1, 1, 0, 0, 1])
+    assert result["mean_diff"] == pytest.approx(diff.mean())
+    assert result["diff_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(5))
+    assert result["keep"] == "held"
+    # fewer anchors than MIN_ANCHORS show nothing, whatever they say
+    few = duel(anchors[:8], held_side[:8], same[:8])
+    assert few["keep"] == "start" and few["n_anchors"] == 4
+    empty = duel(np.array([], int), np.array([], bool), np.array([], bool))
+    assert empty["keep"] == "start" and empty["n_anchors"] == 0
+    with pytest.raises(ValueError, match="one entry per pair"):
+        duel(anchors, held_side[:3], same)
 
 
-def test_each_anchor_gets_both_networks_nearest_candidates():
+def test_each_anchor_gets_the_candidates_the_networks_disagree_on():
     rng = np.random.RandomState(1)
     start, held = rng.randn(2, 60, 8)
     start /= np.linalg.norm(start, axis=1, keepdims=True)
     held /= np.linalg.norm(held, axis=1, keepdims=True)
+    held[20] = start[20]  # one anchor on which the networks agree: nothing to ask
+    held[30:] = start[30:]
     anchors, candidates = np.array([3, 10, 20]), np.arange(30, 60)
-    pairs = draw_questions(start, held, anchors, candidates, 100, set(), random_state=0, k=3)
-    for a in anchors:
-        got = set(pairs[pairs[:, 0] == a, 1].tolist())
-        want = set()
-        for f in (start, held):
-            sims = f[candidates] @ f[a]
-            want |= set(candidates[np.argsort(-sims)[:3]].tolist())
-        assert got == want
-    np.testing.assert_array_equal(
-        pairs, draw_questions(start, held, anchors, candidates, 100, set(), random_state=0, k=3))
+    pairs, held_side = draw_questions(start, held, anchors, candidates, 100, set(),
+                                      random_state=0, k=3)
+    assert 20 not in pairs[:, 0]
+    for a in (3, 10):
+        nearest = [set(candidates[np.argsort(-(f[candidates] @ f[a]))[:3]].tolist())
+                   for f in (start, held)]
+        mine = pairs[:, 0] == a
+        assert set(pairs[mine & ~held_side, 1].tolist()) == nearest[0] - nearest[1]
+        assert set(pairs[mine & held_side, 1].tolist()) == nearest[1] - nearest[0]
+        assert (mine & held_side).sum() == (mine & ~held_side).sum() > 0
+    again = draw_questions(start, held, anchors, candidates, 100, set(), random_state=0, k=3)
+    np.testing.assert_array_equal(pairs, again[0])
+    np.testing.assert_array_equal(held_side, again[1])
     # the budget counts only pairs not known yet, and anchors come whole
     first = pairs[pairs[:, 0] == pairs[0, 0]]
-    assert len(draw_questions(start, held, anchors, candidates, len(first), set(), 0, k=3)) == \
-        len(first)
-    assert len(draw_questions(start, held, anchors, candidates, 0, set(), 0, k=3)) == 0
+    assert len(draw_questions(start, held, anchors, candidates, len(first), set(), 0, k=3)[0]) \
+        == len(first)
+    assert len(draw_questions(start, held, anchors, candidates, 0, set(), 0, k=3)[0]) == 0
     # a resumed check: what was asked before costs nothing, so no budget is needed
     known = {(min(p), max(p)) for p in pairs.tolist()}
     np.testing.assert_array_equal(
-        draw_questions(start, held, anchors, candidates, 0, known, 0, k=3), pairs)
+        draw_questions(start, held, anchors, candidates, 0, known, 0, k=3)[0], pairs)
+
+
 def _params(weights, **params):
     defaults = dict(backbone="tiny", pretrained=weights, image_size=(32, 16), epochs=2,
                     warmup_epochs=0, batch_size=16, iters_per_epoch=3, validation_size=12,
@@ -134,7 +147,7 @@ def test_a_wrecked_network_gives_the_start_back(data, good_start, monkeypatch):
         data.train, oracle=oracle, eval_set=data)
     check = model.start_check_
     assert check is not None and check["keep"] == "start" and model.best_epoch_ == 0, check
-    assert check["n_anchors"] >= 5 and check["map_start"] > check["map_held"]
+    assert check["n_anchors"] >= 5 and check["hits_start"] > check["hits_held"]
     # the start network itself, scored as at epoch 0
     assert model.evaluate(data)["mAP"] == pytest.approx(model.history_[0]["mAP"], abs=1e-6)
     # the check's questions are held out apart, inside the budget, counted, never repeated

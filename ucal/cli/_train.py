@@ -39,6 +39,8 @@ def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset=
     if oracle == "none" or (no_snps and no_mpps):
         return "passthrough"
     paper = preset == "paper"
+    if selection is None and preset == "neighbors":
+        selection = "neighbors"  # the preset's MPPS, in every chain the flags build
     mpps = {} if selection is None else {"selection": selection}
     if no_snps:
         if paper:
@@ -313,9 +315,11 @@ def add_parser(commands):
                        "(ClusteringCalibrator) before the first epoch")
     train.add_argument("--keep-last", action="store_true",
                        help="keep the last epoch's network, not the best validated one")
-    train.add_argument("--preset", choices=("default", "paper"), default="default",
+    train.add_argument("--preset", choices=("default", "paper", "neighbors"), default="default",
                        help="paper: the paper's method literally (UCALReID.from_preset), for "
-                       "Table 2 comparisons; default: ucal's defaults")
+                       "Table 2 comparisons; neighbors: questions about each image's nearest "
+                       "neighbour, asked early (for a pretrained start on new people); "
+                       "default: ucal's defaults")
     train.add_argument("--pair-weight", type=float, default=None, metavar="W",
                        help="weight of the answered pairs' term in the loss (pair_weight; "
                        "default: the preset's)")

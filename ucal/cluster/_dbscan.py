@@ -6,12 +6,15 @@ a copy of the graph per run and a Python-level neighbourhood expansion: core
 points are those with at least ``min_samples`` stored entries within ``eps``
 (the point itself included, as in scikit-learn), clusters are the connected
 components of core points, and a border point joins the cluster of its
-nearest core neighbour.
+nearest core neighbour. Where numba is installed, one compiled pass does
+the same (:mod:`ucal.cluster._compiled`).
 """
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+
+from ._compiled import compiled_dbscan
 
 __all__ = ["sparse_dbscan"]
 
@@ -45,12 +48,18 @@ def sparse_dbscan(distance, eps, min_samples):
     """
     n = distance.shape[0]
     distance = sparse.csr_matrix(distance)
+    labels = np.full(n, -1, dtype=np.int64)
+    kernel = compiled_dbscan()
+    if kernel is not None and distance.data.dtype.kind == "f":  # ucal.cluster._compiled
+        # eps in the distances' own type: the comparison NumPy makes below
+        kernel(distance.indptr, distance.indices, distance.data,
+               distance.data.dtype.type(eps), int(min_samples), labels)
+        return labels
     indptr = distance.indptr
     within = distance.data <= eps
     # entries within eps per row, from a running count (no row index per entry yet)
     running = np.concatenate([[0], np.cumsum(within, dtype=np.int64)])
     is_core = running[indptr[1:]] - running[indptr[:-1]] >= min_samples
-    labels = np.full(n, -1, dtype=np.int64)
     if not is_core.any():
         return labels
     rows = np.repeat(np.arange(n), np.diff(indptr))

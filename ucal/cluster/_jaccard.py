@@ -22,6 +22,7 @@ import numpy as np
 from scipy import sparse
 
 from ..utils import check_dense_2d
+from ._compiled import compiled_min_sums, upper_distances_compiled
 from ._knn import UnitRows
 from ._search import resolve_search
 
@@ -107,7 +108,9 @@ def _upper_distances(V, max_distance, n_rows=None):
     V[j, k])``, since ``sum(max) = sum(V_i) + sum(V_j) - sum(min)``. Every
     stored entry ``V[i, k]`` meets the entries ``V[j, k]``, ``j >= i``, of its
     column (an inverted index: in CSC order they are the rest of the column
-    after ``i`` itself). For a chunk of rows the ``min`` of each meeting is
+    after ``i`` itself). Where numba is installed, one compiled loop adds
+    every meeting into a per-row accumulator (:mod:`ucal.cluster._compiled`).
+    Otherwise, for a chunk of rows the ``min`` of each meeting is
     added into a dense per-chunk buffer with ``np.bincount``, unless N is so
     large that the buffer would be almost all empty cells: then the meetings
     are summed by a sparse product (:func:`_sum_meetings`), so the cost of
@@ -124,29 +127,14 @@ def _upper_distances(V, max_distance, n_rows=None):
     if max_distance is not None and n:
         t = min(float(max_distance), 1.0)
         min_shared = max(min_shared, (1.0 - t) * 2.0 * float(totals.min()) / (2.0 - t) * (1 - 1e-9))
-    row_ptr = V.indptr.astype(np.int64)
-    row_cols = V.indices
-    row_vals = V.data.astype(np.float32)
-    # Per-entry arrays are int32 where they fit (entries, and so samples, below
-    # 2**31): at N = 1,000,000 they are what sets this step's peak memory.
-    index = np.int32 if V.nnz < np.iinfo(np.int32).max else np.int64
-    # CSC position of each CSR entry: a stable sort by column keeps rows
-    # ascending within each column.
-    to_csc = np.argsort(row_cols, kind="stable").astype(index)
-    csc_rows = np.repeat(np.arange(n, dtype=index), np.diff(row_ptr))[to_csc]
-    csc_vals = row_vals[to_csc]
-    csc_pos = np.empty_like(to_csc)
-    csc_pos[to_csc] = np.arange(to_csc.size, dtype=index)
-    del to_csc
-    col_count = np.bincount(row_cols, minlength=n)
-    # Entries of heavy columns (shared by many rows, such as hub images) are
-    # done a column at a time with dense outer minimums instead of one
-    # gathered triple per meeting: the same sums, several times faster.
-    heavy = col_count[row_cols] >= _HEAVY_COLUMN
-    # the entry itself and every later row of its column
-    partners = np.cumsum(col_count).astype(index)[row_cols]
-    partners -= csc_pos
-    del col_count, row_cols
+    inverted, heavy = _inverted_index(V)
+    kernel = compiled_min_sums()
+    if kernel is not None and bool(np.all(inverted[1] > 0)):  # see ucal.cluster._compiled
+        del heavy
+        return upper_distances_compiled(kernel, inverted, totals, min_shared, max_distance,
+                                        n_rows)
+    row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners = inverted
+    del inverted
     cum = np.concatenate([[0], np.cumsum(partners, dtype=np.int64)])
     light_cnt = np.where(heavy, 0, partners)
     out_i, out_j, out_d = [], [], []
@@ -208,6 +196,41 @@ def _upper_distances(V, max_distance, n_rows=None):
         out_d.append(d.astype(np.float32))
         start = stop
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+def _inverted_index(V):
+    """``V``'s entries in row (CSR) and in column (CSC) order, and how they meet.
+
+    Returns ``(row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners)``
+    and ``heavy``: the CSR row pointers and float32 values; the row and value
+    of each entry in CSC order (rows ascending within a column); each CSR
+    entry's CSC position; the entries it meets (itself and every later row
+    of its column); and whether its column is heavy (``_HEAVY_COLUMN``).
+    """
+    n = V.shape[0]
+    row_ptr = V.indptr.astype(np.int64)
+    row_cols = V.indices
+    row_vals = V.data.astype(np.float32)
+    # Per-entry arrays are int32 where they fit (entries, and so samples, below
+    # 2**31): at N = 1,000,000 they are what sets this step's peak memory.
+    index = np.int32 if V.nnz < np.iinfo(np.int32).max else np.int64
+    # CSC position of each CSR entry: a stable sort by column keeps rows
+    # ascending within each column.
+    to_csc = np.argsort(row_cols, kind="stable").astype(index)
+    csc_rows = np.repeat(np.arange(n, dtype=index), np.diff(row_ptr))[to_csc]
+    csc_vals = row_vals[to_csc]
+    csc_pos = np.empty_like(to_csc)
+    csc_pos[to_csc] = np.arange(to_csc.size, dtype=index)
+    del to_csc
+    col_count = np.bincount(row_cols, minlength=n)
+    # Entries of heavy columns (shared by many rows, such as hub images) are
+    # done a column at a time with dense outer minimums instead of one
+    # gathered triple per meeting: the same sums, several times faster.
+    heavy = col_count[row_cols] >= _HEAVY_COLUMN
+    # the entry itself and every later row of its column
+    partners = np.cumsum(col_count).astype(index)[row_cols]
+    partners -= csc_pos
+    return (row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners), heavy
 
 
 def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start):

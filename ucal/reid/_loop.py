@@ -494,8 +494,8 @@ class TrainingLoop:
         """Questions the end-of-fit check against the start network may ask (0: no check).
 
         The check belongs to the built-in best-epoch rule (an oracle, validation
-        answers, ``keep_best``, no BestEpoch of the user's): as many questions as
-        the validation set will hold pairs, at least ``MIN_QUESTIONS``, at most a
+        answers, ``keep_best``, no BestEpoch of the user's): twice as many questions
+        as the validation set will hold pairs, at least ``MIN_QUESTIONS``, at most a
         tenth of ``max_queries``, which refinement and calibration leave to it.
         A share too small to show anything (``MIN_CHECK``) means no check.
         """
@@ -506,7 +506,7 @@ class TrainingLoop:
         if (self.oracle is None or est.validation_size == 0 or not est.keep_best
                 or user_keeper or est.supervised or self.pseudo_labeler is None):
             return 0
-        n = max(min(est.validation_size, self.n_samples // 20), MIN_QUESTIONS)
+        n = max(2 * min(est.validation_size, self.n_samples // 20), MIN_QUESTIONS)
         if est.max_queries is not None:
             n = min(n, est.max_queries // 10)
             if n < MIN_CHECK:
@@ -529,10 +529,11 @@ class TrainingLoop:
         """Keep the start network unless the held one retrieves better on fair questions.
 
         See :mod:`ucal.reid._start_check`: held-out images are paired with the
-        union of both networks' nearest training images, the pairs nobody
-        answered yet are asked (rank 0; a resumed fit answers them from its
-        memory), and the start network is put back unless the held one's
-        ranking of those answers wins by ``SIGNIFICANCE`` standard errors.
+        nearest training images one network names and the other does not, the
+        pairs nobody answered yet are asked (rank 0; a resumed fit answers them
+        from its memory), and the start network is put back unless the held
+        one's candidates are "the same" more often, by ``SIGNIFICANCE``
+        standard errors.
         """
         from ._start_check import draw_questions, duel
 
@@ -551,8 +552,8 @@ class TrainingLoop:
             budget = max(0, self.check_size - len(known_pairs[-1]))
             if self._budget_left() is not None:
                 budget = min(budget, self._budget_left())
-            pairs = draw_questions(start, held, anchors, candidates, budget, recorded,
-                                   self._seed + 1)
+            pairs, held_side = draw_questions(start, held, anchors, candidates, budget,
+                                              recorded, self._seed + 1)
             keys = [(min(i, j), max(i, j)) for i, j in pairs.tolist()]
             answers = np.full(len(pairs), -1, dtype=np.int8)
             # a pair any memory holds ("not sure" included) is read, never asked again
@@ -563,32 +564,23 @@ class TrainingLoop:
                     answers[unknown] = memory.lookup(pairs[unknown])
             if (~old).any():
                 answers[~old] = self._ask_held_out(pairs[~old], self.check_memory)
-            return pairs, answers, self.n_queries
+            return pairs, held_side, answers, self.n_queries
 
-        pairs, answers, n_queries = self.dist.run_on_main(on_main)
+        pairs, held_side, answers, n_queries = self.dist.run_on_main(on_main)
         if not self.dist.is_main:
             self.pseudo_labeler.n_queries = n_queries
         ok = answers >= 0
-        pairs, same = pairs[ok], answers[ok] == 1
-        result = duel(
-            pairs[:, 0],
-            np.einsum("ij,ij->i", start[pairs[:, 0]], start[pairs[:, 1]]),
-            np.einsum("ij,ij->i", held[pairs[:, 0]], held[pairs[:, 1]]),
-            same, random_state=self._seed,
-        )
+        result = duel(pairs[ok, 0], held_side[ok], answers[ok] == 1)
+        message = ("on %d images' nearest candidates where the networks disagree, the trained "
+                   "network names %d of the same person and the start network %d (%.2f per "
+                   "image, standard error %.2f)")
+        args = (result["n_anchors"], result["hits_held"], result["hits_start"],
+                result["mean_diff"], result["diff_se"])
         if result["keep"] == "start":
             self.net.load_state_dict(start_net.state_dict())
-            logger.info(
-                "The start network is kept: on %d anchors' answers its mAP is %.3f against "
-                "%.3f for the trained one (standard error of the difference %.3f).",
-                result["n_anchors"], result["map_start"], result["map_held"], result["diff_se"],
-            )
+            logger.info("The start network is kept: " + message + ".", *args)
         else:
-            logger.info(
-                "The trained network beats the start network on %d anchors' answers: mAP "
-                "%.3f against %.3f (standard error of the difference %.3f).",
-                result["n_anchors"], result["map_held"], result["map_start"], result["diff_se"],
-            )
+            logger.info("The trained network beats the start network: " + message + ".", *args)
         return result
 
     def _start_net(self):

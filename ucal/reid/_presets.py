@@ -43,7 +43,20 @@ def _default():
     return {}
 
 
-PRESETS = {"paper": _paper, "default": _default}
+def _neighbors():
+    from ucal.reid._pseudo_labels import default_refiner
+
+    return {
+        # MPPS asks each image about its nearest neighbour in another cluster
+        # (mostly "same" from a pretrained start), not about centroid pairs
+        "refiner": default_refiner().set_params(selection="neighbors"),
+        # and spends the budget as early as the questions allow, while the
+        # start network's neighbours are still the ones worth asking about
+        "query_pacing": "greedy",
+    }
+
+
+PRESETS = {"paper": _paper, "default": _default, "neighbors": _neighbors}
 
 
 def preset_params(name):
