@@ -449,7 +449,7 @@ def part_floor(args):
             f"| {r['kind']} | {r['n']} | {r['entries_per_row']:.0f} | {m['product']:.2f} | {m['total']:.2f} | "
             f"{m['search']:.2f} | {m['jaccard']:.2f} | {m['dbscan']:.2f} | {r['ratio']:.2f} |"
         )
-    _save("search_floor", rows, lines, (
+    _save(args.name or "search_floor", rows, lines, (
         f"Exact NumPy search, SpCL's fixed k1 = {K1}; each run times one full float32 "
         "X @ X.T and then the whole step in the same process; medians of "
         f"{args.repeats} runs. Target: step / X Xᵀ <= 1.5."
@@ -464,6 +464,17 @@ def _cpu_model():
         return platform.uname().processor
 
 
+def _compiled():
+    """numba's version where the clustering step's compiled loops run, else None."""
+    from ucal.cluster._compiled import compiled_min_sums
+
+    if compiled_min_sums(10**12) is None:  # at the sizes benchmarked here
+        return None
+    import numba
+
+    return numba.__version__
+
+
 def _environment():
     import scipy
     import sklearn
@@ -472,7 +483,7 @@ def _environment():
         "machine": platform.machine(), "processor": platform.processor() or _cpu_model(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
         "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "dim": DIM,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "numba": _compiled(), "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
 
@@ -484,7 +495,10 @@ def _save(name, rows, lines, note):
     (RESULTS / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
     header = (
         f"# {name.replace('_', ': ')}\n\n{env['cpus']} CPUs ({env['processor']}), numpy {env['numpy']}, "
-        f"scipy {env['scipy']}, scikit-learn {env['scikit-learn']}, {env['date']}.\n{note}\n\n"
+        f"scipy {env['scipy']}, scikit-learn {env['scikit-learn']}, "
+        + (f"numba {env['numba']} (compiled min-sums and DBSCAN)" if env["numba"]
+           else "no numba (NumPy min-sums and DBSCAN)")
+        + f", {env['date']}.\n{note}\n\n"
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
 

@@ -1,6 +1,7 @@
 import pickle
 
 import numpy as np
+from scipy import sparse
 import pytest
 from sklearn.base import clone
 from sklearn.cluster import DBSCAN
@@ -64,29 +65,72 @@ def test_sparse_dbscan_matches_sklearn_on_cores_and_noise():
         np.testing.assert_array_equal(ours == -1, ref.labels_ == -1)
 
 
+def _both_dbscans(monkeypatch, D, eps, min_samples):
+    """sparse_dbscan's labels by the compiled kernel and by NumPy (each path checked to run)."""
+    from ucal.cluster._compiled import compiled_dbscan
+
+    monkeypatch.setenv("UCAL_NUMBA", "1")
+    assert compiled_dbscan(0) is not None
+    fast = sparse_dbscan(D, eps, min_samples)
+    monkeypatch.setenv("UCAL_NUMBA", "0")
+    assert compiled_dbscan(0) is None
+    return fast, sparse_dbscan(D, eps, min_samples)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_dbscan_gives_numpys_labels(monkeypatch, dtype):
-    # Cores, noise, numbering and the border points' ties: label for label,
-    # with eps on stored values (the comparison in the distances' own type).
+    # Cores, noise and numbering, label for label, with eps on stored values
+    # (compared in the type NumPy compares in: a Python float or a float64).
     pytest.importorskip("numba")
-    import ucal.cluster._dbscan as dbscan_module
-
-    calls = []
-    original = dbscan_module.compiled_dbscan
-    monkeypatch.setattr(dbscan_module, "compiled_dbscan",
-                        lambda: calls.append(1) or original())
     X, _ = clustered(600, 30, 16, 0.6, seed=5)
     D = jaccard_distance(X, 20, 6).astype(dtype)
-    D.data[::7] = np.round(D.data[::7], 1)  # ties and values exactly at eps
+    D.data[::7] = np.round(D.data[::7], 1)  # values exactly at eps
     D = ((D + D.T) / 2).tocsr()
-    for eps in (0.3, 0.45, 0.6, 0.7, float(np.float32(0.6))):
+    for eps in (0.3, 0.45, 0.6, 0.7, float(np.float32(0.6)), np.float64(0.6)):
         for min_samples in (1, 4, 12):
-            monkeypatch.setenv("UCAL_NUMBA", "1")
-            fast = sparse_dbscan(D, eps, min_samples)
-            monkeypatch.setenv("UCAL_NUMBA", "0")
-            np.testing.assert_array_equal(fast, sparse_dbscan(D, eps, min_samples))
+            fast, slow = _both_dbscans(monkeypatch, D, eps, min_samples)
+            np.testing.assert_array_equal(fast, slow)
     assert (fast >= 0).any() and (fast < 0).any()
-    assert len(calls) == 30 and original() is None  # both paths really ran
+
+
+def test_compiled_dbscan_breaks_border_ties_as_numpy_does(monkeypatch):
+    # Border points within eps of cores of two clusters: the nearer cluster,
+    # on a tie the lower label; random graphs full of equal distances.
+    pytest.importorskip("numba")
+    #  cluster 0: points 0-3, cluster 1: points 5-8 (min_samples 4); point 4 at
+    #  0.5 from both 3 and 5, point 9 nearer to cluster 1 (0.4) than to 0 (0.5)
+    edges = {(9, 1): 0.5, (9, 8): 0.4, (3, 4): 0.5, (4, 5): 0.5}
+    for members in ((0, 1, 2, 3), (5, 6, 7, 8)):
+        edges.update({(i, j): 0.1 for i in members for j in members if i < j})
+    rows, cols, vals = [], [], []
+    for (i, j), d in edges.items():
+        rows += [i, j]
+        cols += [j, i]
+        vals += [d, d]
+    D = sparse.csr_matrix((vals + [0.0] * 10, (rows + list(range(10)), cols + list(range(10)))),
+                          shape=(10, 10))
+    fast, slow = _both_dbscans(monkeypatch, D, 0.5, 4)
+    np.testing.assert_array_equal(fast, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(fast, slow)
+    rng = np.random.default_rng(0)
+    ties = 0
+    for _ in range(200):
+        n = int(rng.integers(5, 40))
+        dense = rng.choice([0.1, 0.2, 0.3], size=(n, n)) * (rng.random((n, n)) < 0.2)
+        dense = np.maximum(dense, dense.T)
+        np.fill_diagonal(dense, 0.0)
+        graph = sparse.csr_matrix(dense)
+        graph.setdiag(0.0)  # stored: each point is in its own neighbourhood
+        graph = graph.tocsr()
+        fast, slow = _both_dbscans(monkeypatch, graph, 0.25, int(rng.integers(2, 5)))
+        np.testing.assert_array_equal(fast, slow)
+        ties += len(np.unique(fast[fast >= 0])) > 1
+    assert ties > 10  # graphs with several clusters to choose between
+
+
+def test_sparse_dbscan_needs_a_square_graph():
+    with pytest.raises(ValueError, match="square matrix; got shape \\(3, 5\\)"):
+        sparse_dbscan(sparse.csr_matrix(np.ones((3, 5))), 0.5, 2)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

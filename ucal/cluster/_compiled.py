@@ -23,13 +23,21 @@ components per entry: the same labels, in a fraction of the time (three
 runs on 28 million stored distances per clustering step at Market-1501 size
 on wide neighbourhoods).
 
-Set the environment variable ``UCAL_NUMBA=0`` to use the NumPy paths even
-where numba is installed.
+The compiled loops run where the work is large enough to pay for loading
+them (``_MIN_WORK``). Set the environment variable ``UCAL_NUMBA=0`` to use
+the NumPy paths even where numba is installed, ``UCAL_NUMBA=1`` to use the
+compiled loops at every size. numba compiles the loops once and caches them
+beside this file (or in its user cache directory); where neither can be
+written they are compiled once per process. They run on numba's threads
+(``NUMBA_NUM_THREADS``, all cores by default).
 """
 
+import logging
 import os
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["compiled_dbscan", "compiled_min_sums", "upper_distances_compiled"]
 
@@ -39,45 +47,62 @@ __all__ = ["compiled_dbscan", "compiled_min_sums", "upper_distances_compiled"]
 _MAX_OUT = 8_000_000
 # Blocks of rows per numba thread, so that uneven rows even out.
 _BLOCKS_PER_THREAD = 4
+# Below this many meetings (min-sums) or stored distances (DBSCAN) the NumPy
+# paths are used unless UCAL_NUMBA=1: they take well under a second there.
+_MIN_WORK = 2_000_000
 
 _KERNELS = None
 
 
-def _kernels():
-    """``(min_sums, dbscan)`` compiled, or None where numba is missing or ``UCAL_NUMBA=0``."""
+def _kernels(work):
+    """``(min_sums, dbscan)`` compiled for ``work`` steps, or None.
+
+    None where numba is missing, with ``UCAL_NUMBA=0``, and (unless
+    ``UCAL_NUMBA=1``) for less work than ``_MIN_WORK``: there importing numba
+    and loading the compiled loops (about a second, once per process) would
+    cost more than they save.
+    """
     global _KERNELS
-    if os.environ.get("UCAL_NUMBA", "1") == "0":
+    setting = os.environ.get("UCAL_NUMBA", "auto").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return None
+    if setting not in ("1", "true", "yes", "on") and work < _MIN_WORK:
         return None
     if _KERNELS is None:
         try:
             import numba
         except ImportError:
             return None
-        _KERNELS = (_build_min_sums(numba), _build_dbscan(numba))
+        try:
+            _KERNELS = (_build_min_sums(numba, True), _build_dbscan(numba, True))
+        except RuntimeError as exc:  # nowhere to write numba's cache: compile each session
+            logger.info("numba cannot cache the compiled loops (%s); compiling them per "
+                        "process.", exc)
+            _KERNELS = (_build_min_sums(numba, False), _build_dbscan(numba, False))
     return _KERNELS
 
 
-def compiled_min_sums():
-    """The compiled min-sum kernel, or None (no numba, or ``UCAL_NUMBA=0``)."""
-    kernels = _kernels()
+def compiled_min_sums(meetings):
+    """The compiled min-sum kernel for ``meetings`` meetings, or None (see ``_kernels``)."""
+    kernels = _kernels(meetings)
     return None if kernels is None else kernels[0]
 
 
-def compiled_dbscan():
-    """The compiled DBSCAN kernel, or None (no numba, or ``UCAL_NUMBA=0``)."""
-    kernels = _kernels()
+def compiled_dbscan(entries):
+    """The compiled DBSCAN kernel for a graph of ``entries`` entries, or None."""
+    kernels = _kernels(entries)
     return None if kernels is None else kernels[1]
 
 
-def _build_dbscan(numba):
-    @numba.njit(cache=True, nogil=True)
+def _build_dbscan(numba, cache):
+    @numba.njit(cache=cache, nogil=True)
     def root(parent, x):
         while parent[x] != x:
             parent[x] = parent[parent[x]]  # path halving
             x = parent[x]
         return x
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(cache=cache, nogil=True)
     def kernel(indptr, indices, data, eps, min_samples, labels):
         n = indptr.size - 1
         is_core = np.zeros(n, np.bool_)
@@ -120,7 +145,7 @@ def _build_dbscan(numba):
                     j = indices[e]
                     d = data[e]
                     if d <= eps and is_core[j]:
-                        if d < best_d or (d == best_d and labels[j] < best):
+                        if best < 0 or d < best_d or (d == best_d and labels[j] < best):
                             best_d = d
                             best = labels[j]
                 labels[i] = best
@@ -128,8 +153,8 @@ def _build_dbscan(numba):
     return kernel
 
 
-def _build_min_sums(numba):
-    @numba.njit(parallel=True, cache=True, nogil=True)
+def _build_min_sums(numba, cache):
+    @numba.njit(parallel=True, cache=cache, nogil=True)
     def kernel(row_ptr, row_vals, csc_pos, partners, csc_rows, csc_vals, totals, min_shared,
                max_distance, start, blocks, offsets, out_j, out_d, counts):
         n = totals.size

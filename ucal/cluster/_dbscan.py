@@ -47,13 +47,15 @@ def sparse_dbscan(distance, eps, min_samples):
     takes whichever cluster its expansion reaches first.
     """
     n = distance.shape[0]
+    if distance.shape != (n, n):
+        raise ValueError(f"distance must be a square matrix; got shape {distance.shape}.")
     distance = sparse.csr_matrix(distance)
     labels = np.full(n, -1, dtype=np.int64)
-    kernel = compiled_dbscan()
-    if kernel is not None and distance.data.dtype.kind == "f":  # ucal.cluster._compiled
-        # eps in the distances' own type: the comparison NumPy makes below
-        kernel(distance.indptr, distance.indices, distance.data,
-               distance.data.dtype.type(eps), int(min_samples), labels)
+    kernel = compiled_dbscan(distance.nnz)
+    if kernel is not None and distance.data.dtype in (np.float32, np.float64):
+        # eps in the type NumPy compares in below (a Python float: the distances')
+        eps = np.result_type(distance.data, eps).type(eps)
+        kernel(distance.indptr, distance.indices, distance.data, eps, int(min_samples), labels)
         return labels
     indptr = distance.indptr
     within = distance.data <= eps

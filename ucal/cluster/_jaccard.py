@@ -128,7 +128,7 @@ def _upper_distances(V, max_distance, n_rows=None):
         t = min(float(max_distance), 1.0)
         min_shared = max(min_shared, (1.0 - t) * 2.0 * float(totals.min()) / (2.0 - t) * (1 - 1e-9))
     inverted, heavy = _inverted_index(V)
-    kernel = compiled_min_sums()
+    kernel = compiled_min_sums(int(inverted[-1].sum(dtype=np.int64)))
     if kernel is not None and bool(np.all(inverted[1] > 0)):  # see ucal.cluster._compiled
         del heavy
         return upper_distances_compiled(kernel, inverted, totals, min_shared, max_distance,

@@ -234,9 +234,10 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         the epoch with the best ``val_auc`` (the starting network
         included) and say so in the log (see :class:`~ucal.reid.BestEpoch`).
         Then, when that is a trained network, check it against the
-        starting network on retrieval questions drawn from both networks'
-        neighbours of the held-out images (as many as the validation set
-        holds pairs, at least 60, at most a tenth of ``max_queries``, kept
+        starting network on retrieval questions about the held-out images'
+        nearest training images where the two networks disagree (twice as
+        many as the validation set holds pairs, at least 60, at most a
+        tenth of ``max_queries``, kept
         back from calibration and refinement; no check below 30; saved in
         ``start_check.jsonl`` or ``<name>.start_check.jsonl``), and put the
         starting network back unless the trained one wins by a standard

@@ -25,8 +25,8 @@ answers could not show that training beat it.
 
 Asking only where the networks disagree is interleaving, the comparison of
 two rankers that information retrieval prefers to an absolute score for its
-sensitivity per judgement. On 108 trained networks of the start benchmark
-(every epoch of 9 runs), replayed with simulated answers
+sensitivity per judgement. On 84 trained networks of the start benchmark
+(every distinct epoch of 9 runs), replayed with simulated answers
 (``benchmarks/bench_check.py``), the earlier design (both networks' 3
 nearest asked, each network's small mAP compared) kept networks more than 3
 test mAP above the start in 53 % of replays with about 90 questions (61 %
