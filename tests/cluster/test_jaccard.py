@@ -184,6 +184,12 @@ def test_symmetric_layout_keeps_explicit_zeros_and_sorted_rows():
     again = _symmetric_csr(i[shuffled], j[shuffled], d[shuffled], n)
     np.testing.assert_array_equal(again.indices, got.indices)
     np.testing.assert_array_equal(again.data, got.data)
+    # grouped by row but unsorted within rows, as the min-sums give them
+    grouped = np.lexsort((np.random.default_rng(1).random(len(i)), i))
+    assert (np.diff(j[grouped]) < 0).any() and (np.diff(i[grouped]) >= 0).all()
+    within = _symmetric_csr(i[grouped], j[grouped], d[grouped], n)
+    np.testing.assert_array_equal(within.indices, got.indices)
+    np.testing.assert_array_equal(within.data, got.data)
     strictly = i != j
     want = sparse.csr_matrix(
         (np.r_[d, d[strictly]], (np.r_[i, j[strictly]], np.r_[j, i[strictly]])), shape=(n, n)
