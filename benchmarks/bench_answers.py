@@ -58,9 +58,9 @@ BUDGETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002)
 
 
 def _refiner(selection):
-    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+    from ucal.reid._pseudo_labels import default_refiner
 
-    return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), selection=selection)
+    return default_refiner().set_params(selection=selection)
 
 
 def _params(method, pair_weight):

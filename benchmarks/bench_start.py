@@ -135,10 +135,9 @@ def _fixed_k1():
 
 def _selection(selection):
     """The default refiner with another MPPS selection."""
-    from ucal.active import AnswerConstraints, MPPSMerger, SNPSSplitter
+    from ucal.reid._pseudo_labels import default_refiner
 
-    return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), selection=selection,
-                      random_state=0)
+    return default_refiner().set_params(selection=selection, random_state=0)
 
 
 def _start_network(seed):

@@ -38,9 +38,11 @@ def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset=
 
     if oracle == "none" or (no_snps and no_mpps):
         return "passthrough"
+    from ucal.reid._presets import preset_params
+
     paper = preset == "paper"
-    if selection is None and preset == "neighbors":
-        selection = "neighbors"  # the preset's MPPS, in every chain the flags build
+    if selection is None:  # the preset's MPPS selection, in every chain the flags build
+        selection = getattr(preset_params(preset).get("refiner"), "selection", None)
     mpps = {} if selection is None else {"selection": selection}
     if no_snps:
         if paper:
@@ -51,8 +53,6 @@ def refiner_from_flags(*, no_snps=False, no_mpps=False, oracle="labels", preset=
             return SNPSSplitter(k_max_rule="floor", cluster_inference=False)
         return SNPSSplitter(clusterer=AnswerConstraints())
     if paper:
-        from ucal.reid._presets import preset_params
-
         return preset_params("paper")["refiner"].set_params(**mpps)
     if mpps:
         return MPPSMerger(clusterer=SNPSSplitter(clusterer=AnswerConstraints()), **mpps)

@@ -192,23 +192,22 @@ def _build_min_sums(numba, cache):
     return kernel
 
 
-def upper_distances_compiled(kernel, index, totals, min_shared, max_distance, n_rows):
+def upper_distances_compiled(kernel, index, cum, totals, min_shared, max_distance, n_rows):
     """:func:`ucal.cluster._jaccard._upper_distances` by the compiled ``kernel``.
 
     ``index`` is ``(row_ptr, row_vals, csc_rows, csc_vals, csc_pos,
-    partners)`` of :func:`ucal.cluster._jaccard._inverted_index`. Returns
-    ``(i, j, d)``, grouped by row ``i`` (columns within a row unsorted).
+    partners)`` of :func:`ucal.cluster._jaccard._inverted_index`, ``cum``
+    the meetings before each entry (``partners``' running sum from 0).
+    Returns ``(i, j, d)``, grouped by row ``i`` (columns within a row
+    unsorted).
     """
     import numba
 
     row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners = index
     n = totals.size
-    # meetings per row: the later entries of its columns, itself included
-    meetings = np.zeros(n, dtype=np.int64)
-    stored = np.diff(row_ptr) > 0
-    if stored.any():
-        meetings[stored] = np.add.reduceat(partners.astype(np.int64), row_ptr[:-1][stored])
-    cum_meetings = np.concatenate([[0], np.cumsum(meetings)])
+    # meetings per row (the later entries of its columns, itself included), cumulated
+    cum_meetings = cum[row_ptr]
+    meetings = np.diff(cum_meetings)
     cum_bound = np.concatenate([[0], np.cumsum(np.minimum(meetings, n - np.arange(n)))])
     max_distance = np.inf if max_distance is None else float(max_distance)
     n_blocks = _BLOCKS_PER_THREAD * numba.get_num_threads()

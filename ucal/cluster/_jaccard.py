@@ -127,15 +127,21 @@ def _upper_distances(V, max_distance, n_rows=None):
     if max_distance is not None and n:
         t = min(float(max_distance), 1.0)
         min_shared = max(min_shared, (1.0 - t) * 2.0 * float(totals.min()) / (2.0 - t) * (1 - 1e-9))
-    inverted, heavy = _inverted_index(V)
-    kernel = compiled_min_sums(int(inverted[-1].sum(dtype=np.int64)))
-    if kernel is not None and bool(np.all(inverted[1] > 0)):  # see ucal.cluster._compiled
-        del heavy
-        return upper_distances_compiled(kernel, inverted, totals, min_shared, max_distance,
-                                        n_rows)
+    inverted = _inverted_index(V)
     row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners = inverted
-    del inverted
+    # meetings before each entry: a chunk's, or a row's, are a difference of two
     cum = np.concatenate([[0], np.cumsum(partners, dtype=np.int64)])
+    kernel = compiled_min_sums(int(cum[-1]))
+    if kernel is not None and bool(np.all(row_vals > 0)):  # see ucal.cluster._compiled
+        return upper_distances_compiled(kernel, inverted, cum, totals, min_shared, max_distance,
+                                        n_rows)
+    del inverted
+    # Entries of heavy columns (shared by many rows, such as hub images) are
+    # done a column at a time with dense outer minimums instead of one
+    # gathered triple per meeting: the same sums, several times faster.
+    col_count = np.bincount(V.indices, minlength=n)
+    heavy = col_count[V.indices] >= _HEAVY_COLUMN
+    del col_count
     light_cnt = np.where(heavy, 0, partners)
     out_i, out_j, out_d = [], [], []
     start = 0
@@ -201,11 +207,11 @@ def _upper_distances(V, max_distance, n_rows=None):
 def _inverted_index(V):
     """``V``'s entries in row (CSR) and in column (CSC) order, and how they meet.
 
-    Returns ``(row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners)``
-    and ``heavy``: the CSR row pointers and float32 values; the row and value
-    of each entry in CSC order (rows ascending within a column); each CSR
-    entry's CSC position; the entries it meets (itself and every later row
-    of its column); and whether its column is heavy (``_HEAVY_COLUMN``).
+    Returns ``(row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners)``:
+    the CSR row pointers and float32 values; the row and value of each entry
+    in CSC order (rows ascending within a column); each CSR entry's CSC
+    position; and the entries it meets (itself and every later row of its
+    column).
     """
     n = V.shape[0]
     row_ptr = V.indptr.astype(np.int64)
@@ -222,15 +228,10 @@ def _inverted_index(V):
     csc_pos = np.empty_like(to_csc)
     csc_pos[to_csc] = np.arange(to_csc.size, dtype=index)
     del to_csc
-    col_count = np.bincount(row_cols, minlength=n)
-    # Entries of heavy columns (shared by many rows, such as hub images) are
-    # done a column at a time with dense outer minimums instead of one
-    # gathered triple per meeting: the same sums, several times faster.
-    heavy = col_count[row_cols] >= _HEAVY_COLUMN
     # the entry itself and every later row of its column
-    partners = np.cumsum(col_count).astype(index)[row_cols]
+    partners = np.cumsum(np.bincount(row_cols, minlength=n)).astype(index)[row_cols]
     partners -= csc_pos
-    return (row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners), heavy
+    return row_ptr, row_vals, csc_rows, csc_vals, csc_pos, partners
 
 
 def _heavy_meetings(heavy, pos, partners, csc_rows, csc_vals, start):
