@@ -496,7 +496,7 @@ def _save(name, rows, lines, note):
     header = (
         f"# {name.replace('_', ': ')}\n\n{env['cpus']} CPUs ({env['processor']}), numpy {env['numpy']}, "
         f"scipy {env['scipy']}, scikit-learn {env['scikit-learn']}, "
-        + (f"numba {env['numba']} (compiled min-sums and DBSCAN)" if env["numba"]
+        + (f"numba {env['numba']} (compiled top-k merges, min-sums and DBSCAN)" if env["numba"]
            else "no numba (NumPy min-sums and DBSCAN)")
         + f", {env['date']}.\n{note}\n\n"
     )

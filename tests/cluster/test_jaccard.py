@@ -318,13 +318,13 @@ def test_compiled_loops_run_where_they_pay(monkeypatch):
     # By default only above _MIN_WORK (loading them costs about a second per
     # process); UCAL_NUMBA=1 forces them, UCAL_NUMBA=0 (or "off") forbids them.
     pytest.importorskip("numba")
-    from ucal.cluster._compiled import _MIN_WORK, compiled_dbscan, compiled_min_sums
+    from ucal.cluster._compiled import _MIN_WORK, compiled_dbscan, compiled_min_sums, compiled_top_k
 
     monkeypatch.delenv("UCAL_NUMBA", raising=False)
-    assert compiled_min_sums(_MIN_WORK - 1) is None and compiled_dbscan(_MIN_WORK - 1) is None
-    assert compiled_min_sums(_MIN_WORK) is not None and compiled_dbscan(_MIN_WORK) is not None
+    for kernel in (compiled_min_sums, compiled_dbscan, compiled_top_k):
+        assert kernel(_MIN_WORK - 1) is None and kernel(_MIN_WORK) is not None
     monkeypatch.setenv("UCAL_NUMBA", "1")
     assert compiled_min_sums(0) is not None
     for off in ("0", "off", " False "):
         monkeypatch.setenv("UCAL_NUMBA", off)
-        assert compiled_min_sums(10**12) is None and compiled_dbscan(10**12) is None
+        assert all(kernel(10**12) is None for kernel in (compiled_min_sums, compiled_dbscan, compiled_top_k))

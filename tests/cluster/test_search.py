@@ -60,6 +60,33 @@ def test_numpy_exact_breaks_ties_by_index():
         np.testing.assert_array_equal(idx[i, 1:], group[group != i])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_top_k_merges_give_numpys_lists(monkeypatch, seed):
+    # Small tiles and few distinct similarities (features on a coarse grid,
+    # repeated rows): many exact ties, broken the same way by both paths,
+    # the compiled row and column merges both run.
+    pytest.importorskip("numba")
+    import ucal.cluster._compiled as compiled_module
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(-2, 3, size=(90, 5)).astype(np.float32)
+    base[np.all(base == 0, axis=1), 0] = 1.0
+    X = np.concatenate([base, base[rng.integers(0, 90, 60)]])
+    monkeypatch.setattr(knn_module, "_MAX_BLOCK_BYTES", 4 * 64 * 40)
+    calls = []
+    original = compiled_module.compiled_top_k
+    monkeypatch.setattr(knn_module, "compiled_top_k", lambda n: calls.append(n) or original(n))
+    results = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("UCAL_NUMBA", setting)
+        results[setting] = ExactSearch(block_rows=16).kneighbors(X, 13)
+    np.testing.assert_array_equal(results["1"][0], results["0"][0])
+    np.testing.assert_array_equal(results["1"][1], results["0"][1])
+    assert len(calls) == 2 and original(0) is not None  # the compiled run used them
+    sims = results["1"][1]
+    assert (np.diff(sims[:, 1:], axis=1) == 0).mean() > 0.3  # ties are common here
+
+
 def test_torch_backend_equals_numpy_on_cpu():
     pytest.importorskip("torch")
     X = clustered(400, 20, 32, 0.5, seed=3)[0]

@@ -8,7 +8,8 @@
   matrix is symmetric, so only its upper block triangle is computed: each tile
   updates the running top-k of its rows *and* of its columns, which halves the
   dominant matrix-product cost. Only one tile of similarities is alive at a
-  time, never the N x N matrix.
+  time, never the N x N matrix. Where numba is installed, the merges are
+  compiled loops with the same result (:mod:`ucal.cluster._compiled`).
 * ``"faiss"`` exact search: ``faiss.IndexFlatIP``, when faiss is installed.
 """
 
@@ -17,6 +18,7 @@ import math
 
 import numpy as np
 
+from ._compiled import compiled_top_k
 from ._faiss import gpu_of, import_faiss, on_device, search_index
 
 logger = logging.getLogger(__name__)
@@ -369,6 +371,11 @@ def _knn_numpy(rows, k, block_size):
     # Columns per tile: at least the row block, at most 48 MB of similarities.
     tile_cols = max(block_size, _MAX_BLOCK_BYTES // (4 * block_size))
     n_blocks = math.ceil(n / block_size)
+    compiled = compiled_top_k(n * (n + 1) // 2)
+    if compiled is not None:
+        import numba  # noqa: PLC0415 (there when compiled is)
+
+        n_chunks = 4 * numba.get_num_threads()
     for b in range(n_blocks):
         start, stop = b * block_size, min((b + 1) * block_size, n)
         row_ids = np.arange(start, stop)
@@ -382,9 +389,14 @@ def _knn_numpy(rows, k, block_size):
                 # The row itself always ranks first, whatever the rounding.
                 diag = np.arange(min(stop, c1) - start)
                 tile[diag, diag] = np.inf
-            merge_top_k(best_sim, best_idx, row_ids, tile, c0, k)
             # The part right of the diagonal block updates its rows (the columns here).
             lo = max(c0, stop)
+            if compiled is not None:
+                compiled[0](best_sim, best_idx, start, tile, c0)
+                if lo < c1:
+                    compiled[1](best_sim, best_idx, c0, tile, lo - c0, start, n_chunks)
+                continue
+            merge_top_k(best_sim, best_idx, row_ids, tile, c0, k)
             if lo < c1:
                 merge_top_k_columns(best_sim, best_idx, np.arange(lo, c1), tile[:, lo - c0 :],
                                     start, k)
