@@ -23,14 +23,16 @@ Designs:
   about the union of both networks' 3 nearest training images; each
   network's mAP over the anchors with both answers, held kept when it wins
   by one bootstrap standard error.
-- ``disagreement (ucal)``: the check ucal runs. Only the candidates one
-  network names among its 3 nearest and the other does not are asked; held
-  kept when its "same" answers beat the start network's per anchor by one
-  standard error.
+- ``disagreement``: the check ucal runs. Only the candidates one network
+  names among its 3 nearest and the other does not are asked; held kept
+  when its "same" answers beat the start network's per anchor by one
+  standard error, over at least 5 anchors (``RULES``: the same answers
+  judged by stricter rules too: more anchors, more standard errors, a
+  margin).
 
-Each at 89 questions (the earlier share: as many as the validation set
-holds pairs) and 143 (the share now: twice that, capped at a tenth of the
-budget). The table gives the share of networks kept by their test-mAP gain
+Each at 31 questions (the check's share at 0.02 % of all pairs), 89 (the
+earlier share at 0.09 %: as many as the validation set holds pairs) and
+143 (the share now: twice that, capped at a tenth of the budget). The table gives the share of networks kept by their test-mAP gain
 over the start, and the mean gain kept (the gain where kept, 0 where not)
 against the gain a perfect check would keep.
 
@@ -39,7 +41,7 @@ Usage::
     python benchmarks/bench_check.py                   # about 15 min on 2 cores
     python benchmarks/bench_check.py --cache /tmp/feats  # keep the trained features; reuse them
 
-Saves ``benchmarks/results/check.{json,md}``.
+Saves ``benchmarks/results/<stem>.{json,md}`` (``--stem``, default ``check``).
 """
 
 import argparse
@@ -60,7 +62,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("UCAL, default", "UCAL, default, neighbors, greedy",
         "UCAL, default, neighbors, greedy, 5 % noisy")
-BUDGETS = (89, 143)
+BUDGETS = (31, 89, 143)
+# Rules the disagreement check's answers are judged by, replayed on the same
+# answers: (fewest anchors with answers, standard errors to beat, margin in
+# "same" answers per anchor). The first is ucal's (MIN_ANCHORS, SIGNIFICANCE).
+RULES = {
+    "5 anchors, 1 SE (ucal)": (5, 1.0, 0.0),
+    "10 anchors, 1 SE": (10, 1.0, 0.0),
+    "5 anchors, 2 SE": (5, 2.0, 0.0),
+    "5 anchors, 1 SE + 0.25": (5, 1.0, 0.25),
+    "10 anchors, 1.5 SE": (10, 1.5, 0.0),
+}
 BINS = (("below -1", -np.inf, -1.0), ("-1 to +1", -1.0, 1.0), ("+1 to +3", 1.0, 3.0),
         ("above +3", 3.0, np.inf))
 
@@ -153,14 +165,28 @@ def _earlier(start, held, anchors, candidates, budget, same, seed, k=3, n_boot=2
 
 
 def _disagreement(start, held, anchors, candidates, budget, same, seed):
-    from ucal.reid._start_check import draw_questions, duel
+    """ucal's check: whether each rule of RULES keeps the held network, and the questions asked."""
+    from ucal.reid._start_check import MIN_ANCHORS, SIGNIFICANCE, draw_questions, duel
 
     pairs, held_side = draw_questions(start, held, anchors, candidates, budget, set(), seed)
     result = duel(pairs[:, 0], held_side, same(pairs))
-    return result["keep"] == "held", len(pairs)
+    keeps = {}
+    for rule, (fewest, n_se, margin) in RULES.items():
+        keeps[rule] = bool(result["n_anchors"] >= fewest
+                           and result["mean_diff"] > n_se * result["diff_se"] + margin
+                           and result["mean_diff"] > 0)
+    first = next(iter(RULES))
+    assert RULES[first][:2] == (MIN_ANCHORS, SIGNIFICANCE), "the first rule must be ucal's"
+    assert keeps[first] == (result["keep"] == "held")
+    return keeps, len(pairs)
 
 
-DESIGNS = {"both nearest, small mAP": _earlier, "disagreement (ucal)": _disagreement}
+DESIGNS = {"both nearest, small mAP": _earlier, "disagreement": _disagreement}
+
+
+def _design_names():
+    """The rows of the tables: the earlier design, then the disagreement check by each rule."""
+    return ["both nearest, small mAP"] + [f"disagreement, {rule}" for rule in RULES]
 
 
 def _distinct_epochs(paths):
@@ -197,7 +223,7 @@ def replay(path, noise, reps, epochs):
         gain = 100 * (maps[epoch] - maps[0])
         for design, check in DESIGNS.items():
             for budget in BUDGETS:
-                kept, asked = [], []
+                kept, asked = {}, []
                 for rep in range(reps):
                     flips = np.random.RandomState(10_000 + rep)
 
@@ -207,11 +233,15 @@ def replay(path, noise, reps, epochs):
 
                     keep, cost = check(features[0], features[epoch], anchors, candidates,
                                        budget, same, rep)
-                    kept.append(keep)
+                    named = ({f"{design}, {rule}": k for rule, k in keep.items()}
+                             if isinstance(keep, dict) else {design: keep})
+                    for name, k in named.items():
+                        kept.setdefault(name, []).append(k)
                     asked.append(cost)
-                out.append({"run": Path(path).stem, "epoch": epoch, "gain": float(gain),
-                            "design": design, "budget": budget, "noise": noise,
-                            "kept": float(np.mean(kept)), "questions": float(np.mean(asked))})
+                for name, k in kept.items():
+                    out.append({"run": Path(path).stem, "epoch": epoch, "gain": float(gain),
+                                "design": name, "budget": budget, "noise": noise,
+                                "kept": float(np.mean(k)), "questions": float(np.mean(asked))})
     return out
 
 
@@ -242,6 +272,7 @@ def main():
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cache", default=None,
                         help="folder for the trained features; runs found there are reused")
+    parser.add_argument("--stem", default="check", help="name of the results files")
     args = parser.parse_args()
     started = time.perf_counter()
     cache = args.cache or tempfile.mkdtemp()
@@ -265,7 +296,8 @@ def main():
 
     from scipy.stats import spearmanr
 
-    test_gain = [r["gain"] for r in results if r["design"] == "disagreement (ucal)"
+    ucal_rule = f"disagreement, {next(iter(RULES))}"
+    test_gain = [r["gain"] for r in results if r["design"] == ucal_rule
                  and r["budget"] == BUDGETS[0] and r["noise"] == 0.0]
     anchor_gain = [g for p in paths for g in full[p]]
     rho = spearmanr(test_gain, anchor_gain)[0]
@@ -291,7 +323,7 @@ def main():
     ]
     summary = []
     for noise in (0.0, 0.05):
-        for design in DESIGNS:
+        for design in _design_names():
             for budget in BUDGETS:
                 mine = [r for r in results if r["design"] == design and r["budget"] == budget
                         and r["noise"] == noise]
@@ -316,17 +348,17 @@ def main():
         "The last epoch's network of each run (share of replays that keep it, 143 questions):",
         "",
         "| run | test gain | " + " | ".join(f"{d}, {100 * n:.0f} % wrong"
-                                          for n in (0.0, 0.05) for d in DESIGNS) + " |",
-        "|---|---|" + "---|" * (2 * len(DESIGNS)),
+                                          for n in (0.0, 0.05) for d in _design_names()[:2]) + " |",
+        "|---|---|" + "---|" * 4,
     ]
     for path in paths:
         run = Path(path).stem
         last = max(r["epoch"] for r in results if r["run"] == run)
         mine = {(r["design"], r["noise"]): r for r in results
                 if r["run"] == run and r["epoch"] == last and r["budget"] == BUDGETS[-1]}
-        gain = mine[(next(iter(DESIGNS)), 0.0)]["gain"]
+        gain = mine[(_design_names()[0], 0.0)]["gain"]
         lines.append(f"| {run} | {gain:+.1f} | " + " | ".join(
-            f"{mine[(d, n)]['kept']:.2f}" for n in (0.0, 0.05) for d in DESIGNS) + " |")
+            f"{mine[(d, n)]['kept']:.2f}" for n in (0.0, 0.05) for d in _design_names()[:2]) + " |")
     lines += [
         "",
         f"With every candidate answered, the anchors' own mAP gain follows the test gain with a "
@@ -337,11 +369,11 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "check.json").write_text(json.dumps(
+    (RESULTS / f"{args.stem}.json").write_text(json.dumps(
         {"seeds": args.seeds, "reps": args.reps, "summary": summary, "replays": results,
          "anchor_gain": {Path(p).stem: full[p] for p in paths}, "spearman": rho,
          "median_offset": float(offset)}, indent=1))
-    (RESULTS / "check.md").write_text(table)
+    (RESULTS / f"{args.stem}.md").write_text(table)
 
 
 if __name__ == "__main__":

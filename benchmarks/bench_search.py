@@ -10,8 +10,8 @@ in the temporary folder and memory-mapped):
   split (search, Jaccard, DBSCAN). On the clustering benchmark's features and
   on "wide" features (hub images that every member of a large group has
   among its nearest, about 1,000 stored Jaccard entries per row).
-* ``--part compare`` -- N = 100,000: exact search against ``IVFSearch`` at
-  several ``n_probe``: recall at k1 of the neighbour lists, recall of the
+* ``--part compare`` -- N = 100,000: exact search against faiss's inverted
+  file (``IVFSearch``, fast-scan codes) at several ``n_probe``: recall at k1 of the neighbour lists, recall of the
   k-reciprocal pairs (the ones the Jaccard distance is built from), pairwise
   F and ARI of the final labels against the exact labels, and the speed-up.
   On two kinds of features: ``structured`` (identities in a 64-dimensional
@@ -20,13 +20,14 @@ in the temporary folder and memory-mapped):
   benchmark's features: identity centres and noise in all 2,048 dimensions).
 * ``--part backends`` -- every engine side by side on the same features, one
   process per row, compared with exact NumPy search as in ``compare``: faiss
-  flat (exact), faiss HNSW, faiss's inverted file (``IVFSearch(backend=
-  "faiss")``) at 32, 96 and 256 probes and with 8-bit and PQ codes, and
-  ucal's NumPy inverted file at 64, 96 and 160 probes. ``--n`` sets the size
-  (12,936: Market-1501; 100,000); results ``search_backends_<n>``.
+  flat (exact), faiss HNSW, faiss's inverted file (``IVFSearch``) at 32, 96
+  and 256 probes with flat, 8-bit, PQ and fast-scan codes. ``--n`` sets the
+  size (12,936: Market-1501; 100,000); results ``search_backends_<n>``.
+  (ucal's own NumPy inverted file was measured here too, and removed: the
+  ``search_backends_*`` results before 2026-12-08 have its rows.)
 * ``--part million`` -- N = 1,000,000 at d = 2,048 (8 GB of float32
   features), ``search="auto"`` (faiss's inverted file where faiss is
-  installed, else ucal's ``IVFSearch`` with its defaults) or the searches
+  installed, else exact search) or the searches
   named by ``--searches``: time, split (with the search's own phases) and
   peak memory above the features.
 
@@ -134,7 +135,7 @@ def wide_features(n, out, seed=0, group=1000, hubs=40):
 
 # --part backends: every engine side by side (issue 27).
 BACKENDS = ["faiss", "hnsw", "fivf32", "fivf96", "fivf256", "fivf256-r2", "fivf96-sq8", "fivf96-pq-r2",
-            "ivf64", "ivf96", "ivf160"]
+            "fivf256-fastscan-r1.5"]
 
 GENERATORS = {"structured": structured_features, "isotropic": isotropic_features, "wide": wide_features}
 
@@ -154,24 +155,23 @@ def features(kind, n):
 
 def _search(spec):
     """A search from its short name: ``numpy`` / ``faiss`` (exact), ``hnsw``,
-    ``ivf96`` (ucal's NumPy inverted file, 96 probes), ``fivf96`` (faiss's,
-    flat codes), ``fivf96-sq8-r2`` (faiss's, 8-bit codes, 2 candidates per
+    ``fivf96`` (faiss's inverted file, 96 probes, flat codes, no extra
+    candidates rescored), ``fivf96-sq8-r2`` (faiss's, 8-bit codes, 2 candidates per
     neighbour rescored), ``fivf256-fastscan-r1.5-s50000`` (4-bit fast-scan
     codes, lists trained on 50,000 rows; ``-i3``: 3 k-means iterations), ``auto``."""
     from ucal.cluster import HNSWSearch, IVFSearch
 
-    if spec.startswith("ivf"):
-        return IVFSearch(n_probe=int(spec[3:]), random_state=0)
     if spec.startswith("fivf"):
         probe, *rest = spec[4:].split("-")
         sizes = [r for r in rest if r[0] == "s" and r[1:].isdigit()]  # not "sq8"
         iters = [r for r in rest if r[0] == "i" and r[1:].isdigit()]
         refines = [r for r in rest if r[0] == "r"]
-        kw = {"encoding": next((r for r in rest if r not in sizes + iters + refines), "flat")}
+        kw = {"encoding": next((r for r in rest if r not in sizes + iters + refines), "flat"),
+              "refine": 1.0}
         kw.update({"refine": float(r[1:]) for r in refines})
         kw.update({"sample_size": int(r[1:]) for r in sizes})
         kw.update({"n_iter": int(r[1:]) for r in iters})
-        return IVFSearch(n_probe=int(probe), backend="faiss", random_state=0, **kw)
+        return IVFSearch(n_probe=int(probe), random_state=0, **kw)
     if spec == "hnsw":
         return HNSWSearch()
     return spec
@@ -350,7 +350,7 @@ def part_compare(args):
         exact["pairwise_f_truth"] = prf(ids, e_labels)[2]
         rows.append(exact)
         print(json.dumps(exact), flush=True)
-        for spec in args.searches or [f"ivf{p}" for p in args.probes]:
+        for spec in args.searches or [f"fivf{p}-fastscan-r1.5" for p in args.probes]:
             r = _child("fit", kind, n, spec, tmp / f"ucal_cmp_{kind}_{n}_ivf")
             if "error" not in r:
                 labels = outliers_as_singletons(np.load(tmp / f"ucal_cmp_{kind}_{n}_ivf_labels.npy"))
@@ -508,7 +508,7 @@ def main():
     parser.add_argument("--part", choices=["floor", "compare", "backends", "million"], default="floor")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--kinds", nargs="*", default=None)
-    parser.add_argument("--probes", type=int, nargs="*", default=[64, 128])
+    parser.add_argument("--probes", type=int, nargs="*", default=[96, 256])
     parser.add_argument("--searches", nargs="*", default=None,
                         help="searches compared with exact NumPy (names: see _search); "
                         "--part backends has its own list")

@@ -1,4 +1,4 @@
-"""faiss's inverted files as a backend of IVFSearch: codes, exact rescoring,
+"""faiss's inverted files (IVFSearch): codes, exact rescoring,
 the GPU wiring, and the refusals (faiss is optional: the faiss-free tests run
 everywhere)."""
 
@@ -67,20 +67,13 @@ def test_fastscan_codes_two_dimensions_each(dim, expected):
     assert code_layout(dim, "flat") == (0, dim)
 
 
-def test_numpy_backend_refuses_codes_and_devices():
-    X = clustered(100, 5, 8, 0.5, seed=2)[0]
-    for kw in ({"encoding": "sq8"}, {"device": "cuda"}, {"refine": 2}):
-        with pytest.raises(ValueError, match="need backend='faiss'"):
-            IVFSearch(**kw).kneighbors(X, 5)
-
-
 def test_auto_on_an_accelerator_stays_exact_on_it(monkeypatch):
     # faiss's GPU index is not measured here: "auto" does not pick it.
     monkeypatch.setattr(search_module, "AUTO_EXACT_MAX_SAMPLES", 10)
     monkeypatch.setattr(search_module, "_has_faiss", lambda: True)
     chosen = resolve_search("auto", 100, device="cuda:1")
     assert isinstance(chosen, ExactSearch) and (chosen.backend, chosen.device) == ("torch", "cuda:1")
-    assert resolve_search("auto", 100, device="cpu").backend == "faiss"
+    assert isinstance(resolve_search("auto", 100, device="cpu"), IVFSearch)
 
 
 class _FakeGpuFaiss:
@@ -155,7 +148,7 @@ def _features():
 def test_faiss_ivf_codes_find_neighbours_with_exact_similarities(faiss, encoding):
     X, _ = _features()
     exact_idx, _ = ExactSearch().kneighbors(X, 15)
-    idx, sim = IVFSearch(n_probe=8, n_lists=60, backend="faiss", encoding=encoding, refine=2,
+    idx, sim = IVFSearch(n_probe=8, n_lists=60, encoding=encoding, refine=2,
                          random_state=0).kneighbors(X, 15)
     assert np.all(idx[:, 0] == np.arange(X.shape[0]))
     assert _recall(idx, exact_idx) > (0.8 if encoding == "pq" else 0.9)
@@ -169,7 +162,8 @@ def test_faiss_ivf_recall_grows_with_probes_and_refine(faiss):
     exact_idx, _ = ExactSearch().kneighbors(X, 15)
 
     def recall(**kw):
-        search = IVFSearch(n_lists=100, backend="faiss", n_components=8, random_state=0, **kw)
+        search = IVFSearch(n_lists=100, n_components=8, encoding="flat", random_state=0,
+                           **{"refine": 1, **kw})
         return _recall(search.kneighbors(X, 15)[0], exact_idx)
 
     few, many = recall(n_probe=1), recall(n_probe=20)
@@ -185,7 +179,7 @@ def test_fastscan_re_ranks_its_coarse_codes(faiss, monkeypatch):
     exact_idx, _ = ExactSearch().kneighbors(X, 15)
 
     def recall():
-        search = IVFSearch(n_probe=8, n_lists=60, backend="faiss", encoding="fastscan",
+        search = IVFSearch(n_probe=8, n_lists=60, encoding="fastscan",
                            random_state=0)
         return _recall(search.kneighbors(X, 15)[0], exact_idx)
 
@@ -197,7 +191,7 @@ def test_fastscan_re_ranks_its_coarse_codes(faiss, monkeypatch):
 def test_fastscan_on_few_rows_falls_back_to_flat_lists(faiss):
     # 4-bit codes need 16 training rows; 12 rows are searched with flat lists.
     X = clustered(12, 3, 8, 0.3, seed=0)[0]
-    idx, sim = IVFSearch(backend="faiss", encoding="fastscan", random_state=0).kneighbors(X, 5)
+    idx, sim = IVFSearch(encoding="fastscan", random_state=0).kneighbors(X, 5)
     exact_idx, _ = ExactSearch().kneighbors(X, 5)
     assert idx.shape == (12, 5) and _recall(idx, exact_idx) >= 0.9
     np.testing.assert_allclose(sim[:, 1:], _exact_pair_sims(X, idx)[:, 1:], atol=1e-5)
@@ -207,7 +201,7 @@ def test_fastscan_is_seeded_by_random_state(faiss):
     X, _ = _features()
 
     def run(seed):
-        return IVFSearch(n_probe=4, n_lists=60, backend="faiss", encoding="fastscan",
+        return IVFSearch(n_probe=4, n_lists=60, encoding="fastscan",
                          random_state=seed).kneighbors(X, 10)[0]
 
     np.testing.assert_array_equal(run(0), run(0))
@@ -217,7 +211,7 @@ def test_fastscan_on_a_gpu_is_refused_before_any_work(faiss, monkeypatch):
     monkeypatch.setattr(search_module, "import_faiss", lambda *a, **k: pytest.fail("worked"))
     monkeypatch.setattr(search_module, "training_sample", lambda *a, **k: pytest.fail("worked"))
     with pytest.raises(ValueError, match="fastscan.*CPU only"):
-        IVFSearch(backend="faiss", encoding="fastscan", device="cuda").kneighbors(
+        IVFSearch(encoding="fastscan", device="cuda").kneighbors(
             _features()[0][:300], 5)
 
 
@@ -226,7 +220,7 @@ def test_faiss_ivf_on_a_cuda_device_without_a_gpu_build_refuses(faiss):
         pytest.skip("this faiss has GPUs")
     X, _ = _features()
     with pytest.raises(RuntimeError, match="GPU build"):
-        IVFSearch(backend="faiss", device="cuda").kneighbors(X[:200], 5)
+        IVFSearch(device="cuda").kneighbors(X[:200], 5)
     with pytest.raises(RuntimeError, match="GPU build"):
         ExactSearch("faiss", device="cuda").kneighbors(X[:200], 5)
 
@@ -234,7 +228,7 @@ def test_faiss_ivf_on_a_cuda_device_without_a_gpu_build_refuses(faiss):
 def test_faiss_ivf_threads_follow_n_jobs(faiss):
     before = faiss.omp_get_max_threads()
     try:
-        IVFSearch(n_probe=4, n_lists=20, backend="faiss", n_jobs=1, random_state=0).kneighbors(
+        IVFSearch(n_probe=4, n_lists=20, n_jobs=1, random_state=0).kneighbors(
             _features()[0][:500], 5)
         assert faiss.omp_get_max_threads() == 1
     finally:
@@ -247,7 +241,7 @@ def test_faiss_ivf_pq_on_few_rows_and_odd_dimensions(faiss, encoding):
     # 37 dimensions: padded to whole sub-vectors.
     X = clustered(200, 10, 37, 0.4, seed=3)[0]
     exact_idx, _ = ExactSearch().kneighbors(X, 8)
-    idx, sim = IVFSearch(n_probe=8, backend="faiss", encoding=encoding, n_components=None,
+    idx, sim = IVFSearch(n_probe=8, encoding=encoding, n_components=None,
                          refine=3, random_state=0).kneighbors(X, 8)
     assert _recall(idx, exact_idx) > 0.9
     np.testing.assert_allclose(sim[:, 1:], _exact_pair_sims(X, idx)[:, 1:], atol=1e-5)
@@ -256,7 +250,7 @@ def test_faiss_ivf_pq_on_few_rows_and_odd_dimensions(faiss, encoding):
 @pytest.mark.parametrize("store", ["float16", "memmap"])
 def test_faiss_ivf_reads_float16_and_memory_mapped_rows(faiss, tmp_path, store):
     X, _ = _features()
-    search = IVFSearch(n_probe=8, n_lists=60, backend="faiss", refine=2, random_state=0)
+    search = IVFSearch(n_probe=8, n_lists=60, encoding="flat", refine=2, random_state=0)
     ref_idx, ref_sim = search.kneighbors(X.astype(np.float16).astype(np.float64), 10)
     if store == "float16":
         data = X.astype(np.float16)
@@ -270,7 +264,7 @@ def test_faiss_ivf_reads_float16_and_memory_mapped_rows(faiss, tmp_path, store):
 
 def test_faiss_ivf_with_fewer_rows_than_neighbours(faiss):
     X = clustered(6, 2, 8, 0.3, seed=0)[0]
-    idx, sim = IVFSearch(backend="faiss", random_state=0).kneighbors(X, 10)
+    idx, sim = IVFSearch(random_state=0).kneighbors(X, 10)
     assert idx.shape == (6, 6)
     assert np.all(idx[:, 0] == np.arange(6))
     assert all(sorted(row) == list(range(6)) for row in idx)  # every row found every row

@@ -118,7 +118,7 @@ def test_bad_input(X, match):
 def test_bad_k():
     with pytest.raises(ValueError, match="k1 and k2"):
         jaccard_distance(np.eye(4), 0, 2)
-    with pytest.raises(ValueError, match="search must be one of 'auto', 'numpy', 'faiss', 'torch', 'ivf', 'faiss-ivf', 'hnsw'"):
+    with pytest.raises(ValueError, match="search must be one of 'auto', 'numpy', 'faiss', 'torch', 'faiss-ivf', 'hnsw'"):
         jaccard_distance(np.eye(4) + 0.1, 2, 2, search="annoy")
 
 
@@ -314,8 +314,45 @@ def test_compiled_min_sums_leave_non_positive_encodings_to_numpy(monkeypatch):
     assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # every cell once
 
 
+_CACHE_PROBE = """
+import json, numpy as np
+from ucal import SelfPacedDBSCAN
+from ucal.cluster._compiled import _kernels
+from ucal.cluster._knn import exact_knn
+X = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+SelfPacedDBSCAN(k1=10, k2=3).fit(X)
+exact_knn(X, 10, block_size=64)  # several blocks: the column merges run too
+min_sums, dbscan, (rows, columns) = _kernels(0)
+print(json.dumps({name: [sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
+                  for name, k in [("min_sums", min_sums), ("dbscan", dbscan), ("rows", rows),
+                                  ("columns", columns)]}))
+"""
+
+
+def test_compiled_loops_are_loaded_from_numbas_cache_in_a_new_process():
+    # A kernel numba cannot key (one that calls another compiled function)
+    # is compiled again in every process, a second or more each time.
+    pytest.importorskip("numba")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UCAL_NUMBA": "1"}
+
+    def probe():
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    probe()  # compiles (and caches) whatever is not cached yet
+    stats = probe()
+    for name, (hits, misses) in stats.items():
+        assert hits >= 1 and misses == 0, (name, stats)
+
+
 def test_compiled_loops_run_where_they_pay(monkeypatch):
-    # By default only above _MIN_WORK (loading them costs about a second per
+    # By default only above _MIN_WORK (loading them costs about half a second per
     # process); UCAL_NUMBA=1 forces them, UCAL_NUMBA=0 (or "off") forbids them.
     pytest.importorskip("numba")
     from ucal.cluster._compiled import _MIN_WORK, compiled_dbscan, compiled_min_sums, compiled_top_k

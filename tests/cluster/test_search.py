@@ -109,24 +109,28 @@ def test_torch_backend_refuses_missing_cuda():
         ExactSearch("torch", device="cuda").kneighbors(np.eye(5) + 0.1, 2)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
-def test_ivf_probing_every_list_is_exact(backend):
-    if backend == "faiss":
-        pytest.importorskip("faiss", reason="faiss-cpu is an optional extra")
+def _needs_faiss():
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra")
+
+
+def test_ivf_probing_every_list_is_exact():
+    _needs_faiss()
     X = clustered(500, 25, 16, 0.4, seed=5)[0]
     exact_idx, exact_sim = ExactSearch().kneighbors(X, 12)
-    search = IVFSearch(n_probe=10, n_lists=10, backend=backend, random_state=0)
+    search = IVFSearch(n_probe=10, n_lists=10, encoding="flat", refine=1, random_state=0)
     idx, sim = search.kneighbors(X, 12)
     np.testing.assert_allclose(sim, exact_sim, atol=1e-5)
     assert _row_recall(idx, exact_idx) > 0.999
 
 
 def test_ivf_recall_grows_with_probes_and_lists_have_no_repeats():
+    _needs_faiss()
     X = clustered(3000, 150, 24, 0.5, seed=7)[0]
     exact_idx, _ = ExactSearch().kneighbors(X, 15)
     recalls = []
     for probe in (1, 4, 16):
-        idx, sim = IVFSearch(n_probe=probe, n_lists=60, random_state=0).kneighbors(X, 15)
+        idx, sim = IVFSearch(n_probe=probe, n_lists=60, encoding="flat", refine=1,
+                             random_state=0).kneighbors(X, 15)
         assert np.all(idx[:, 0] == np.arange(3000))
         # No neighbour twice (a row short of neighbours repeats itself only).
         others = [row[row != i] for i, row in enumerate(idx)]
@@ -138,6 +142,7 @@ def test_ivf_recall_grows_with_probes_and_lists_have_no_repeats():
 
 
 def test_ivf_is_reproducible_with_random_state():
+    _needs_faiss()
     X = clustered(800, 40, 16, 0.5, seed=2)[0]
     a = IVFSearch(n_probe=3, random_state=4).kneighbors(X, 10)[0]
     b = IVFSearch(n_probe=3, random_state=4).kneighbors(X, 10)[0]
@@ -165,18 +170,20 @@ def _same(a, b):
     return type(a) is type(b) and a.get_params() == b.get_params()
 
 
-def test_auto_resolution(monkeypatch):
+def test_auto_resolution(monkeypatch, caplog):
     assert _same(resolve_search("auto", 1000), ExactSearch("numpy"))
     monkeypatch.setattr(search_module, "AUTO_EXACT_MAX_SAMPLES", 500)
-    # Above the limit on a CPU: faiss's inverted file where faiss is installed ...
+    # Above the limit on a CPU: faiss's inverted file, as measured, where faiss is installed ...
     monkeypatch.setattr(search_module, "_has_faiss", lambda: True)
     chosen = resolve_search("auto", 1000, n_jobs=2)
-    assert _same(chosen, IVFSearch(n_probe=256, backend="faiss", encoding="fastscan", refine=1.5,
-                                   n_jobs=2, random_state=0))
-    assert _same(resolve_search("faiss-ivf", 10), search_module.faiss_ivf())
-    # ... else ucal's own.
+    assert _same(chosen, IVFSearch(n_jobs=2, random_state=0))
+    assert (chosen.n_probe, chosen.encoding, chosen.refine) == (256, None, 1.5)
+    assert _same(resolve_search("faiss-ivf", 10), IVFSearch(random_state=0))
+    # ... else exact search, with a warning that says what faiss would give.
     monkeypatch.setattr(search_module, "_has_faiss", lambda: False)
-    assert _same(resolve_search("auto", 1000), IVFSearch(random_state=0))
+    with caplog.at_level("WARNING", logger="ucal.cluster._search"):
+        assert _same(resolve_search("auto", 1000), ExactSearch("numpy"))
+    assert "pip install 'ucal[faiss]'" in caplog.text and "1000 samples" in caplog.text
     assert _same(resolve_search("auto", 1000, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
     assert _same(resolve_search("auto", 100, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
     assert _same(resolve_search("auto", 100, device="cpu"), ExactSearch("numpy"))
@@ -185,7 +192,13 @@ def test_auto_resolution(monkeypatch):
     assert isinstance(resolve_search("hnsw", 10), HNSWSearch)
 
 
+def test_the_removed_numpy_inverted_file_is_named_in_the_error():
+    with pytest.raises(ValueError, match="'ivf', ucal's NumPy inverted file, was removed.*'faiss-ivf'"):
+        resolve_search("ivf", 10)
+
+
 def test_auto_switches_the_clusterer_to_ivf_above_the_limit(monkeypatch):
+    _needs_faiss()
     monkeypatch.setattr(search_module, "AUTO_EXACT_MAX_SAMPLES", 100)
     X, y = clustered(600, 30, 16, 0.3, seed=9)
     est = SelfPacedDBSCAN(k1=10, k2=3).fit(X)
@@ -203,15 +216,17 @@ def test_search_objects_compose_with_grid_search():
         assert candidate.search.n_probe == setting["search__n_probe"]
         assert candidate.search is not est.search
     X = clustered(300, 15, 16, 0.3, seed=1)[0]
-    fitted = clone(est).set_params(search__n_probe=2, search__random_state=0).fit(X)
-    assert fitted.search_ is fitted.search
+    fitted = clone(est).set_params(search__n_probe=2, search__random_state=0)
+    if search_module._has_faiss():
+        fitted.fit(X)
+        assert fitted.search_ is fitted.search
 
 
 @pytest.mark.parametrize(
     "search, match",
     [
         (IVFSearch(n_probe=0), "n_probe"),
-        (IVFSearch(backend="annoy"), "backend"),
+        (IVFSearch(encoding="annoy"), "encoding"),
         (HNSWSearch(ef_search=0), "ef_search"),
         (ExactSearch(backend="gpu"), "backend"),
     ],
@@ -234,7 +249,7 @@ def test_faiss_backends_say_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
-    for search in (HNSWSearch(), IVFSearch(backend="faiss"), ExactSearch("faiss")):
+    for search in (HNSWSearch(), IVFSearch(), ExactSearch("faiss")):
         with pytest.raises(ImportError, match=r"pip install 'ucal\[faiss\]'"):
             search.kneighbors(np.eye(6) + 0.1, 2)
 
@@ -295,9 +310,11 @@ def test_fit_reports_its_split():
 
 
 def test_jaccard_distance_accepts_backends():
+    _needs_faiss()
     X = clustered(300, 15, 16, 0.4, seed=12)[0]
     exact = jaccard_distance(X, 10, 3)
-    full_probe = jaccard_distance(X, 10, 3, search=IVFSearch(n_probe=6, n_lists=6, random_state=0))
+    full_probe = jaccard_distance(X, 10, 3, search=IVFSearch(n_probe=6, n_lists=6, encoding="flat",
+                                                             n_components=None, random_state=0))
     assert abs(full_probe - exact).max() < 1e-5
 
 
@@ -310,73 +327,40 @@ def _low_rank(n, n_groups, latent, dim, noise, seed):
 
 
 def test_ivf_in_principal_components_keeps_recall_and_exact_similarities():
+    _needs_faiss()
     X = _low_rank(2000, 100, 12, 160, 0.5, seed=11)[0]
     exact_idx, exact_sim = ExactSearch().kneighbors(X, 10)
-    full = IVFSearch(n_probe=6, n_lists=40, n_components=None, random_state=0).kneighbors(X, 10)
-    small = IVFSearch(n_probe=6, n_lists=40, n_components=16, random_state=0).kneighbors(X, 10)
+    flat = dict(n_probe=6, n_lists=40, encoding="flat", refine=1, random_state=0)
+    full = IVFSearch(n_components=None, **flat).kneighbors(X, 10)
+    small = IVFSearch(n_components=16, **flat).kneighbors(X, 10)
     r_full, r_small = _row_recall(full[0], exact_idx), _row_recall(small[0], exact_idx)
     assert r_small > 0.9 and r_small > r_full - 0.03
     # The similarities are exact (all dimensions), whatever the assignment space.
     Xn = l2_normalize(X).astype(np.float64)
     pairs = np.einsum("ij,ikj->ik", Xn, Xn[small[0]])
     np.testing.assert_allclose(small[1][:, 1:], pairs[:, 1:], atol=1e-5)
-    # Probing every list is exact in any assignment space.
-    every = IVFSearch(n_probe=10**4, n_lists=40, n_components=4, random_state=0).kneighbors(X, 10)
+    # Probing every list in all dimensions is exact.
+    every = IVFSearch(**{**flat, "n_probe": 10**4}, n_components=None).kneighbors(X, 10)
     np.testing.assert_allclose(every[1], exact_sim, atol=1e-5)
 
 
-def test_ivf_lists_have_no_repeats_in_principal_components():
-    # Each pair reaches each of its rows once (probing rows and members both
-    # take it), so a list never holds a neighbour twice.
-    X = _low_rank(1500, 60, 8, 96, 0.6, seed=12)[0]
-    idx, sim = IVFSearch(n_probe=5, n_lists=50, n_components=8, random_state=1).kneighbors(X, 20)
-    assert np.all(idx[:, 0] == np.arange(1500))
-    assert all(np.unique(row).size == row.size for row in idx)
-    assert np.all(np.diff(sim, axis=1) <= 1e-6)
-
-
-def test_giant_lists_are_split_and_their_rows_re_probed():
-    from ucal.cluster._ivf import _nearest_centroids, _Quantizer, _split_giant_lists
-
-    # One group of 1,000 rows (with structure inside) and eleven small ones;
-    # one centroid per group: the big group's list is giant.
-    rng = np.random.RandomState(0)
-    big = _low_rank(1000, 8, 4, 40, 0.3, seed=13)[0] * 0.2 + 3.0 * rng.normal(size=40)
-    small, small_ids = clustered(200, 11, 40, 0.3, seed=14)
-    X, ids = np.vstack([big, small]), np.concatenate([np.full(1000, -1), small_ids])
-    rows = UnitRows(X)
-    quantizer = _Quantizer(rows.data, None)
-    data = quantizer.embed(rows.data)
-    centroids = np.stack([data[ids == g].mean(axis=0) for g in range(-1, 11)])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    probes, sims = _nearest_centroids(rows, quantizer, centroids.astype(np.float32), 4)
-    sizes = np.bincount(probes[:, 0], minlength=12)
-    assert sizes.max() > 4 * 1200 / 12  # the premise: some list is giant
-    new = _split_giant_lists(rows, quantizer, centroids.astype(np.float32), probes, sims,
-                             sample_size=10_000, n_iter=3, rng=rng)
-    assert new.shape[0] > 12
-    assert probes.min() >= 0 and probes.max() < new.shape[0]
-    assert all(np.unique(p).size == p.size for p in probes)
-    assert np.all(np.diff(sims, axis=1) <= 1e-6)
-    # Every row's own list is its nearest centroid among all the new ones.
-    np.testing.assert_array_equal(probes[:, 0], np.argmax(data @ new.T, axis=1))
-    np.testing.assert_allclose(sims[:, 0], np.max(data @ new.T, axis=1), atol=1e-5)
-    assert np.bincount(probes[:, 0]).max() < sizes.max()
-
-
-def test_assignment_space_follows_the_variance_of_the_sample():
-    from ucal.cluster._ivf import _Quantizer
+def test_list_space_follows_the_variance_of_the_sample():
+    from ucal.cluster._faiss import ListSpace
 
     low = l2_normalize(_low_rank(3000, 100, 8, 200, 0.5, seed=15)[0])
     spread = l2_normalize(clustered(3000, 100, 200, 1.0, seed=15)[0])
-    q = _Quantizer(low, 0.8)
+    q = ListSpace(low, 0.8)
     assert q.basis is not None and q.n_components <= 8 and q.variance >= 0.8
-    assert q.embed(low[:5]).shape == (5, q.n_components)
-    np.testing.assert_allclose(np.linalg.norm(q.embed(low[:5]), axis=1), 1.0, rtol=1e-5)
+    z = q.project(low[:5])
+    assert z.shape == (5, q.n_components)
+    # Distances there are the original ones less the part outside the kept directions.
+    d_full = np.linalg.norm(low[0] - low[1:5], axis=1)
+    d_proj = np.linalg.norm(z[0] - z[1:], axis=1)
+    assert np.all(d_proj <= d_full + 1e-5) and np.all(d_proj >= 0.8 * d_full)
     # Without a low-dimensional structure, the lists are made in all dimensions.
-    q = _Quantizer(spread, 0.8)
-    assert q.basis is None and q.embed(spread[:5]).shape == (5, 200)
-    assert _Quantizer(spread, 20).n_components == 20
-    assert _Quantizer(spread, None).basis is None
+    q = ListSpace(spread, 0.8)
+    assert q.basis is None and q.project(spread[:5]).shape == (5, 200)
+    assert ListSpace(spread, 20).n_components == 20
+    assert ListSpace(spread, None).basis is None
     with pytest.raises(InvalidParameterError, match="n_components"):
         IVFSearch(n_components=1.5).kneighbors(spread, 3)

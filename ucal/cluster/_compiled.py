@@ -38,8 +38,9 @@ The compiled loops run where the work is large enough to pay for loading
 them (``_MIN_WORK``). Set the environment variable ``UCAL_NUMBA=0`` to use
 the NumPy paths even where numba is installed, ``UCAL_NUMBA=1`` to use the
 compiled loops at every size. numba compiles the loops once and caches them
-beside this file (or in its user cache directory); where neither can be
-written they are compiled once per process. They run on numba's threads
+beside this file (or in its user cache directory): a new process imports
+numba and loads them in about half a second. Where neither can be written
+they are compiled once per process (a few seconds). They run on numba's threads
 (``NUMBA_NUM_THREADS``, all cores by default).
 """
 
@@ -73,8 +74,8 @@ def _kernels(work):
 
     None where numba is missing, with ``UCAL_NUMBA=0``, and (unless
     ``UCAL_NUMBA=1``) for less work than ``_MIN_WORK``: there importing numba
-    and loading the compiled loops (about a second, once per process) would
-    cost more than they save.
+    and loading the compiled loops (about half a second, once per process)
+    would cost more than they save.
     """
     global _KERNELS
     setting = os.environ.get("UCAL_NUMBA", "auto").strip().lower()
@@ -127,18 +128,11 @@ def compiled_top_k(similarities):
 
 
 def _build_top_k(numba, cache):
-    @numba.njit(cache=cache, nogil=True, inline="always")
-    def insert(sims, idx, value, other):
-        # after the entries >= value: earlier candidates win ties, as in the
-        # stable sort of the NumPy merge
-        k = sims.size
-        p = k - 1
-        while p > 0 and sims[p - 1] < value:
-            sims[p] = sims[p - 1]
-            idx[p] = idx[p - 1]
-            p -= 1
-        sims[p] = value
-        idx[p] = other
+    # (No helper functions shared between the kernels: numba's cache cannot
+    # key a kernel that closes over another compiled function, and would
+    # compile it again in every process.) A value is inserted after the
+    # entries >= it: earlier candidates win ties, as in the NumPy merge's
+    # stable sort.
 
     @numba.njit(parallel=True, cache=cache, nogil=True)
     def rows(best_sim, best_idx, row0, tile, col0):
@@ -150,7 +144,13 @@ def _build_top_k(numba, cache):
             for c in range(tile.shape[1]):
                 v = tile[r, c]
                 if v > kth:  # never -inf or NaN, as in the NumPy merge
-                    insert(sims, idx, v, col0 + c)
+                    p = k - 1
+                    while p > 0 and sims[p - 1] < v:
+                        sims[p] = sims[p - 1]
+                        idx[p] = idx[p - 1]
+                        p -= 1
+                    sims[p] = v
+                    idx[p] = col0 + c
                     kth = sims[k - 1]
 
     @numba.njit(parallel=True, cache=cache, nogil=True)
@@ -170,20 +170,23 @@ def _build_top_k(numba, cache):
                 for c in range(a, b):
                     v = tile[r, c]
                     if v > kth[c - a]:
-                        insert(best_sim[col0 + c], best_idx[col0 + c], v, row0 + r)
-                        kth[c - a] = best_sim[col0 + c, k - 1]
+                        sims = best_sim[col0 + c]
+                        idx = best_idx[col0 + c]
+                        p = k - 1
+                        while p > 0 and sims[p - 1] < v:
+                            sims[p] = sims[p - 1]
+                            idx[p] = idx[p - 1]
+                            p -= 1
+                        sims[p] = v
+                        idx[p] = row0 + r
+                        kth[c - a] = sims[k - 1]
 
     return rows, columns
 
 
 def _build_dbscan(numba, cache):
-    @numba.njit(cache=cache, nogil=True)
-    def root(parent, x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]  # path halving
-            x = parent[x]
-        return x
-
+    # (the union-find's root search is written out where it is used: a kernel
+    # that calls another compiled function is compiled again in every process)
     @numba.njit(cache=cache, nogil=True)
     def kernel(indptr, indices, data, eps, min_samples, labels):
         n = indptr.size - 1
@@ -202,8 +205,14 @@ def _build_dbscan(numba, cache):
                 for e in range(indptr[i], indptr[i + 1]):
                     j = indices[e]
                     if j != i and is_core[j] and data[e] <= eps:
-                        a = root(parent, i)
-                        b = root(parent, j)
+                        a = i
+                        while parent[a] != a:
+                            parent[a] = parent[parent[a]]  # path halving
+                            a = parent[a]
+                        b = j
+                        while parent[b] != b:
+                            parent[b] = parent[parent[b]]
+                            b = parent[b]
                         if a < b:
                             parent[b] = a
                         elif b < a:
@@ -213,7 +222,9 @@ def _build_dbscan(numba, cache):
         clusters = 0
         for i in range(n):
             if is_core[i]:
-                r = root(parent, i)
+                r = i
+                while parent[r] != r:
+                    r = parent[r]
                 if number[r] < 0:
                     number[r] = clusters
                     clusters += 1

@@ -446,11 +446,11 @@ def jaccard_distance(X, k1=30, k2=6, *, max_distance=None, search="auto", n_jobs
         :class:`~ucal.SelfPacedDBSCAN` uses ``eps + eps_gap``.
     search : str or NeighborSearch, default="auto"
         The neighbour search: ``"numpy"``, ``"faiss"`` or ``"torch"`` (exact),
-        ``"ivf"``, ``"faiss-ivf"`` or ``"hnsw"`` (approximate), a configured
+        ``"faiss-ivf"`` or ``"hnsw"`` (approximate, faiss), a configured
         :class:`~ucal.cluster.ExactSearch`, :class:`~ucal.cluster.IVFSearch`
         or :class:`~ucal.cluster.HNSWSearch`, or ``"auto"``: exact NumPy
-        search up to 100,000 samples, faiss's inverted file above (ucal's
-        :class:`~ucal.cluster.IVFSearch` without faiss).
+        search up to 100,000 samples, faiss's inverted file above (exact
+        search, with a warning, without faiss).
         With an approximate search the distance is exact given the
         neighbours found.
     n_jobs : int, default=None

@@ -8,9 +8,10 @@ exactness for speed where the user asks (or where ``"auto"`` must):
 * :class:`ExactSearch` -- blocked BLAS products (``"numpy"``), faiss's flat
   index (``"faiss"``) or blocked products on a torch device (``"torch"``, the
   GPU of :class:`ucal.UCALReID`);
-* :class:`IVFSearch` -- an inverted file: k-means lists, each row searched in
-  the ``n_probe`` lists nearest to it (BLAS, or faiss's ``IndexIVFFlat``,
-  ``IndexIVFScalarQuantizer`` or ``IndexIVFPQ``, on a GPU where faiss has one);
+* :class:`IVFSearch` -- faiss's inverted file: k-means lists, each row
+  searched in the ``n_probe`` lists nearest to it (``IndexIVFPQFastScan``,
+  ``IndexIVFFlat``, ``IndexIVFScalarQuantizer`` or ``IndexIVFPQ``, on a GPU
+  where faiss has one);
 * :class:`HNSWSearch` -- faiss's HNSW graph.
 
 Which one ``"auto"`` picks, and why, is measured by
@@ -37,11 +38,12 @@ from ._faiss import (
     import_faiss,
     inverted_file,
     ivf_index,
+    default_n_lists,
     on_device,
     rescore,
     search_index,
+    training_sample,
 )
-from ._ivf import default_n_lists, ivf_knn, training_sample
 from ._knn import UnitRows, exact_knn, self_first
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ __all__ = [
 #: ``search="auto"`` searches exactly up to this many samples (on a CPU).
 AUTO_EXACT_MAX_SAMPLES = 100_000
 
-SEARCH_NAMES = ("auto", "numpy", "faiss", "torch", "ivf", "faiss-ivf", "hnsw")
+SEARCH_NAMES = ("auto", "numpy", "faiss", "torch", "faiss-ivf", "hnsw")
 
 
 class NeighborSearch(BaseEstimator):
@@ -183,21 +185,27 @@ class ExactSearch(NeighborSearch):
 
 
 class IVFSearch(NeighborSearch):
-    """Approximate nearest neighbours by an inverted file (k-means lists).
+    """Approximate nearest neighbours by faiss's inverted file (needs faiss).
 
-    The rows are split into ``n_lists`` lists by spherical k-means; each row
-    is searched among the members of the ``n_probe`` lists whose centroids
-    are nearest to it. The work is about ``n_probe / n_lists`` of an exact
-    search, plus the assignment of every row to the centroids.
+    The rows are split into ``n_lists`` lists by k-means (faiss's, trained
+    on a sample); each row is searched among the members of the ``n_probe``
+    lists whose centroids are nearest to it, in a smaller space where the
+    features allow it (``n_components``); each row's ``refine *
+    n_neighbors`` best candidates are then rescored exactly, in all
+    dimensions, so the similarities handed on are exact.
+
+    The defaults are what ``search="auto"`` uses above 100,000 samples on a
+    CPU: measured at N = 100,000, d = 2,048 on 2 CPU cores, labels within
+    pairwise F 0.01 of exact search's, the whole clustering step 4.3 times
+    faster than exact search (``benchmarks/results/search_backends_100000*.md``).
+    ucal's former NumPy inverted file needed 160 probes for the same F and
+    was 1.5 times faster than exact search; it was removed.
 
     Parameters
     ----------
-    n_probe : int, default=96
+    n_probe : int, default=256
         Lists searched per row: the accuracy knob (more is slower and closer
-        to exact; at least the number of lists searches them all, exactly).
-        Measured at N = 100,000 on embeddings of a low intrinsic dimension:
-        96 probes found 0.96 of the exact neighbours, 160 probes 0.98, with
-        labels agreeing with the exact ones at pairwise F 0.985 and 0.992.
+        to exact; at least the number of lists searches them all).
     n_lists : int, default=None
         Number of lists (None: lists of about 32 rows, at most
         ``2 * sqrt(32 * n_samples)`` lists, which bounds the cost of
@@ -205,55 +213,37 @@ class IVFSearch(NeighborSearch):
     n_iter : int, default=5
         k-means iterations.
     n_components : int, float or None, default=0.8
-        Dimensions of the space in which the rows are assigned to lists and
-        choose the lists they probe: the rows minus their mean, projected on
-        the leading principal directions of the k-means sample. An int is
-        that many directions; a float in (0, 1) the fewest that hold that
-        share of the sample's variance, and all dimensions where that takes
-        half of them or more (features without a low-dimensional structure,
-        whose lists a projection would blur). None: all dimensions.
-        Assigning every row to every list is the largest cost at a million
-        rows, and falls with the dimension; the neighbours' similarities
-        stay exact, in all dimensions (``"numpy"`` backend).
+        Dimensions of the space the lists and their codes live in: the rows
+        minus their mean, projected on the leading principal directions of
+        the training sample. An int is that many directions; a float in
+        (0, 1) the fewest that hold that share of the sample's variance, and
+        all dimensions where that takes half of them or more (features
+        without a low-dimensional structure, whose lists a projection would
+        blur). None: all dimensions. faiss scans a list at a cost that grows
+        with the dimension; the neighbours' similarities stay exact, in all
+        dimensions.
     sample_size : int, default=None
-        Rows the k-means is trained on (None: ``32 * n_lists``, at most all).
-        k-means trained on few rows per list gives lists that follow
-        identities less closely (measured at N = 100,000: 5 rows per list
-        found 0.90 of the exact neighbours at 64 probes, all rows 0.94).
-    backend : {"numpy", "faiss"}, default="numpy"
-        ``"numpy"``: each list is scanned with one matrix product for all the
-        rows that probe it, and updates the lists of both sides; no copy of
-        the features. ``"faiss"``: faiss's inverted file, in the same space
-        as the lists (``n_components``), its codes set by ``encoding``; each
-        row's ``refine * n_neighbors`` best candidates are then rescored
-        exactly, in all dimensions. Measured at N = 100,000 on 2 CPU cores,
-        faiss's with ``encoding="fastscan"``, 256 probes and ``refine=1.5``
-        kept the labels within pairwise F 0.01 of exact search's 3.9 to 4.2
-        times faster than exact search, the NumPy one with 160 probes 1.5 times
-        faster (``benchmarks/results/search_backends_100000*.md``);
-        ``"auto"`` uses the former (``search="faiss-ivf"``).
-    encoding : {"flat", "fp16", "sq8", "pq", "fastscan"}, default="flat"
-        Codes of the faiss backend's lists (``"numpy"`` needs ``"flat"``):
-        float32 (``IndexIVFFlat``), 2 or 1 bytes per dimension
-        (``IndexIVFScalarQuantizer``), a product quantiser of about 2 bits
-        per dimension (``IndexIVFPQ``) where the index's copy of the rows
-        must be small, or ``"fastscan"``: 4-bit codes of 2 dimensions
-        scanned with SIMD (``IndexIVFPQFastScan``, CPU only), four times the
-        candidates re-ranked by their float32 copy in the lists' space
-        (``IndexRefineFlat``) before the exact rescoring.
-    refine : float, default=1.0
-        Candidates per neighbour the faiss backend rescores exactly
-        (``ceil(refine * n_neighbors)`` per row; at least 1). Above 1 it
-        recovers neighbours the list codes or the projection ranked too low.
+        Rows the lists are trained on (None: ``32 * n_lists``, at most all).
+    encoding : {"flat", "fp16", "sq8", "pq", "fastscan"} or None, default=None
+        Codes of the lists: float32 (``IndexIVFFlat``), 2 or 1 bytes per
+        dimension (``IndexIVFScalarQuantizer``), a product quantiser of
+        about 2 bits per dimension (``IndexIVFPQ``) where the index's copy
+        of the rows must be small, or ``"fastscan"``: 4-bit codes of 2
+        dimensions scanned with SIMD (``IndexIVFPQFastScan``, CPU only),
+        four times the candidates re-ranked by their float32 copy in the
+        lists' space (``IndexRefineFlat``) before the exact rescoring.
+        None: ``"fastscan"`` on the CPU, ``"flat"`` on a GPU.
+    refine : float, default=1.5
+        Candidates per neighbour rescored exactly (``ceil(refine *
+        n_neighbors)`` per row; at least 1). Above 1 it recovers neighbours
+        the list codes or the projection ranked too low.
     device : str, default=None
-        CUDA device of the faiss backend's index (``"cuda"``, ``"cuda:1"``;
-        needs faiss's GPU build). None: the CPU.
+        CUDA device of the index (``"cuda"``, ``"cuda:1"``; needs faiss's
+        GPU build). None: the CPU.
     random_state : int, RandomState instance or None, default=None
-        Chooses the k-means sample and its initial centroids.
+        Chooses the training sample and seeds faiss's k-means.
     n_jobs : int, default=None
-        Threads of the faiss backend.
-    verbose : bool, default=False
-        A progress bar over the lists (``"numpy"`` backend).
+        Threads of faiss and of the rescoring.
 
     Examples
     --------
@@ -276,86 +266,57 @@ class IVFSearch(NeighborSearch):
             Interval(Integral, 1, None, closed="left"), Interval(Real, 0, 1, closed="neither"), None,
         ],
         "sample_size": [Interval(Integral, 1, None, closed="left"), None],
-        "backend": [StrOptions({"numpy", "faiss"})],
-        "encoding": [StrOptions(set(ENCODINGS))],
+        "encoding": [StrOptions(set(ENCODINGS)), None],
         "refine": [Interval(Real, 1, None, closed="left")],
         "device": [str, None],
         "random_state": ["random_state"],
         "n_jobs": [Integral, None],
-        "verbose": ["verbose"],
     }
 
     def __init__(
         self,
-        n_probe=96,
+        n_probe=256,
         *,
         n_lists=None,
         n_iter=5,
         n_components=0.8,
         sample_size=None,
-        backend="numpy",
-        encoding="flat",
-        refine=1.0,
+        encoding=None,
+        refine=1.5,
         device=None,
         random_state=None,
         n_jobs=None,
-        verbose=False,
     ):
         self.n_probe = n_probe
         self.n_lists = n_lists
         self.n_iter = n_iter
         self.n_components = n_components
         self.sample_size = sample_size
-        self.backend = backend
         self.encoding = encoding
         self.refine = refine
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
-        self.verbose = verbose
 
     def _search(self, rows, k):
-        n = rows.n_samples
-        n_lists = self.n_lists or default_n_lists(n)
-        sample_size = self.sample_size or 32 * n_lists
-        rng = check_random_state(self.random_state)
-        if self.backend == "faiss":
-            return self._search_faiss(rows, k, min(n_lists, n), sample_size, rng)
-        if self.encoding != "flat" or self.refine != 1 or self.device not in (None, "cpu"):
-            raise ValueError(
-                f"IVFSearch(backend='numpy') scans exact float32 rows on the CPU: encoding="
-                f"{self.encoding!r}, refine={self.refine!r} and device={self.device!r} need "
-                "backend='faiss' (the defaults are 'flat', 1.0 and None)."
-            )
-        bar = None
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=min(n_lists, n), desc="IVF search", unit="list")
-        try:
-            progress = None if bar is None else (lambda done: bar.update(done - bar.n))
-            return ivf_knn(
-                rows, k, n_lists=n_lists, n_probe=self.n_probe, n_iter=self.n_iter,
-                sample_size=sample_size, rng=rng, n_components=self.n_components,
-                progress=progress,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _search_faiss(self, rows, k, n_lists, sample_size, rng):
-        if self.encoding == "fastscan" and self.device not in (None, "cpu"):
+        on_cpu = self.device in (None, "cpu")
+        encoding = self.encoding or ("fastscan" if on_cpu else "flat")
+        if encoding == "fastscan" and not on_cpu:
             raise ValueError(
                 "IVFSearch(encoding='fastscan') runs on the CPU only (faiss has no GPU fast-scan "
-                f"index); got device={self.device!r}. Use encoding='flat' or 'pq' on a GPU."
+                f"index); got device={self.device!r}. Use encoding='flat' or 'pq' on a GPU "
+                "(or encoding=None, which picks 'flat' there)."
             )
-        faiss = import_faiss("IVFSearch(backend='faiss')", self.n_jobs)
+        faiss = import_faiss("IVFSearch", self.n_jobs)
         gpu = gpu_of(faiss, self.device)  # before any work
+        n = rows.n_samples
+        n_lists = min(self.n_lists or default_n_lists(n), n)
+        sample_size = self.sample_size or 32 * n_lists
+        rng = check_random_state(self.random_state)
         clock = time.perf_counter()
         # A product quantiser trains 2**bits centroids per sub-vector: 256 rows at least.
-        min_rows = 256 if self.encoding in ("pq", "fastscan") else 0
+        min_rows = 256 if encoding in ("pq", "fastscan") else 0
         sample, space = training_sample(rows, n_lists, sample_size, rng, self.n_components, min_rows)
-        encoding = self.encoding
         if encoding == "fastscan" and sample.size < FASTSCAN_MIN_ROWS:
             encoding = "flat"  # too few rows to train 4-bit codes; flat lists are exact anyway
         dim, project = code_layout(space.n_components, encoding)[1], space.project
@@ -445,19 +406,20 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
 
     ``"auto"``: on an accelerator ``device``, exact search on it with torch.
     On the CPU, exact NumPy search up to ``AUTO_EXACT_MAX_SAMPLES`` samples;
-    above, faiss's inverted file (:func:`faiss_ivf`: fast-scan codes, 256
-    probes, 1.5 candidates per neighbour rescored) where faiss is installed, else
-    ucal's NumPy :class:`IVFSearch` (96 probes). The CPU choice is the one
-    measured in ``benchmarks/results/search_backends_*.md``: the fastest
-    engine whose labels stayed within pairwise F 0.01 of exact search's.
-    faiss's GPU indexes are not chosen on their own (not measured here); ask
-    for them with ``IVFSearch(backend="faiss", device="cuda")``.
+    above, faiss's inverted file (:class:`IVFSearch` with its defaults:
+    fast-scan codes, 256 probes, 1.5 candidates per neighbour rescored)
+    where faiss is installed, else exact NumPy search, with a warning that
+    says how much faster faiss is. The CPU choice is the one measured in
+    ``benchmarks/results/search_backends_*.md``: the fastest engine whose
+    labels stayed within pairwise F 0.01 of exact search's. faiss's GPU
+    indexes are not chosen on their own (not measured here); ask for them
+    with ``IVFSearch(device="cuda")``.
 
     The names ``"numpy"``, ``"faiss"`` and ``"torch"`` are exact searches;
-    ``"ivf"`` (ucal's inverted file), ``"faiss-ivf"`` (faiss's, as
-    ``"auto"`` uses it) and ``"hnsw"`` the approximate ones; a
-    :class:`NeighborSearch` is used as given. ``n_jobs`` is the thread
-    count of the faiss engines; ``device`` is used by ``"torch"`` only.
+    ``"faiss-ivf"`` (faiss's inverted file, as ``"auto"`` uses it) and
+    ``"hnsw"`` the approximate ones; a :class:`NeighborSearch` is used as
+    given. ``n_jobs`` is the thread count of the faiss engines; ``device``
+    is used by ``"torch"`` only.
     """
     if isinstance(search, NeighborSearch):
         return search
@@ -466,38 +428,30 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
             return ExactSearch("torch", device=str(device))
         if n_samples <= AUTO_EXACT_MAX_SAMPLES:
             return ExactSearch("numpy")
-        return faiss_ivf(n_jobs=n_jobs) if _has_faiss() else IVFSearch(random_state=0)
+        if _has_faiss():
+            return IVFSearch(n_jobs=n_jobs, random_state=0)
+        logger.warning(
+            "search='auto' on %d samples without faiss: exact NumPy search. faiss's inverted "
+            "file is about 4 times faster at the same clustering (pip install 'ucal[faiss]').",
+            n_samples,
+        )
+        return ExactSearch("numpy")
     if search == "torch":
         return ExactSearch("torch", device=None if device is None else str(device))
     if search in ("numpy", "faiss"):
         return ExactSearch(search, n_jobs=n_jobs if search == "faiss" else None)
-    if search == "ivf":
-        return IVFSearch(random_state=0)
     if search == "faiss-ivf":
-        return faiss_ivf(n_jobs=n_jobs)
+        return IVFSearch(n_jobs=n_jobs, random_state=0)
     if search == "hnsw":
         return HNSWSearch(n_jobs=n_jobs)
+    removed = (
+        " ('ivf', ucal's NumPy inverted file, was removed: faiss's, 'faiss-ivf', is faster at "
+        "the same accuracy)" if search == "ivf" else ""
+    )
     raise ValueError(
         f"search must be one of {', '.join(repr(s) for s in SEARCH_NAMES)} or a "
-        f"NeighborSearch instance (ExactSearch, IVFSearch, HNSWSearch), got {search!r}."
+        f"NeighborSearch instance (ExactSearch, IVFSearch, HNSWSearch), got {search!r}{removed}."
     )
-
-
-def faiss_ivf(*, n_jobs=None):
-    """faiss's inverted file with the settings ``search="auto"`` uses above
-    ``AUTO_EXACT_MAX_SAMPLES`` samples: 4-bit fast-scan codes
-    (``encoding="fastscan"``), 256 probes, ``refine=1.5``, seed 0.
-
-    Measured at N = 100,000, d = 2,048 on 2 CPU cores, in three runs:
-    labels at pairwise F 0.993 against exact search's, the whole clustering
-    step 3.9 to 4.2 times faster than exact search; faiss's flat lists at
-    256 probes with ``refine=2`` reached the same F at 2.6 to 2.7 times,
-    ucal's NumPy inverted file needed 160 probes for F 0.992 at 1.5 times
-    (``benchmarks/results/search_backends_100000_fastscan*.md``,
-    ``search_backends_100000_refine.md``).
-    """
-    return IVFSearch(n_probe=256, backend="faiss", encoding="fastscan", refine=1.5,
-                     n_jobs=n_jobs, random_state=0)
 
 
 def _has_faiss():

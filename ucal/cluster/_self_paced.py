@@ -93,11 +93,11 @@ class SelfPacedDBSCAN(
     search : str or NeighborSearch, default="auto"
         Neighbour search of the Jaccard distance. ``"auto"``: exact (NumPy)
         up to 100,000 samples; above, faiss's inverted file
-        (``"faiss-ivf"``) where faiss is installed, else ucal's
-        :class:`~ucal.cluster.IVFSearch` (inside :class:`~ucal.UCALReID` on
-        a GPU: exact search on the GPU at every size). ``"numpy"``, ``"faiss"``,
-        ``"torch"``: exact; ``"ivf"``, ``"faiss-ivf"``, ``"hnsw"``:
-        approximate with their defaults; or a configured
+        (``"faiss-ivf"``) where faiss is installed, else exact with a
+        warning (inside :class:`~ucal.UCALReID` on a GPU: exact search on
+        the GPU at every size). ``"numpy"``, ``"faiss"``, ``"torch"``:
+        exact; ``"faiss-ivf"``, ``"hnsw"``: approximate with their
+        defaults (faiss); or a configured
         :class:`~ucal.cluster.ExactSearch`, :class:`~ucal.cluster.IVFSearch`
         or :class:`~ucal.cluster.HNSWSearch` (tunable in a grid search as
         ``search__n_probe``). See :doc:`/large_scale`.
