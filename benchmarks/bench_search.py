@@ -497,7 +497,7 @@ def _save(name, rows, lines, note):
         f"# {name.replace('_', ': ')}\n\n{env['cpus']} CPUs ({env['processor']}), numpy {env['numpy']}, "
         f"scipy {env['scipy']}, scikit-learn {env['scikit-learn']}, "
         + (f"numba {env['numba']} (compiled top-k merges, min-sums and DBSCAN)" if env["numba"]
-           else "no numba (NumPy min-sums and DBSCAN)")
+           else "no numba loops (NumPy top-k merges, min-sums and DBSCAN)")
         + f", {env['date']}.\n{note}\n\n"
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")

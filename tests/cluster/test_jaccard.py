@@ -329,7 +329,7 @@ print(json.dumps({name: [sum(k.stats.cache_hits.values()), sum(k.stats.cache_mis
 """
 
 
-def test_compiled_loops_are_loaded_from_numbas_cache_in_a_new_process():
+def test_compiled_loops_are_loaded_from_numbas_cache_in_a_new_process(tmp_path):
     # A kernel numba cannot key (one that calls another compiled function)
     # is compiled again in every process, a second or more each time.
     pytest.importorskip("numba")
@@ -338,7 +338,7 @@ def test_compiled_loops_are_loaded_from_numbas_cache_in_a_new_process():
     import subprocess
     import sys
 
-    env = {**os.environ, "UCAL_NUMBA": "1"}
+    env = {**os.environ, "UCAL_NUMBA": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
 
     def probe():
         out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True,
@@ -357,7 +357,14 @@ def test_compiled_loops_run_where_they_pay(monkeypatch):
     pytest.importorskip("numba")
     from ucal.cluster._compiled import _MIN_WORK, compiled_dbscan, compiled_min_sums, compiled_top_k
 
+    import ucal.cluster._compiled as compiled_module
+
     monkeypatch.delenv("UCAL_NUMBA", raising=False)
+    # the top-k merges alone load numba only for a large search ...
+    monkeypatch.setattr(compiled_module, "_KERNELS", None)
+    assert compiled_top_k(_MIN_WORK) is None and compiled_module._KERNELS is None
+    assert compiled_top_k(compiled_module._MIN_SIMILARITIES) is not None
+    # ... once loaded, every loop runs from _MIN_WORK on
     for kernel in (compiled_min_sums, compiled_dbscan, compiled_top_k):
         assert kernel(_MIN_WORK - 1) is None and kernel(_MIN_WORK) is not None
     monkeypatch.setenv("UCAL_NUMBA", "1")

@@ -72,7 +72,9 @@ def test_compiled_top_k_merges_give_numpys_lists(monkeypatch, seed):
     base = rng.integers(-2, 3, size=(90, 5)).astype(np.float32)
     base[np.all(base == 0, axis=1), 0] = 1.0
     X = np.concatenate([base, base[rng.integers(0, 90, 60)]])
-    monkeypatch.setattr(knn_module, "_MAX_BLOCK_BYTES", 4 * 64 * 40)
+    # tiles of 20 columns: most blocks span several tiles (c0 > start), so the
+    # row and column offsets of the kernels differ
+    monkeypatch.setattr(knn_module, "_MAX_BLOCK_BYTES", 4 * 16 * 20)
     calls = []
     original = compiled_module.compiled_top_k
     monkeypatch.setattr(knn_module, "compiled_top_k", lambda n: calls.append(n) or original(n))
@@ -179,11 +181,14 @@ def test_auto_resolution(monkeypatch, caplog):
     assert _same(chosen, IVFSearch(n_jobs=2, random_state=0))
     assert (chosen.n_probe, chosen.encoding, chosen.refine) == (256, None, 1.5)
     assert _same(resolve_search("faiss-ivf", 10), IVFSearch(random_state=0))
-    # ... else exact search, with a warning that says what faiss would give.
+    # ... else exact search, with a warning (once) that says what faiss would give.
     monkeypatch.setattr(search_module, "_has_faiss", lambda: False)
+    monkeypatch.setattr(search_module, "_WARNED_NO_FAISS", [])
     with caplog.at_level("WARNING", logger="ucal.cluster._search"):
         assert _same(resolve_search("auto", 1000), ExactSearch("numpy"))
+        assert _same(resolve_search("auto", 1000), ExactSearch("numpy"))
     assert "pip install 'ucal[faiss]'" in caplog.text and "1000 samples" in caplog.text
+    assert caplog.text.count("without faiss") == 1
     assert _same(resolve_search("auto", 1000, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
     assert _same(resolve_search("auto", 100, device="cuda:1"), ExactSearch("torch", device="cuda:1"))
     assert _same(resolve_search("auto", 100, device="cpu"), ExactSearch("numpy"))
@@ -193,8 +198,24 @@ def test_auto_resolution(monkeypatch, caplog):
 
 
 def test_the_removed_numpy_inverted_file_is_named_in_the_error():
-    with pytest.raises(ValueError, match="'ivf', ucal's NumPy inverted file, was removed.*'faiss-ivf'"):
+    removed = "'ivf', ucal's NumPy inverted file, was removed.*'faiss-ivf'"
+    with pytest.raises(ValueError, match=removed):
         resolve_search("ivf", 10)
+    with pytest.raises(ValueError, match=removed):
+        SelfPacedDBSCAN(k1=3, k2=2, search="ivf").fit(np.eye(6) + 0.1)
+
+
+def test_auto_without_faiss_clusters_exactly_above_the_limit(monkeypatch, caplog):
+    monkeypatch.setattr(search_module, "AUTO_EXACT_MAX_SAMPLES", 100)
+    monkeypatch.setattr(search_module, "_has_faiss", lambda: False)
+    monkeypatch.setattr(search_module, "_WARNED_NO_FAISS", [])
+    X = clustered(300, 15, 16, 0.3, seed=9)[0]
+    with caplog.at_level("WARNING", logger="ucal.cluster._search"):
+        est = SelfPacedDBSCAN(k1=10, k2=3).fit(X)
+    assert _same(est.search_, ExactSearch("numpy"))
+    assert "without faiss" in caplog.text
+    exact = SelfPacedDBSCAN(k1=10, k2=3, search="numpy").fit(X)
+    np.testing.assert_array_equal(est.labels_, exact.labels_)
 
 
 def test_auto_switches_the_clusterer_to_ivf_above_the_limit(monkeypatch):

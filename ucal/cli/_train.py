@@ -304,9 +304,9 @@ def add_parser(commands):
     train.add_argument("--eps", type=float, default=0.6)
     train.add_argument("--search", choices=list(SEARCH_NAMES), default="auto",
                        help="neighbour search of the clustering: exact (numpy, faiss, torch) or "
-                       "approximate (ivf, faiss-ivf, hnsw); auto: exact up to 100,000 images "
-                       "(on the training GPU if any), faiss-ivf above where faiss is installed, "
-                       "else ivf on a CPU (see docs/large_scale.rst)")
+                       "approximate (faiss-ivf, hnsw: need faiss); auto: exact up to 100,000 "
+                       "images (on the training GPU if any), faiss-ivf above where faiss is "
+                       "installed, else exact (see docs/large_scale.rst)")
     train.add_argument("--max-queries", type=int, default=None, help="total query budget")
     train.add_argument("--validation-size", type=int, default=None, metavar="N",
                        help="pairs held out to validate every epoch (default 100; 0: off)")

@@ -8,7 +8,7 @@ upper block triangle of the similarity matrix, a tile at a time, and merges
 every tile into the running top-k of its rows and of its columns. NumPy does
 that with masks, partitions (the first tiles, where no bound is known yet)
 and sorts of candidates: at Market-1501 size on features with wide
-neighbourhoods, 0.8 s next to 1.8 s of matrix products. A compiled loop
+neighbourhoods, 0.8 s next to 1.8 s of matrix products (profiled). A compiled loop
 reads each similarity once and inserts the few that beat the running k-th
 into a sorted list, in the same order, so the result is the same to the bit
 (ties included).
@@ -62,9 +62,13 @@ _BLOCKS_PER_THREAD = 4
 # Fewest columns of a tile one thread merges into their top-k lists (256 bytes of a row).
 _COLUMN_CHUNK = 64
 # Below this many meetings (min-sums), stored distances (DBSCAN) or
-# similarities (top-k merges) the NumPy
-# paths are used unless UCAL_NUMBA=1: they take well under a second there.
+# similarities (top-k merges, once the loops are loaded) the NumPy paths are
+# used unless UCAL_NUMBA=1: they take well under a second there.
 _MIN_WORK = 2_000_000
+# The NumPy top-k merges cost about 0.8 s per 84 million similarities (profiled at
+# Market-1501 size, N = 12,936): below this many, loading numba for them alone
+# would cost more.
+_MIN_SIMILARITIES = 50_000_000
 
 _KERNELS = None
 
@@ -78,10 +82,8 @@ def _kernels(work):
     would cost more than they save.
     """
     global _KERNELS
-    setting = os.environ.get("UCAL_NUMBA", "auto").strip().lower()
-    if setting in ("0", "false", "no", "off"):
-        return None
-    if setting not in ("1", "true", "yes", "on") and work < _MIN_WORK:
+    setting = _setting()
+    if setting == "off" or (setting == "auto" and work < _MIN_WORK):
         return None
     if _KERNELS is None:
         try:
@@ -97,6 +99,14 @@ def _kernels(work):
             _KERNELS = (_build_min_sums(numba, False), _build_dbscan(numba, False),
                         _build_top_k(numba, False))
     return _KERNELS
+
+
+def _setting():
+    """``UCAL_NUMBA`` as ``"on"``, ``"off"`` or ``"auto"``."""
+    setting = os.environ.get("UCAL_NUMBA", "auto").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return "off"
+    return "on" if setting in ("1", "true", "yes", "on") else "auto"
 
 
 def compiled_min_sums(meetings):
@@ -118,11 +128,17 @@ def compiled_top_k(similarities):
     ``rows(best_sim, best_idx, row0, tile, col0)`` merges ``tile`` into the
     lists of rows ``row0, row0 + 1, ...`` (its columns are the samples
     ``col0, col0 + 1, ...``); ``columns(best_sim, best_idx, col0, tile, lo,
-    row0)`` merges the tile's columns ``lo:`` into the lists of the samples
-    ``col0 + lo, ...`` (its rows are the samples ``row0, ...``). Both give
-    :func:`ucal.cluster._knn.merge_top_k` and ``merge_top_k_columns``'s
-    lists exactly.
+    row0, n_chunks)`` merges the tile's columns ``lo:`` into the lists of
+    the samples ``col0 + lo, ...`` (its rows are the samples ``row0, ...``),
+    in about ``n_chunks`` chunks of columns shared out to numba's threads.
+    Both give :func:`ucal.cluster._knn.merge_top_k` and
+    ``merge_top_k_columns``'s lists exactly, for similarities that are not
+    NaN (the search refuses features with NaN). Until the loops are loaded (by a step of the Jaccard
+    distance, or an earlier search), only from ``_MIN_SIMILARITIES``
+    similarities on.
     """
+    if _KERNELS is None and _setting() == "auto" and similarities < _MIN_SIMILARITIES:
+        return None
     kernels = _kernels(similarities)
     return None if kernels is None else kernels[2]
 

@@ -115,6 +115,12 @@ class UnitRows:
             self.zero = np.zeros(n, dtype=bool)
             return
         peak, inverse = self._row_scales(X)
+        broken = np.flatnonzero(~np.isfinite(peak))  # a NaN or an infinity in the row
+        if broken.size:
+            raise ValueError(
+                f"X has {broken.size} row(s) with NaN or infinite values (first at index "
+                f"{broken[0]}); they have no direction. Remove them or fix the features."
+            )
         self.zero = peak == 0
         if self.zero.any() and zero_rows == "raise":
             raise _zero_rows_error(np.flatnonzero(self.zero))
@@ -144,7 +150,8 @@ class UnitRows:
             block = np.array(X[start:start + _NORMALIZE_BLOCK], dtype=np.float64)
             top = np.maximum(block.max(axis=1, initial=0.0), -block.min(axis=1, initial=0.0))
             safe = np.where(top > 0, top, 1.0)
-            block /= safe[:, None]
+            with np.errstate(invalid="ignore"):  # a row with an infinity: refused by the caller
+                block /= safe[:, None]
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
             peak[start:start + _NORMALIZE_BLOCK] = top
             inverse[start:start + _NORMALIZE_BLOCK] = np.where(top > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
@@ -226,7 +233,8 @@ def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None, d
         large N so that a tile stays under 48 MB).
     n_jobs : int, default=None
         Threads for faiss (None: faiss's default). The NumPy engine uses
-        the threads of the BLAS library.
+        the threads of the BLAS library (and numba's, for its compiled
+        merges).
     device : str, default=None
         CUDA device of the faiss engine (faiss's GPU build); None: the CPU.
 
@@ -238,6 +246,8 @@ def exact_knn(X, n_neighbors, *, search="numpy", block_size=None, n_jobs=None, d
         The matching cosine similarities (1.0 for the row itself).
     """
     rows = X if isinstance(X, UnitRows) else UnitRows.from_unit(X)
+    if int(n_neighbors) < 1:  # (an empty list has no k-th entry to merge against)
+        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors!r}.")
     k = min(int(n_neighbors), rows.n_samples)
     if search in ("auto", "numpy"):
         if block_size is None:

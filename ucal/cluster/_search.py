@@ -34,11 +34,11 @@ from ._faiss import (
     ENCODINGS,
     FASTSCAN_MIN_ROWS,
     code_layout,
+    default_n_lists,
     gpu_of,
     import_faiss,
     inverted_file,
     ivf_index,
-    default_n_lists,
     on_device,
     rescore,
     search_index,
@@ -61,6 +61,8 @@ __all__ = [
 AUTO_EXACT_MAX_SAMPLES = 100_000
 
 SEARCH_NAMES = ("auto", "numpy", "faiss", "torch", "faiss-ivf", "hnsw")
+# Whether "auto" has said, in this process, that it searches exactly for want of faiss.
+_WARNED_NO_FAISS = []
 
 
 class NeighborSearch(BaseEstimator):
@@ -106,6 +108,8 @@ class NeighborSearch(BaseEstimator):
         similarities : ndarray of shape (n_samples, n_neighbors), float32
             The matching cosine similarities.
         """
+        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, Integral) or n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be an int of at least 1, got {n_neighbors!r}.")
         rows = X if isinstance(X, UnitRows) else UnitRows(X)
         return self._search_rows(rows, n_neighbors)
 
@@ -196,10 +200,12 @@ class IVFSearch(NeighborSearch):
 
     The defaults are what ``search="auto"`` uses above 100,000 samples on a
     CPU: measured at N = 100,000, d = 2,048 on 2 CPU cores, labels within
-    pairwise F 0.01 of exact search's, the whole clustering step 4.3 times
-    faster than exact search (``benchmarks/results/search_backends_100000*.md``).
-    ucal's former NumPy inverted file needed 160 probes for the same F and
-    was 1.5 times faster than exact search; it was removed.
+    pairwise F 0.01 of exact search's (0.993), the whole clustering step 3.9
+    to 4.6 times faster than exact search in seven runs
+    (``benchmarks/results/search_backends_100000*.md``,
+    ``search_compare_faiss.md``). ucal's former NumPy inverted file needed
+    160 probes for the same F and was 1.5 to 1.8 times faster than exact
+    search; it was removed.
 
     Parameters
     ----------
@@ -430,11 +436,13 @@ def resolve_search(search, n_samples, *, device=None, n_jobs=None):
             return ExactSearch("numpy")
         if _has_faiss():
             return IVFSearch(n_jobs=n_jobs, random_state=0)
-        logger.warning(
-            "search='auto' on %d samples without faiss: exact NumPy search. faiss's inverted "
-            "file is about 4 times faster at the same clustering (pip install 'ucal[faiss]').",
-            n_samples,
-        )
+        if not _WARNED_NO_FAISS:  # once per process, not every epoch
+            _WARNED_NO_FAISS.append(True)
+            logger.warning(
+                "search='auto' on %d samples without faiss: exact NumPy search. faiss's "
+                "inverted file is about 4 times faster at the same clustering (pip install "
+                "'ucal[faiss]').", n_samples,
+            )
         return ExactSearch("numpy")
     if search == "torch":
         return ExactSearch("torch", device=None if device is None else str(device))

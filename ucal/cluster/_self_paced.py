@@ -180,7 +180,8 @@ class SelfPacedDBSCAN(
         "self_paced": ["boolean"],
         "indep_quantile": [Interval(Real, 0.0, 1.0, closed="both")],
         "k1_rule": [StrOptions({"cluster_size", "fixed"})],
-        "search": [StrOptions(set(SEARCH_NAMES)), NeighborSearch],
+        # "ivf" (removed) passes, so that resolve_search says what replaced it
+        "search": [StrOptions(set(SEARCH_NAMES) | {"ivf"}, deprecated={"ivf"}), NeighborSearch],
         "n_jobs": [Integral, None],
     }
 
