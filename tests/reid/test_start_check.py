@@ -10,9 +10,12 @@ torch = pytest.importorskip("torch")
 from ucal.oracles import LabelOracle  # noqa: E402
 from ucal.reid import Callback, UCALReID, save_weights  # noqa: E402
 from ucal.reid._start_check import (  # noqa: E402
+    FEW_ANCHORS,
     SIGNIFICANCE,
+    SIGNIFICANCE_FEW,
     draw_questions,
     duel,
+    significance,
 )
 
 from .test_estimator import RecordingOracle  # noqa: E402
@@ -52,6 +55,20 @@ def test_duel_keeps_the_held_network_only_when_it_clearly_wins():
     assert result["mean_diff"] == pytest.approx(diff.mean())
     assert result["diff_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(5))
     assert result["keep"] == "held"
+    # with few anchors the held network must win by SIGNIFICANCE_FEW standard errors
+    assert significance(FEW_ANCHORS - 1) == SIGNIFICANCE_FEW > SIGNIFICANCE == significance(FEW_ANCHORS)
+    anchors6 = np.repeat(np.arange(6), 2)
+    held6 = np.tile([True, False], 6)
+    # per-anchor differences 1, 1, 0, 0, 0, 0: mean 0.33, standard error 0.21
+    same6 = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1], bool)
+    close = duel(anchors6, held6, same6)
+    assert close["diff_se"] == pytest.approx(np.std([1, 1, 0, 0, 0, 0], ddof=1) / np.sqrt(6))
+    assert SIGNIFICANCE * close["diff_se"] < close["mean_diff"] < SIGNIFICANCE_FEW * close["diff_se"]
+    assert close["keep"] == "start"
+    # the same per-anchor differences over FEW_ANCHORS anchors or more: one standard error
+    many = FEW_ANCHORS // 6 + 1
+    wide = duel(np.repeat(np.arange(6 * many), 2), np.tile(held6, many), np.tile(same6, many))
+    assert wide["n_anchors"] >= FEW_ANCHORS and wide["keep"] == "held"
     # fewer anchors than MIN_ANCHORS show nothing, whatever they say
     few = duel(anchors[:8], held_side[:8], same[:8])
     assert few["keep"] == "start" and few["n_anchors"] == 4

@@ -532,8 +532,8 @@ class TrainingLoop:
         nearest training images one network names and the other does not, the
         pairs nobody answered yet are asked (rank 0; a resumed fit answers them
         from its memory), and the start network is put back unless the held
-        one's candidates are "the same" more often, by ``SIGNIFICANCE``
-        standard errors.
+        one's candidates are "the same" more often, by ``significance(n)``
+        standard errors (two below 20 anchors, else one).
         """
         from ._start_check import draw_questions, duel
 
