@@ -250,12 +250,16 @@ def main():
             r1, r1s = _mean_sd([100 * r["R1"] for r in mine])
             last, lasts = _mean_sd([100 * r["last_mAP"] for r in mine])
             vs, vss = _mean_sd([100 * (r["mAP"] - start[r["seed"]]) for r in mine])
-            vb, vbs = _mean_sd([100 * (r["mAP"] - base[r["seed"]]) for r in mine])
+            if all(r["seed"] in base for r in mine):
+                vb, vbs = _mean_sd([100 * (r["mAP"] - base[r["seed"]]) for r in mine])
+                versus = f"{vb:+.1f} ± {vbs:.1f}"
+            else:  # no Baseline run among the methods
+                versus = "—"
             c, cs = _mean_sd([100 * r["cost"] for r in mine])
             shown = "—" if method == "Baseline" else f"{100 * budget:.3f}"
             lines.append(f"| {method} | {shown} | {m:.1f} ± {s:.1f} | {r1:.1f} ± {r1s:.1f} | "
                          f"{last:.1f} ± {lasts:.1f} | {vs:+.1f} ± {vss:.1f} | "
-                         f"{vb:+.1f} ± {vbs:.1f} | {c:.4f} ± {cs:.4f} |")
+                         f"{versus} | {c:.4f} ± {cs:.4f} |")
     lines += ["", "Per seed (held mAP, %):", ""]
     for seed in args.seeds:
         cells = [f"{r['method']} @ {100 * r['budget']:.3f} %: {100 * r['mAP']:.1f}"
