@@ -180,8 +180,12 @@ def _disagreement(start, held, anchors, candidates, budget, same, seed):
         keeps[rule] = bool(result["n_anchors"] >= fewest
                            and result["mean_diff"] > n_se * result["diff_se"] + margin
                            and result["mean_diff"] > 0)
+    from ucal.reid._start_check import FEW_ANCHORS, SIGNIFICANCE, SIGNIFICANCE_FEW
+
     first = next(iter(RULES))
     assert RULES[first][:2] == (MIN_ANCHORS, "ucal"), "the first rule must be ucal's"
+    assert (MIN_ANCHORS, FEW_ANCHORS, SIGNIFICANCE_FEW, SIGNIFICANCE) == (5, 20, 2.0, 1.0), \
+        "ucal's rule changed: update the first rule's label in RULES"
     assert keeps[first] == (result["keep"] == "held")
     return keeps, len(pairs)
 

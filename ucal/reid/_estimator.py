@@ -240,8 +240,9 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         tenth of ``max_queries``, kept
         back from calibration and refinement; no check below 30; saved in
         ``start_check.jsonl`` or ``<name>.start_check.jsonl``), and put the
-        starting network back unless the trained one wins by a standard
-        error (``start_check_``; see :doc:`/answers`).
+        starting network back unless the trained one wins by two standard
+        errors (below 20 answered images; one from 20 on) (``start_check_``;
+        see :doc:`/answers`).
     supervised : bool, default=False
         Train on the true identities ``y`` instead of pseudo labels (the
         paper's Supervised upper bound: same loss, labeling cost 100 %).

@@ -535,7 +535,7 @@ class TrainingLoop:
         one's candidates are "the same" more often, by ``significance(n)``
         standard errors (two below 20 anchors, else one).
         """
-        from ._start_check import draw_questions, duel
+        from ._start_check import draw_questions, duel, significance
 
         self._check_done = True  # from here on the check spends its own share
         held = self._extract(self.source, "Checking against the start").cpu().numpy()
@@ -573,9 +573,9 @@ class TrainingLoop:
         result = duel(pairs[ok, 0], held_side[ok], answers[ok] == 1)
         message = ("on %d images' nearest candidates where the networks disagree, the trained "
                    "network names %d of the same person and the start network %d (%.2f per "
-                   "image, standard error %.2f)")
+                   "image, standard error %.2f; it must win by %g standard errors)")
         args = (result["n_anchors"], result["hits_held"], result["hits_start"],
-                result["mean_diff"], result["diff_se"])
+                result["mean_diff"], result["diff_se"], significance(result["n_anchors"]))
         if result["keep"] == "start":
             self.net.load_state_dict(start_net.state_dict())
             logger.info("The start network is kept: " + message + ".", *args)

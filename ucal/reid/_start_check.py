@@ -46,8 +46,8 @@ SIGNIFICANCE = 1.0
 # ... and by this many where fewer than FEW_ANCHORS anchors have answers. A few
 # anchors' standard error is itself uncertain, and the anchors lean towards the
 # trained network (it retrieves the people it trained beside better than new
-# people): replayed with 31 questions (about 8 anchors), one standard error
-# kept 16 % of the networks more than 1 test mAP below the start, two kept 3 %
+# people): replayed with 31 questions (7 or 8 anchors), one standard error kept
+# networks more than 1 test mAP below the start in 16 % of replays, two in 3 %
 # (benchmarks/results/check_rules.md).
 SIGNIFICANCE_FEW = 2.0
 FEW_ANCHORS = 20
