@@ -128,9 +128,9 @@ def compiled_top_k(similarities):
     ``rows(best_sim, best_idx, row0, tile, col0)`` merges ``tile`` into the
     lists of rows ``row0, row0 + 1, ...`` (its columns are the samples
     ``col0, col0 + 1, ...``); ``columns(best_sim, best_idx, col0, tile, lo,
-    row0, n_chunks)`` merges the tile's columns ``lo:`` into the lists of
-    the samples ``col0 + lo, ...`` (its rows are the samples ``row0, ...``),
-    in about ``n_chunks`` chunks of columns shared out to numba's threads.
+    row0)`` merges the tile's columns ``lo:`` into the lists of the samples
+    ``col0 + lo, ...`` (its rows are the samples ``row0, ...``), in chunks
+    of columns shared out to numba's threads.
     Both give :func:`ucal.cluster._knn.merge_top_k` and
     ``merge_top_k_columns``'s lists exactly, for similarities that are not
     NaN (the search refuses features with NaN). Until the loops are loaded (by a step of the Jaccard
@@ -140,7 +140,13 @@ def compiled_top_k(similarities):
     if _KERNELS is None and _setting() == "auto" and similarities < _MIN_SIMILARITIES:
         return None
     kernels = _kernels(similarities)
-    return None if kernels is None else kernels[2]
+    if kernels is None:
+        return None
+    import numba
+
+    rows, columns = kernels[2]
+    n_chunks = _BLOCKS_PER_THREAD * numba.get_num_threads()
+    return rows, lambda *args: columns(*args, n_chunks)
 
 
 def _build_top_k(numba, cache):

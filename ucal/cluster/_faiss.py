@@ -10,7 +10,8 @@ The inverted files work in a smaller space where the features allow it
 (:class:`ListSpace`: the rows minus their mean, projected on the principal
 directions that hold most of their variance): faiss scans a list one query at
 a time, at a cost that grows with the dimension, and 2,048-dimensional
-embeddings of a network have far fewer directions that matter. They search by Euclidean distance there (which, in
+embeddings of a network have far fewer directions that matter. They search
+by Euclidean distance there (which, in
 all dimensions, ranks unit rows as cosine similarity does). The candidates'
 similarities are then computed again in the original space (:func:`rescore`),
 so every backend hands the Jaccard step exact cosine similarities.

@@ -382,10 +382,6 @@ def _knn_numpy(rows, k, block_size):
     tile_cols = max(block_size, _MAX_BLOCK_BYTES // (4 * block_size))
     n_blocks = math.ceil(n / block_size)
     compiled = compiled_top_k(n * (n + 1) // 2)
-    if compiled is not None:
-        import numba  # noqa: PLC0415 (there when compiled is)
-
-        n_chunks = 4 * numba.get_num_threads()
     for b in range(n_blocks):
         start, stop = b * block_size, min((b + 1) * block_size, n)
         row_ids = np.arange(start, stop)
@@ -404,7 +400,7 @@ def _knn_numpy(rows, k, block_size):
             if compiled is not None:
                 compiled[0](best_sim, best_idx, start, tile, c0)
                 if lo < c1:
-                    compiled[1](best_sim, best_idx, c0, tile, lo - c0, start, n_chunks)
+                    compiled[1](best_sim, best_idx, c0, tile, lo - c0, start)
                 continue
             merge_top_k(best_sim, best_idx, row_ids, tile, c0, k)
             if lo < c1:
