@@ -36,6 +36,21 @@ def _digest(tensor):
     return hashlib.sha1(tensor.detach().cpu().numpy().tobytes()).hexdigest()
 
 
+def _thread_names():
+    """The names of this process's threads (Linux), None where /proc has none."""
+    tasks = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(tasks):
+        return None
+    names = []
+    for task in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, task, "comm")) as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
+
+
 def main(config_path):
     with open(config_path) as f:
         config = json.load(f)
@@ -99,6 +114,7 @@ def main(config_path):
         "batchnorm_types": sorted({type(m).__name__ for m in model.backbone_.modules()
                                    if "BatchNorm" in type(m).__name__}),
         "n_queries": int(model.n_queries_),
+        "threads": _thread_names(),
     }
     with open(os.path.join(config["out"], f"rank{rank}.json"), "w") as f:
         json.dump(out, f)

@@ -94,6 +94,10 @@ def test_two_processes_train_as_one_and_stay_identical(tmp_path):
     assert asked and len(asked) == len(set(asked))
     assert two[1]["asked"] == []
     assert two[1]["n_queries"] == two[0]["n_queries"] == len(asked)
+    # the fit ends its process group: no gloo thread outlives it to race the exit
+    for rank in (0, 1):
+        if two[rank]["threads"] is not None:
+            assert not [t for t in two[rank]["threads"] if "gloo" in t], two[rank]["threads"]
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one_and_back(tmp_path):

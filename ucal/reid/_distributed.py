@@ -57,6 +57,21 @@ class DistributedError(RuntimeError):
     """
 
 
+def _import_dynamo_first():
+    """Import ``torch._dynamo`` before the process group exists.
+
+    ``DistributedDataParallel`` imports it. Imported while a group exists, it
+    keeps that group alive past ``destroy_process_group`` (seen with torch
+    2.14): gloo's threads then outlive the fit and, rarely, abort the process
+    at exit ("terminate called without an active exception"). Imported first,
+    it holds nothing, and the group ends with the fit.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # pragma: no cover - a build without it has nothing to hold
+        pass
+
+
 class DistributedContext:
     """The process group of a fit, or a single process (``world_size == 1``).
 
@@ -111,6 +126,7 @@ class DistributedContext:
         cuda = torch.cuda.is_available() and str(device) != "cpu"
         if cuda:
             torch.cuda.set_device(local_rank)
+        _import_dynamo_first()
         dist.init_process_group("nccl" if cuda else "gloo", timeout=GROUP_TIMEOUT)
         return cls(dist.get_world_size(), dist.get_rank(), local_rank, owned=True)
 
