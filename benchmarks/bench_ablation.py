@@ -87,6 +87,12 @@ BRANCHES = {
     "neighbors, greedy + pair term, 0.092 %": (
         dict(refiner=_selection("neighbors"), pair_weight=1.0, query_pacing="greedy"), 0.0,
         0.00092),
+    # the gap rule's questions first, then images' neighbours with what the budget leaves
+    "gap, then neighbors + pair term, 0.092 %": (
+        dict(refiner=_selection("gap_then_neighbors"), pair_weight=1.0), 0.0, 0.00092),
+    "gap, then neighbors, greedy + pair term, 0.092 %": (
+        dict(refiner=_selection("gap_then_neighbors"), pair_weight=1.0, query_pacing="greedy"),
+        0.0, 0.00092),
     "default + pair term, 5% noisy, 0.092 %": (dict(refiner=None, pair_weight=1.0), 0.05,
                                                0.00092),
     # the pair term without the 5 % of answers the features contradict most (pair_trim)

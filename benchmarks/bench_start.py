@@ -28,7 +28,9 @@ look-alikes, stronger camera shifts). Rows, per seed:
   gap cut: do questions that find more "same" answers (the table counts
   them) help a weak start? "neighbors, greedy" spends the budget as early
   as the questions allow (``query_pacing="greedy"``) instead of evenly;
-  its "5 % noisy" row is answered by the annotator who errs.
+  its "5 % noisy" row is answered by the annotator who errs. "gap then
+  neighbors" asks the gap cut's questions first, then image neighbours with
+  what the budget leaves (``selection="gap_then_neighbors"``).
 - Supervised: the same network trained on the true identities of the new
   people, at the same schedule: how much any use of labels can add here.
 
@@ -94,7 +96,8 @@ ROWS = ("Start", "Baseline", "UCAL, paper", "UCAL, default, k1 fixed", "UCAL, de
         "UCAL, default + calibration", "UCAL, default, k1 fixed, 5 % noisy",
         "UCAL, default, 5 % noisy", "UCAL, default, nearest", "UCAL, default, uncertain",
         "UCAL, default, neighbors", "UCAL, default, neighbors, greedy",
-        "UCAL, default, neighbors, greedy, 5 % noisy", "Supervised")
+        "UCAL, default, neighbors, greedy, 5 % noisy", "UCAL, default, gap then neighbors",
+        "UCAL, default, gap then neighbors, greedy", "Supervised")
 
 
 def _data(seed, source=False):
@@ -200,11 +203,14 @@ def run(seed, name, weights):
             # y feeds the pseudo-label diagnostics only; the noisy oracle answers
             model.fit(data.train, data.train.pids, oracle=oracle, eval_set=data)
         elif name in ("UCAL, default, nearest", "UCAL, default, uncertain",
-                      "UCAL, default, neighbors", "UCAL, default, neighbors, greedy"):
+                      "UCAL, default, neighbors", "UCAL, default, neighbors, greedy",
+                      "UCAL, default, gap then neighbors",
+                      "UCAL, default, gap then neighbors, greedy"):
             # MPPS's other selections: do questions that find more "same" answers help?
             pacing = {"query_pacing": "greedy"} if name.endswith("greedy") else {}
+            selection = name.split(", ")[2].replace(" ", "_")
             model = _model(seed, weights, max_queries=budget,
-                           refiner=_selection(name.split(", ")[2]), **pacing)
+                           refiner=_selection(selection), **pacing)
             model.fit(data.train, data.train.pids, eval_set=data)
         elif name == "UCAL, default + calibration":
             from ucal.active import ClusteringCalibrator

@@ -415,3 +415,35 @@ def test_neighbors_selection_leaves_all_zero_rows_out():
     assert (model.labels_[[0, 13]] == -1).all()
     assert not np.isin(model.queries_["pairs"], [0, 13]).any()
     assert (model.labels_ >= 0).sum() > (labels >= 0).sum() - 1  # outliers joined
+
+
+def test_gap_then_neighbors_asks_the_gap_rule_first_then_image_neighbours():
+    from ucal.active._mpps import neighbour_pairs
+
+    X, y = identities(n_ids=8, per_id=10, noise=0.9)
+    labels = fragment(y, range(7))
+    labels[y == 7] = -1  # one identity left unclustered
+    params = dict(cluster_inference=False, max_merge_ratio=1.0)
+    gap = MPPSMerger(selection="gap", **params).fit(X, y, labels=labels)
+    both = MPPSMerger(selection="gap_then_neighbors", **params).fit(X, y, labels=labels)
+    # first the gap rule's questions, the same ones in the same order
+    n_gap = len(gap.queries_["pairs"])
+    assert n_gap > 0
+    np.testing.assert_array_equal(both.queries_["pairs"][:n_gap], gap.queries_["pairs"])
+    # then each image's nearest neighbour in another set, for the set pairs the
+    # gap rule left out (outliers as sets of one), in neighbour_pairs's order
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sets = labels.copy()
+    sets[labels < 0] = labels.max() + 1 + np.arange((labels < 0).sum())
+    near, shown = neighbour_pairs(Xn, sets)
+    gap_sets = {tuple(sorted(p)) for p in sets[gap.queries_["pairs"]].tolist()}
+    fresh = [tuple(sorted(s)) for p, s in zip(near.tolist(), shown.tolist())
+             if tuple(p) not in gap_sets]
+    asked_gap = set(map(tuple, gap.queries_["pairs"].tolist()))
+    expected = [s for s in fresh if s not in asked_gap]  # never asked twice
+    assert [tuple(p) for p in both.queries_["pairs"][n_gap:].tolist()] == expected
+    # the unclustered identity: left alone by the gap rule, made clusters here (pure)
+    assert (gap.labels_[y == 7] == -1).all()
+    assert (both.labels_[y == 7] >= 0).all()
+    p, _, _ = pairwise_precision_recall_fscore(y[both.labels_ >= 0], both.labels_[both.labels_ >= 0])
+    assert p == 1.0

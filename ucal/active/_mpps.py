@@ -178,7 +178,8 @@ class MPPSMerger(BaseRefiner):
         merging (paper: 20% per epoch). With ``cluster_inference``, merges
         the answers already settle do not count against it, and it is
         applied before asking: questions stop once it is reached.
-    selection : {"gap", "uncertain", "nearest", "random", "neighbors"}, default="gap"
+    selection : {"gap", "uncertain", "nearest", "random", "neighbors", \
+            "gap_then_neighbors"}, default="gap"
         Which centroid pairs are candidates, in which order: Eq. 5 and 6
         (``"gap"``, the paper's), most similar first; each centroid's
         ``l_max`` nearest, the least certain answer first (``"uncertain"``:
@@ -200,6 +201,10 @@ class MPPSMerger(BaseRefiner):
         one exact neighbour search of all images per fit (about the
         clustering's own), and is meant for weak features, whose clusters
         are too impure for their centroids to say much.
+        ``"gap_then_neighbors"`` asks the gap rule's candidates first
+        (``"gap"``, medoid pairs shown), then, with what the budget leaves,
+        ``"neighbors"``'s image pairs between the sets the gap rule did not
+        pair (outliers included, as there).
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
         two clusters (votes, see :mod:`ucal.active`), keep apart groups a
@@ -230,7 +235,8 @@ class MPPSMerger(BaseRefiner):
     ----------
     labels_ : ndarray of shape (n_samples,)
         Refined cluster labels, ``-1`` for outliers (never queried, never
-        made into clusters, except by ``selection="neighbors"``, where an
+        made into clusters, except by ``selection="neighbors"`` or
+        ``"gap_then_neighbors"``, where an
         outlier a "same" answer joins to another image leaves them).
     n_clusters_ : int
         Number of refined clusters.
@@ -238,7 +244,8 @@ class MPPSMerger(BaseRefiner):
         L2-normalised mean of each refined cluster's L2-normalised samples.
     n_merges_ : int
         Number of clusters this stage removed by merging on answers given
-        during this fit (with ``selection="neighbors"``, outliers joined
+        during this fit (with ``selection="neighbors"`` or
+        ``"gap_then_neighbors"``, outliers joined
         to a cluster or to each other included).
     n_known_merges_ : int
         Merges the answers already in the memory settled (not counted
@@ -296,7 +303,8 @@ class MPPSMerger(BaseRefiner):
         "l_max": [Interval(Integral, 1, None, closed="left")],
         "delta": [Interval(Real, 0, 1, closed="both")],
         "max_merge_ratio": [Interval(Real, 0, 1, closed="both")],
-        "selection": [StrOptions({"gap", "uncertain", "nearest", "random", "neighbors"})],
+        "selection": [StrOptions({"gap", "uncertain", "nearest", "random", "neighbors",
+                                   "gap_then_neighbors"})],
         "cluster_inference": ["boolean"],
         "confirm_size": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
@@ -332,7 +340,8 @@ class MPPSMerger(BaseRefiner):
         self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
         outliers = np.empty(0, dtype=np.int64)
-        if self.selection == "neighbors":
+        by_images = self.selection in ("neighbors", "gap_then_neighbors")
+        if by_images:
             # outliers take part as sets of one: a "same" answer can pair two of
             # them (all-zero rows, made noise by the base class, stay out)
             outliers = np.flatnonzero((labels < 0) & Xn.any(axis=1))
@@ -347,6 +356,8 @@ class MPPSMerger(BaseRefiner):
         shown = None
         if self.selection == "neighbors":
             pairs, shown = neighbour_pairs(Xn, labels)
+        elif self.selection == "gap_then_neighbors":
+            pairs, shown = self._gap_then_neighbours(Xn, labels, centers, medoids, n_clusters)
         else:
             pairs = self._candidates(Xn, centers, medoids, session)
         limit = self.max_merge_ratio * n_sets
@@ -365,6 +376,22 @@ class MPPSMerger(BaseRefiner):
             alone = np.bincount(refined[refined >= 0], minlength=n_sets)[refined[outliers]] == 1
             refined[outliers[alone]] = -1
         return refined
+
+    def _gap_then_neighbours(self, Xn, labels, centers, medoids, n_clusters):
+        """The gap rule's cluster pairs (medoids shown), then the image-neighbour
+        pairs of the sets it left out (each shown as it is).
+
+        The gap rule's candidates run out before a budget does when the
+        clusters are few or clean; the neighbour pairs spend the rest where
+        the images themselves, outliers included, say two sets may meet.
+        """
+        gap = candidate_pairs(centers[:n_clusters], self.l_max, self.delta)[0]
+        near, near_shown = neighbour_pairs(Xn, labels)
+        n_sets = len(centers)  # both give pairs a < b
+        fresh = ~np.isin(near[:, 0] * n_sets + near[:, 1], gap[:, 0] * n_sets + gap[:, 1])
+        pairs = np.concatenate([gap, near[fresh]]).astype(np.int64)
+        shown = np.concatenate([medoids[gap].reshape(-1, 2), near_shown[fresh]]).astype(np.int64)
+        return pairs, shown
 
     def _candidates(self, Xn, centers, medoids, session):
         """Cluster pairs to consider, in the order they are asked (``selection``)."""

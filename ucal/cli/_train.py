@@ -327,10 +327,11 @@ def add_parser(commands):
                        help="share of the answers the pair term leaves out each epoch, those "
                        "the features contradict most (pair_trim; for an annotator who errs, "
                        "about their error rate; default 0)")
-    train.add_argument("--selection", choices=("gap", "uncertain", "nearest", "neighbors"),
-                       default=None, help="which pairs MPPS asks about: centroid pairs, or "
-                       "'neighbors', each image's nearest in another cluster (default: the "
-                       "preset's)")
+    train.add_argument("--selection",
+                       choices=("gap", "uncertain", "nearest", "neighbors", "gap_then_neighbors"),
+                       default=None, help="which pairs MPPS asks about: centroid pairs, "
+                       "'neighbors', each image's nearest in another cluster, or "
+                       "'gap_then_neighbors', the first then the second (default: the preset's)")
     train.add_argument("--no-snps", action="store_true", help="ablation: no splitting")
     train.add_argument("--no-mpps", action="store_true", help="ablation: no merging")
     train.add_argument("--no-eval", action="store_true", help="skip per-epoch evaluation")
