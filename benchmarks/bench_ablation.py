@@ -22,7 +22,7 @@ one pass over the data), not SpCL's 400 iterations per epoch.
 
 Usage::
 
-    python benchmarks/bench_ablation.py               # 3 seeds, about 80 min on 2 cores
+    python benchmarks/bench_ablation.py               # 3 seeds, about 110 min on 2 cores
     python benchmarks/bench_ablation.py --seeds 0     # one seed
 
 Saves ``benchmarks/results/ablation.{json,md,png}``.

@@ -41,7 +41,7 @@ test scores of the network each model holds at the end.
 
 Usage::
 
-    python benchmarks/bench_start.py              # 3 seeds, about 20 min on 2 cores
+    python benchmarks/bench_start.py              # 3 seeds, about 25 min on 2 cores
     python benchmarks/bench_start.py --seeds 0
     python benchmarks/bench_start.py --rows Supervised --merge   # add rows to the saved ones
     python benchmarks/bench_start.py --neighbours   # questions per image: how often "same"?

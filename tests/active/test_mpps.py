@@ -439,11 +439,25 @@ def test_gap_then_neighbors_asks_the_gap_rule_first_then_image_neighbours():
     gap_sets = {tuple(sorted(p)) for p in sets[gap.queries_["pairs"]].tolist()}
     fresh = [tuple(sorted(s)) for p, s in zip(near.tolist(), shown.tolist())
              if tuple(p) not in gap_sets]
-    asked_gap = set(map(tuple, gap.queries_["pairs"].tolist()))
-    expected = [s for s in fresh if s not in asked_gap]  # never asked twice
-    assert [tuple(p) for p in both.queries_["pairs"][n_gap:].tolist()] == expected
+    assert [tuple(p) for p in both.queries_["pairs"][n_gap:].tolist()] == fresh
     # the unclustered identity: left alone by the gap rule, made clusters here (pure)
     assert (gap.labels_[y == 7] == -1).all()
     assert (both.labels_[y == 7] >= 0).all()
     p, _, _ = pairwise_precision_recall_fscore(y[both.labels_ >= 0], both.labels_[both.labels_ >= 0])
     assert p == 1.0
+
+
+def test_gap_then_neighbors_at_the_defaults_counts_outliers_in_the_cap():
+    X, y = identities(n_ids=10, per_id=12, noise=0.9)
+    labels = fragment(y, range(10))  # 20 halves
+    labels[np.flatnonzero(y >= 0)[::3]] = -1  # a third of the images are outliers
+    n_clusters, n_outliers = len(np.unique(labels[labels >= 0])), (labels < 0).sum()
+    gap = MPPSMerger(selection="gap").fit(X, y, labels=labels)
+    both = MPPSMerger(selection="gap_then_neighbors").fit(X, y, labels=labels)
+    # the gap rule alone stops at 20 % of the clusters; here the outliers join the base
+    assert gap.n_merges_ <= 0.2 * n_clusters < both.n_merges_ <= 0.2 * (n_clusters + n_outliers)
+    # its first questions are still the gap rule's, and every merge is right
+    np.testing.assert_array_equal(both.queries_["pairs"][:2], gap.queries_["pairs"][:2])
+    for model in (gap, both):
+        kept = model.labels_ >= 0
+        assert pairwise_precision_recall_fscore(y[kept], model.labels_[kept])[0] == 1.0

@@ -300,6 +300,9 @@ def test_refiner_from_flags_with_the_paper_preset():
     assert refiner_from_flags(no_snps=True, selection="nearest").selection == "nearest"
     assert refiner_from_flags(preset="paper", selection="uncertain").selection == "uncertain"
     assert refiner_from_flags(selection="neighbors").selection == "neighbors"
+    args = build_parser().parse_args(["train", "--dataset", "market1501", "--root", "x",
+                                      "--output", "y", "--selection", "gap_then_neighbors"])
+    assert refiner_from_flags(selection=args.selection).selection == "gap_then_neighbors"
     assert refiner_from_flags() is None  # no flag: the estimator's default
     # the neighbors preset's MPPS, in the full chain and alone; --selection still wins
     early = refiner_from_flags(preset="neighbors")

@@ -22,8 +22,11 @@ def _recorder():
     class Recorder(Callback):
         def __init__(self):
             self.losses, self.weights, self.memories = [], [], []
+            self.threads = None  # the process's threads at the first step
 
         def on_batch_end(self, loop, batch, loss):
+            if self.threads is None:
+                self.threads = _thread_names()
             self.losses.append(float(loss))
             weights = torch.cat([p.detach().float().flatten() for p in loop.net.parameters()])
             self.weights.append(_digest(weights))
@@ -114,6 +117,7 @@ def main(config_path):
         "batchnorm_types": sorted({type(m).__name__ for m in model.backbone_.modules()
                                    if "BatchNorm" in type(m).__name__}),
         "n_queries": int(model.n_queries_),
+        "threads_in_fit": recorder.threads,
         "threads": _thread_names(),
     }
     with open(os.path.join(config["out"], f"rank{rank}.json"), "w") as f:

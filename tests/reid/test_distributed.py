@@ -96,7 +96,8 @@ def test_two_processes_train_as_one_and_stay_identical(tmp_path):
     assert two[1]["n_queries"] == two[0]["n_queries"] == len(asked)
     # the fit ends its process group: no gloo thread outlives it to race the exit
     for rank in (0, 1):
-        if two[rank]["threads"] is not None:
+        if two[rank]["threads"] is not None:  # Linux: the names in /proc
+            assert [t for t in two[rank]["threads_in_fit"] if "gloo" in t]  # seen, then gone
             assert not [t for t in two[rank]["threads"] if "gloo" in t], two[rank]["threads"]
 
 

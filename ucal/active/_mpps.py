@@ -202,9 +202,13 @@ class MPPSMerger(BaseRefiner):
         clustering's own), and is meant for weak features, whose clusters
         are too impure for their centroids to say much.
         ``"gap_then_neighbors"`` asks the gap rule's candidates first
-        (``"gap"``, medoid pairs shown), then, with what the budget leaves,
-        ``"neighbors"``'s image pairs between the sets the gap rule did not
-        pair (outliers included, as there).
+        (``"gap"``, medoid pairs shown; ``l_max`` and ``delta`` shape this
+        part only), then, with what the budget leaves, ``"neighbors"``'s
+        image pairs between the sets the gap rule did not pair (outliers
+        included, as there). As with ``"neighbors"``, the outliers count in
+        ``max_merge_ratio``'s base, for the gap rule's merges too, and the
+        neighbour search runs in every fit, even when the gap rule's
+        questions spend the whole budget.
     cluster_inference : bool, default=True
         Settle candidate pairs from every answer already given across the
         two clusters (votes, see :mod:`ucal.active`), keep apart groups a
@@ -212,7 +216,9 @@ class MPPSMerger(BaseRefiner):
         different from C: no chain), and ask only open pairs, in batches no
         larger than the merges the cap still allows. False is the paper's
         MPPS: every candidate's medoid pair (``"neighbors"``: its image
-        pair) is asked in one batch and the cap applied afterwards.
+        pair; ``"gap_then_neighbors"``: the first for the gap rule's
+        candidates, the second for the others) is asked in one batch and
+        the cap applied afterwards.
     confirm_size : int or None, default=8
         With ``cluster_inference``, two clusters of this size or more each
         merge only on two "same" answers (a second pair confirms the

@@ -331,7 +331,8 @@ def add_parser(commands):
                        choices=("gap", "uncertain", "nearest", "neighbors", "gap_then_neighbors"),
                        default=None, help="which pairs MPPS asks about: centroid pairs, "
                        "'neighbors', each image's nearest in another cluster, or "
-                       "'gap_then_neighbors', the first then the second (default: the preset's)")
+                       "'gap_then_neighbors', the gap rule's centroid pairs, then the "
+                       "neighbours' image pairs (default: the preset's)")
     train.add_argument("--no-snps", action="store_true", help="ablation: no splitting")
     train.add_argument("--no-mpps", action="store_true", help="ablation: no merging")
     train.add_argument("--no-eval", action="store_true", help="skip per-epoch evaluation")

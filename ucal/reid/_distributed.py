@@ -63,8 +63,11 @@ def _import_dynamo_first():
     ``DistributedDataParallel`` imports it. Imported while a group exists, it
     keeps that group alive past ``destroy_process_group`` (seen with torch
     2.14): gloo's threads then outlive the fit and, rarely, abort the process
-    at exit ("terminate called without an active exception"). Imported first,
-    it holds nothing, and the group ends with the fit.
+    at exit ("terminate called without an active exception"). What holds the
+    group is in the ``torch.distributed._shard`` import chain that
+    ``torch._dynamo`` pulls in (importing ``_shard`` or ``fsdp`` after the
+    group does the same). Imported first, it holds nothing, and the group
+    ends with the fit.
     """
     try:
         import torch._dynamo  # noqa: F401
