@@ -177,7 +177,9 @@ class MPPSMerger(BaseRefiner):
         Merges stop once this fraction of the clusters has been removed by
         merging (paper: 20% per epoch). With ``cluster_inference``, merges
         the answers already settle do not count against it, and it is
-        applied before asking: questions stop once it is reached.
+        applied before asking: questions stop once it is reached. With
+        ``selection="neighbors"`` or ``"gap_then_neighbors"`` the outliers
+        count in its base, as clusters of one.
     selection : {"gap", "uncertain", "nearest", "random", "neighbors", \
             "gap_then_neighbors"}, default="gap"
         Which centroid pairs are candidates, in which order: Eq. 5 and 6
