@@ -348,8 +348,7 @@ class MPPSMerger(BaseRefiner):
         self.n_known_merges_ = 0
         n_clusters = int(labels.max()) + 1 if len(labels) else 0
         outliers = np.empty(0, dtype=np.int64)
-        by_images = self.selection in ("neighbors", "gap_then_neighbors")
-        if by_images:
+        if self.selection in ("neighbors", "gap_then_neighbors"):
             # outliers take part as sets of one: a "same" answer can pair two of
             # them (all-zero rows, made noise by the base class, stay out)
             outliers = np.flatnonzero((labels < 0) & Xn.any(axis=1))

@@ -130,10 +130,10 @@ def compiled_top_k(similarities):
     ``col0, col0 + 1, ...``); ``columns(best_sim, best_idx, col0, tile, lo,
     row0)`` merges the tile's columns ``lo:`` into the lists of the samples
     ``col0 + lo, ...`` (its rows are the samples ``row0, ...``), in chunks
-    of columns shared out to numba's threads.
-    Both give :func:`ucal.cluster._knn.merge_top_k` and
-    ``merge_top_k_columns``'s lists exactly, for similarities that are not
-    NaN (the search refuses features with NaN). Until the loops are loaded (by a step of the Jaccard
+    of columns shared out to numba's threads. Both give
+    :func:`ucal.cluster._knn.merge_top_k` and ``merge_top_k_columns``'s lists
+    exactly, for similarities that are not NaN (the search refuses features
+    with NaN). Until the loops are loaded (by a step of the Jaccard
     distance, or an earlier search), only from ``_MIN_SIMILARITIES``
     similarities on.
     """
