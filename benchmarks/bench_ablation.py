@@ -324,6 +324,8 @@ def main():
         warmups = {**{int(k): v for k, v in saved["warmups"].items()}, **warmups}
         args.seeds = sorted({r["seed"] for r in runs})
         start -= saved["environment"]["wall_seconds"]  # the time of both invocations
+    elif args.merge_from:
+        args.seeds = sorted({r["seed"] for r in runs})
     rows = []
     for name in (*BRANCHES, "Supervised"):
         mine = [r for r in runs if r["method"] == name]
@@ -371,6 +373,15 @@ def main():
             f"{r['R10']:.1f} ± {r['R10_sd']:.1f} | {r['mAP']:.1f} ± {r['mAP_sd']:.1f} | "
             f"{gap_mean:.0f} ± {gap_sd:.0f} | {cost} | {queries} | {memory} |"
         )
+    # per seed: rows that differ by less than the seeds' spread are compared seed by seed
+    lines += ["", "Per seed (mAP, %):", "",
+              "| method | " + " | ".join(f"seed {seed}" for seed in args.seeds) + " |",
+              "|---|" + "---|" * len(args.seeds)]
+    for r in rows:
+        by_seed = {run["seed"]: run["mAP"] for run in runs if run["method"] == r["method"]}
+        lines.append(f"| {r['method']} | " + " | ".join(
+            f"{100 * by_seed[seed]:.1f}" if seed in by_seed else "-" for seed in args.seeds
+        ) + " |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)

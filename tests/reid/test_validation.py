@@ -1,5 +1,7 @@
 """Answers held out to validate every epoch, the best-epoch restore, and calibration."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -261,6 +263,47 @@ def test_a_degenerate_clustering_is_reported_once(data):
     with pytest.warns(UserWarning, match="degenerate: 100 % of the images") as caught:
         _model(epochs=2, clusterer=Nothing(), refiner="passthrough").fit(data.train)
     assert sum("degenerate" in str(w.message) for w in caught) == 1
+
+
+class _FixedLabels:
+    """A clusterer that returns the labels it was given, whatever the features."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def fit(self, X, y=None):
+        self.labels_ = np.asarray(self.labels)
+        return self
+
+    def get_params(self, deep=True):
+        return {"eps": 0.75}
+
+
+@pytest.mark.parametrize("sizes, outliers, problem", [
+    ([60, 20, 10, 10], 0, "its largest cluster of 4 holds 60 %"),  # under 10 clusters
+    ([95], 5, "its largest cluster of 1 holds 95 %"),  # SpCL's eps 0.75 on a good start
+    ([30] * 2 + [5] * 8, 0, "its 3 largest clusters of 10 hold 65 %"),
+    ([25] * 4, 0, None),  # four people, equally seen: nothing to report
+    ([50, 50], 0, None),  # half is not more than half
+])
+def test_a_clustering_is_degenerate_by_the_documented_rules(sizes, outliers, problem):
+    from ucal.reid._pseudo_labels import PseudoLabeler
+
+    labels = np.concatenate([np.full(size, c) for c, size in enumerate(sizes)]
+                            + [np.full(outliers, -1)])
+    labeler = PseudoLabeler(_FixedLabels(labels), None, None, None, warmup_epochs=0,
+                            max_queries=None, seed=0)
+    features = np.zeros((len(labels), 4), dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labeler(features, 0, {})
+        labeler(features, 1, {})  # once per fit
+    messages = [str(w.message) for w in caught if "degenerate" in str(w.message)]
+    if problem is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and f"degenerate: {problem}" in messages[0]
+        assert "eps=0.75" in messages[0]
 
 
 def test_an_oracle_that_records_itself_keeps_validation_answers_apart(data):

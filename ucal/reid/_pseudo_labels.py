@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 # A base clustering is degenerate when more than this share of the images is un-clustered...
 _MAX_OUTLIER_SHARE = 0.8
+# ...or when one cluster holds more than half the images (whatever the number of
+# clusters: SpCL's eps 0.75 on a pretrained start put 94 to 98 % of the images into
+# one of 1 to 5 clusters, benchmarks/results/baseline.md)...
+_MAX_LARGEST_SHARE = 0.5
 # ...or when, among at least 10 clusters, the three largest hold more than half the images.
 _MAX_TOP3_SHARE = 0.5
 _MIN_CLUSTERS_FOR_TOP3 = 10
@@ -126,9 +130,15 @@ class PseudoLabeler:
         outliers = float((labels < 0).mean())
         sizes = np.sort(np.bincount(labels[labels >= 0]))[::-1] if (labels >= 0).any() else []
         top3 = float(np.sum(sizes[:3]) / n)
+        largest = float(sizes[0] / n) if len(sizes) else 0.0
         problem = None
         if outliers > _MAX_OUTLIER_SHARE:
             problem = f"{100 * outliers:.0f} % of the images are un-clustered"
+        elif largest > _MAX_LARGEST_SHARE:
+            problem = (
+                f"its largest cluster of {len(sizes)} holds {100 * largest:.0f} % of the "
+                "images (likely many people merged)"
+            )
         elif top3 > _MAX_TOP3_SHARE and len(sizes) >= _MIN_CLUSTERS_FOR_TOP3:
             problem = (
                 f"its 3 largest clusters of {len(sizes)} hold {100 * top3:.0f} % of the "
