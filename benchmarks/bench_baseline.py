@@ -22,7 +22,7 @@ below their start and asks which label-free figures show it:
 
 Usage::
 
-    python benchmarks/bench_baseline.py            # 3 seeds, about 12 min on 2 cores
+    python benchmarks/bench_baseline.py            # 3 seeds, about 10 min on 2 cores
     python benchmarks/bench_baseline.py --seeds 0 --starts 4
 
 Saves ``benchmarks/results/baseline.{json,md}``.
@@ -77,6 +77,14 @@ def label_free_figures(start, last):
     return {"neighbours_kept": float(kept), "start_similarity": float(theirs / own)}
 
 
+def earlier_rule_epoch(clusters):
+    """The first epoch the rule before issue 25 (no one-cluster rule) would have named."""
+    for epoch, c in enumerate(clusters, 1):
+        if c["outliers"] > 0.8 or (c["top3"] > 0.5 and c["n_clusters"] >= 10):
+            return epoch
+    return None
+
+
 def run(seed, pretrain_epochs, setting, weights):
     import bench_start
     from ucal.cluster import SelfPacedDBSCAN
@@ -85,7 +93,7 @@ def run(seed, pretrain_epochs, setting, weights):
 
     set_num_threads(1)
     data = bench_start._data(seed)
-    features = {}
+    features, clusters = {}, []
 
     class StartAndLast(Callback):
         def on_fit_begin(self, loop):
@@ -93,6 +101,15 @@ def run(seed, pretrain_epochs, setting, weights):
             features["start_mAP"] = reid_scores(
                 loop.embed(data.query), loop.embed(data.gallery), data.query, data.gallery
             )["mAP"]
+
+        def on_epoch_end(self, loop, record):
+            labels = np.asarray(loop.labels)
+            sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(1)
+            sizes = np.sort(sizes)[::-1]
+            clusters.append({"n_clusters": int(np.count_nonzero(sizes)),
+                             "largest": float(sizes[0] / len(labels)),
+                             "top3": float(sizes[:3].sum() / len(labels)),
+                             "outliers": float(np.mean(labels < 0))})
 
         def on_fit_end(self, loop):
             features["last"] = loop.embed(data.train)
@@ -113,6 +130,8 @@ def run(seed, pretrain_epochs, setting, weights):
         "seed": seed, "start": pretrain_epochs, "setting": setting, "mAP": maps,
         "warned_epoch": int(re.match(r"Epoch (\d+)", warned[0]).group(1)) if warned else None,
         "warning": warned[0] if warned else None,
+        "earlier_rule_epoch": earlier_rule_epoch(clusters),
+        "clusters": clusters,
         **label_free_figures(features["start"], features["last"]),
         "seconds": time.perf_counter() - began,
     }
@@ -132,14 +151,17 @@ def report(runs, seeds, minutes):
         f"{minutes:.0f} min in all. The new people of `bench_start.py` (150 identities of "
         "about 12 images); its tiny CNN pretrained on other people for 4 (weak start) or 12 "
         "(strong start) epochs; the Baseline (no oracle) for 12 epochs with SpCL's clustering "
-        "(k1 = 30, eps = 0.6) and lr 3.5e-4 unless the setting says otherwise. mAP on the "
+        "(k1 = 30, bounded by the default k1_rule; eps = 0.6) and lr 3.5e-4 unless the setting "
+        "says otherwise. mAP on the "
         "new people's test split; \"warned\": the epoch named by the degenerate-clustering "
-        "warning. The last two columns compare the last network with the start network on "
-        "the training images without labels (see the script).",
+        "warning; \"earlier rule\": the epoch the rule before issue 25 would have named; "
+        "\"largest cluster, epoch 1\": its share of the images, of how many clusters. The "
+        "last two columns compare the last network with the start network on the training "
+        "images without labels (see the script).",
         "",
         "| start | setting | seed | start mAP | last vs start | lowest vs start | warned "
-        "| neighbours kept | start similarity |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| earlier rule | largest cluster, epoch 1 | neighbours kept | start similarity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: (r["start"], list(SETTINGS).index(r["setting"]),
                                          r["seed"])):
@@ -148,17 +170,23 @@ def report(runs, seeds, minutes):
             f"| {r['start']} epochs | {r['setting']} | {r['seed']} | {m[0]:.1f} "
             f"| {m[-1] - m[0]:+.1f} | {min(m[1:]) - m[0]:+.1f} "
             f"| {r['warned_epoch'] if r['warned_epoch'] else '-'} "
+            f"| {r['earlier_rule_epoch'] if r['earlier_rule_epoch'] else '-'} "
+            f"| {100 * r['clusters'][0]['largest']:.0f} % of {r['clusters'][0]['n_clusters']} "
             f"| {r['neighbours_kept']:.3f} | {r['start_similarity']:.3f} |"
         )
     falls = [r for r in runs if r["mAP"][-1] - r["mAP"][0] < -FALL]
     caught = [r for r in falls if r["warned_epoch"]]
     false = [r for r in runs if r["warned_epoch"] and r["mAP"][-1] - r["mAP"][0] >= -FALL]
     quiet = [r for r in runs if not r["warned_epoch"]]
+    earlier = [r for r in falls if r["earlier_rule_epoch"]]
     lines += [
         "",
         f"- Runs that end more than {FALL:.0f} mAP below their start: {len(falls)} of "
         f"{len(runs)}; the degenerate-clustering warning named {len(caught)} of them, and "
-        f"{len(false)} {'run' if len(false) == 1 else 'runs'} that did not fall so far.",
+        f"{len(false)} {'run' if len(false) == 1 else 'runs'} that did not fall so far. "
+        f"The rule before issue 25 (\"earlier rule\": no one-cluster rule) would have named "
+        f"{len(earlier)} of the falls, at epochs "
+        f"{sorted(r['earlier_rule_epoch'] for r in earlier)}.",
     ]
     quiet_falls = [r for r in quiet if r["mAP"][-1] - r["mAP"][0] < -FALL]
     for key, name in (("neighbours_kept", "neighbours kept"),
@@ -169,11 +197,11 @@ def report(runs, seeds, minutes):
         text = (f"- {name}, over the {len(quiet)} runs the warning did not name: rank "
                 f"correlation with the last network's gain over the start {rho:+.2f}")
         if quiet_falls:
-            # the most lenient threshold that would flag every quiet fall
+            # the lowest threshold that flags every quiet fall (flagged: figure <= threshold)
             threshold = max(r[key] for r in quiet_falls)
             flagged = [r for r in quiet if r[key] <= threshold]
             wrong = [r for r in flagged if r["mAP"][-1] - r["mAP"][0] >= -FALL]
-            text += (f"; a threshold low enough to flag all {len(quiet_falls)} falls "
+            text += (f"; a threshold high enough to flag all {len(quiet_falls)} falls "
                      f"(<= {threshold:.3f}) would also flag {len(wrong)} of the "
                      f"{len(quiet) - len(quiet_falls)} runs that did not fall")
         lines.append(text + ".")

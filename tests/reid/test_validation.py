@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from ucal import SelfPacedDBSCAN  # noqa: E402
 from ucal.active import ClusteringCalibrator, MPPSMerger, SNPSSplitter  # noqa: E402
-from ucal.reid import BestEpoch, Callback, UCALReID  # noqa: E402
+from ucal.reid import BestEpoch, Callback, DegenerateClusteringWarning, UCALReID  # noqa: E402
 
 from .test_estimator import SIZE, RecordingOracle  # noqa: E402
 
@@ -260,7 +260,8 @@ def test_a_degenerate_clustering_is_reported_once(data):
         def set_params(self, **params):
             return self
 
-    with pytest.warns(UserWarning, match="degenerate: 100 % of the images") as caught:
+    match = "degenerate: 100 % of the images"
+    with pytest.warns(DegenerateClusteringWarning, match=match) as caught:
         _model(epochs=2, clusterer=Nothing(), refiner="passthrough").fit(data.train)
     assert sum("degenerate" in str(w.message) for w in caught) == 1
 
@@ -280,8 +281,9 @@ class _FixedLabels:
 
 
 @pytest.mark.parametrize("sizes, outliers, problem", [
-    ([60, 20, 10, 10], 0, "its largest cluster of 4 holds 60 %"),  # under 10 clusters
-    ([95], 5, "its largest cluster of 1 holds 95 %"),  # SpCL's eps 0.75 on a good start
+    ([60, 20, 10, 10], 0, "the largest of its 4 clusters holds 60 %"),  # under 10 clusters
+    ([95], 5, "its only cluster holds 95 %"),  # SpCL's eps 0.75 on a good start
+    ([51], 49, "its only cluster holds 51 %"),  # outliers under the 80 % rule
     ([30] * 2 + [5] * 8, 0, "its 3 largest clusters of 10 hold 65 %"),
     ([25] * 4, 0, None),  # four people, equally seen: nothing to report
     ([50, 50], 0, None),  # half is not more than half
@@ -298,7 +300,7 @@ def test_a_clustering_is_degenerate_by_the_documented_rules(sizes, outliers, pro
         warnings.simplefilter("always")
         labeler(features, 0, {})
         labeler(features, 1, {})  # once per fit
-    messages = [str(w.message) for w in caught if "degenerate" in str(w.message)]
+    messages = [str(w.message) for w in caught if w.category is DegenerateClusteringWarning]
     if problem is None:
         assert messages == []
     else:

@@ -11,6 +11,7 @@ from ._cluster_memory import ClusterMemory
 from ._device import set_num_threads
 from ._distributed import DistributedError
 from ._pair_loss import PairSupervision
+from ._pseudo_labels import DegenerateClusteringWarning
 from ._estimator import UCALReID
 from ._loop import TrainingLoop
 
@@ -19,6 +20,7 @@ __all__ = [
     "Callback",
     "CameraProxyMemory",
     "ClusterMemory",
+    "DegenerateClusteringWarning",
     "DistributedError",
     "GeneralizedMeanPooling",
     "PairSupervision",

@@ -215,7 +215,8 @@ class UCALReID(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         calibration. Off by default: on the demo's data it chose a tighter
         scale than SpCL's and UCAL ended 4 mAP lower, while on new data that
         SpCL's scale over-merges it helped (``benchmarks/results/start.md``);
-        turn it on when the clustering is degenerate (a warning says so).
+        turn it on when the clustering is degenerate (a
+        :class:`~ucal.reid.DegenerateClusteringWarning` says so).
     validation_size : int, default=100
         Pairs asked before training, at random among near neighbours of
         the starting network's features, and held out from every training

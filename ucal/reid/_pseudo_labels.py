@@ -11,14 +11,14 @@ from sklearn.base import clone
 
 from ucal.oracles import BudgetExhaustedWarning
 
-__all__ = ["PseudoLabeler", "default_refiner", "innermost_clusterer"]
+__all__ = ["DegenerateClusteringWarning", "PseudoLabeler", "default_refiner", "innermost_clusterer"]
 
 logger = logging.getLogger(__name__)
 
 # A base clustering is degenerate when more than this share of the images is un-clustered...
 _MAX_OUTLIER_SHARE = 0.8
 # ...or when one cluster holds more than half the images (whatever the number of
-# clusters: SpCL's eps 0.75 on a pretrained start put 94 to 98 % of the images into
+# clusters: SpCL's eps 0.75 on a pretrained start put 93 to 98 % of the images into
 # one of 1 to 5 clusters, benchmarks/results/baseline.md)...
 _MAX_LARGEST_SHARE = 0.5
 # ...or when, among at least 10 clusters, the three largest hold more than half the images.
@@ -26,6 +26,31 @@ _MAX_TOP3_SHARE = 0.5
 _MIN_CLUSTERS_FOR_TOP3 = 10
 # Stages whose cluster changes the history reports as ``n_splits`` / ``n_merges``.
 _CHANGE_KEYS = {"snps": "n_splits", "mpps": "n_merges"}
+
+
+class DegenerateClusteringWarning(UserWarning):
+    """The base clustering of an epoch is degenerate: its scale may not suit the features.
+
+    Issued at most once per fit by :class:`~ucal.reid.UCALReID` when more
+    than 80 % of the images are un-clustered, when one cluster holds more
+    than half of them, or when, among ten or more clusters, the three
+    largest hold more than half. On data with one or two dominant people
+    (a clip mostly of one person) the second rule can be a false alarm:
+    filter this category then.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from ucal.reid import DegenerateClusteringWarning
+    >>> issubclass(DegenerateClusteringWarning, UserWarning)
+    True
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warnings.filterwarnings("ignore", category=DegenerateClusteringWarning)
+    ...     warnings.warn("the base clustering is degenerate", DegenerateClusteringWarning)
+    >>> len(caught)  # filtered: a fit on one dominant person stays quiet
+    0
+    """
 
 
 def default_refiner():
@@ -135,10 +160,10 @@ class PseudoLabeler:
         if outliers > _MAX_OUTLIER_SHARE:
             problem = f"{100 * outliers:.0f} % of the images are un-clustered"
         elif largest > _MAX_LARGEST_SHARE:
-            problem = (
-                f"its largest cluster of {len(sizes)} holds {100 * largest:.0f} % of the "
-                "images (likely many people merged)"
-            )
+            which = ("its only cluster" if len(sizes) == 1
+                     else f"the largest of its {len(sizes)} clusters")
+            problem = (f"{which} holds {100 * largest:.0f} % of the images "
+                       "(likely many people merged)")
         elif top3 > _MAX_TOP3_SHARE and len(sizes) >= _MIN_CLUSTERS_FOR_TOP3:
             problem = (
                 f"its 3 largest clusters of {len(sizes)} hold {100 * top3:.0f} % of the "
@@ -156,7 +181,7 @@ class PseudoLabeler:
             f"({scale or 'its parameters'}) may not suit these features: let the oracle "
             "calibrate it (UCALReID(calibrator=ucal.active.ClusteringCalibrator()), with "
             "an oracle) or set the clusterer's eps / k1.",
-            UserWarning,
+            DegenerateClusteringWarning,
             stacklevel=3,
         )
 
