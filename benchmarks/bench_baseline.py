@@ -79,8 +79,14 @@ def label_free_figures(start, last):
 
 def earlier_rule_epoch(clusters):
     """The first epoch the rule before issue 25 (no one-cluster rule) would have named."""
+    from ucal.reid._pseudo_labels import (
+        _MAX_OUTLIER_SHARE, _MAX_TOP3_SHARE, _MIN_CLUSTERS_FOR_TOP3,
+    )
+
     for epoch, c in enumerate(clusters, 1):
-        if c["outliers"] > 0.8 or (c["top3"] > 0.5 and c["n_clusters"] >= 10):
+        if c["outliers"] > _MAX_OUTLIER_SHARE or (
+            c["top3"] > _MAX_TOP3_SHARE and c["n_clusters"] >= _MIN_CLUSTERS_FOR_TOP3
+        ):
             return epoch
     return None
 
